@@ -1,0 +1,190 @@
+use super::*;
+use medchain_crypto::keys::KeyMaterial;
+use medchain_crypto::keystore::{write_key_file, Protection};
+
+/// A home folder with a plaintext key and a 4-validator genesis that includes it.
+fn home(development: bool) -> (tempfile::TempDir, Identity) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyMaterial::generate();
+    let id = write_key_file(
+        &dir.path().join("keys/node.key"),
+        &keys,
+        &Protection::InsecurePlaintext,
+    )
+    .unwrap();
+    let mut validators = vec![GenesisValidator {
+        name: "node0".into(),
+        identity: id,
+        address: "/ip4/127.0.0.1/tcp/26656".into(),
+    }];
+    for i in 1..4 {
+        validators.push(GenesisValidator {
+            name: format!("node{i}"),
+            identity: KeyMaterial::generate().signing_key().identity(),
+            address: format!("/ip4/127.0.0.1/tcp/{}", 26656 + i),
+        });
+    }
+    let genesis = Genesis {
+        chain_id: "hospital-a".into(),
+        kind: NodeMode::Private,
+        genesis_time_ms: 1,
+        params: ChainParams::default(),
+        validators,
+    };
+    std::fs::write(
+        dir.path().join("genesis.toml"),
+        toml::to_string(&genesis).unwrap(),
+    )
+    .unwrap();
+    let config = NodeConfig {
+        mode: NodeMode::Private,
+        development,
+        genesis_file: "genesis.toml".into(),
+        key_file: "keys/node.key".into(),
+        data_dir: "data".into(),
+        network: NetworkConfig {
+            listen: "/ip4/127.0.0.1/tcp/26656".into(),
+            bootstrap: vec![],
+        },
+        api: ApiConfig {
+            listen: "127.0.0.1:8545".into(),
+        },
+        log: LogConfig::default(),
+    };
+    std::fs::write(
+        dir.path().join(CONFIG_FILE),
+        toml::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    (dir, id)
+}
+
+fn edit(dir: &Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {file}:\n{text}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn problems(dir: &Path) -> Vec<Problem> {
+    match load(dir) {
+        Err(ConfigError::Invalid(p)) => p,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn valid_home_loads() {
+    let (dir, _) = home(true);
+    let loaded = load(dir.path()).unwrap();
+    assert_eq!(loaded.genesis.validators.len(), 4);
+    assert_eq!(loaded.key_path(), dir.path().join("keys/node.key"));
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let (dir, _) = home(true);
+    edit(dir.path(), CONFIG_FILE, "[api]", "[api]\nlisten_port = 3");
+    let err = load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("config.toml"), "{err}");
+    assert!(err.contains("unknown field `listen_port`"), "{err}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let (dir, _) = home(true);
+    edit(
+        dir.path(),
+        "genesis.toml",
+        "max_block_transactions = 128",
+        "max_block_transactions = \"many\"",
+    );
+    let err = load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("genesis.toml"), "{err}");
+    assert!(err.contains("max_block_transactions"), "{err}");
+}
+
+#[test]
+fn missing_file_says_how_to_create_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("medchain init"), "{err}");
+}
+
+#[test]
+fn unsafe_settings_refused_outside_development() {
+    let (dir, _) = home(false);
+    edit(dir.path(), CONFIG_FILE, "127.0.0.1:8545", "0.0.0.0:8545");
+    let ps = problems(dir.path());
+    let fields: Vec<&str> = ps.iter().map(|p| p.field.as_str()).collect();
+    assert!(fields.contains(&"api.listen"), "{ps:?}");
+    assert!(
+        fields.contains(&"key_file"),
+        "plaintext key must be refused: {ps:?}"
+    );
+    assert!(ps.iter().all(|p| !p.fix.is_empty()));
+}
+
+#[test]
+fn semantic_problems_each_name_their_field() {
+    let (dir, id) = home(true);
+    edit(
+        dir.path(),
+        CONFIG_FILE,
+        "/ip4/127.0.0.1/tcp/26656",
+        "localhost:26656",
+    );
+    edit(
+        dir.path(),
+        "genesis.toml",
+        "/ip4/127.0.0.1/tcp/26657",
+        "nowhere",
+    );
+    edit(
+        dir.path(),
+        "genesis.toml",
+        "checkpoint_interval = 100",
+        "checkpoint_interval = 0",
+    );
+    edit(
+        dir.path(),
+        "genesis.toml",
+        &id.to_string(),
+        &KeyMaterial::generate().signing_key().identity().to_string(),
+    );
+    let ps = problems(dir.path());
+    let fields: Vec<&str> = ps.iter().map(|p| p.field.as_str()).collect();
+    for f in [
+        "network.listen",
+        "validators[1].address",
+        "params.checkpoint_interval",
+        "validators",
+    ] {
+        assert!(fields.contains(&f), "{f} not reported: {ps:?}");
+    }
+}
+
+#[test]
+fn too_few_and_duplicate_validators() {
+    let (dir, _) = home(true);
+    let mut g: Genesis =
+        toml::from_str(&std::fs::read_to_string(dir.path().join("genesis.toml")).unwrap()).unwrap();
+    let dup = g.validators[0].clone();
+    g.validators.truncate(2);
+    g.validators[1].identity = dup.identity;
+    std::fs::write(
+        dir.path().join("genesis.toml"),
+        toml::to_string(&g).unwrap(),
+    )
+    .unwrap();
+    let ps = problems(dir.path());
+    assert!(
+        ps.iter()
+            .any(|p| p.problem.contains("PBFT needs at least 4")),
+        "{ps:?}"
+    );
+    assert!(
+        ps.iter().any(|p| p.field == "validators[1].identity"),
+        "{ps:?}"
+    );
+}

@@ -1,0 +1,13 @@
+//! The medchain node as a library: command-line interface, configuration, and (as later issues land)
+//! networking, the client API, ledger execution and the bridge. `main.rs` only parses arguments and
+//! reports errors.
+//!
+//! This is the top of the dependency graph: it may use every other medchain crate, tokio, libp2p
+//! and clap. `anyhow` is used only in the command handlers (the binary's edge); the configuration
+//! module has typed errors.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod logging;
+pub mod password;

@@ -1,0 +1,380 @@
+//! The store itself.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use medchain_crypto::Hash32;
+use medchain_proto::ledger::{verify_block_structure, verify_private_slip};
+use medchain_proto::v1::{self, transaction_body::Payload};
+use medchain_proto::{Canonical, Hashed};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::keys::*;
+use crate::lock::DirLock;
+use crate::StoreError;
+
+/// Version of the on-disk layout. Bump it whenever a column family or key layout changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The last committed block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainTip {
+    pub height: u64,
+    pub hash: Hash32,
+}
+
+/// Where a transaction sits: block height and position in the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxLocation {
+    pub height: u64,
+    pub index: u32,
+}
+
+/// A node's durable state.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    _lock: DirLock,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let lock = DirLock::acquire(path)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Open every family present, including ones a newer schema may have added, so that the
+        // version check below can speak instead of RocksDB's "column families not opened".
+        let mut names: Vec<String> = DB::list_cf(&opts, path).unwrap_or_default();
+        for cf in ALL_CFS {
+            if !names.iter().any(|n| n == cf) {
+                names.push(cf.to_string());
+            }
+        }
+        let descriptors = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, descriptors)?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            _lock: lock,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        match self.db.get_cf(self.cf(CF_META), META_SCHEMA_VERSION)? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        what: "schema version".into(),
+                        reason: format!("{} bytes", v.len()),
+                    })?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaMismatch {
+                        path: self.path.clone(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+                Ok(())
+            }
+            None => {
+                let empty = ALL_CFS.iter().all(|cf| {
+                    self.db
+                        .iterator_cf(self.cf(cf), IteratorMode::Start)
+                        .next()
+                        .is_none()
+                });
+                if !empty {
+                    return Err(StoreError::NotAStore {
+                        path: self.path.clone(),
+                    });
+                }
+                self.db.put_cf_opt(
+                    self.cf(CF_META),
+                    META_SCHEMA_VERSION,
+                    SCHEMA_VERSION.to_be_bytes(),
+                    &synced(),
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is opened in Store::open")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last committed block, or `None` on an empty chain.
+    pub fn tip(&self) -> Result<Option<ChainTip>, StoreError> {
+        let Some(v) = self.db.get_cf(self.cf(CF_META), META_TIP)? else {
+            return Ok(None);
+        };
+        if v.len() != 40 {
+            return Err(StoreError::Corrupt {
+                what: "chain tip".into(),
+                reason: format!("{} bytes, expected 40", v.len()),
+            });
+        }
+        let height = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        let hash = Hash32::from_slice(&v[8..]).expect("32 bytes");
+        Ok(Some(ChainTip { height, hash }))
+    }
+
+    /// Appends a committed block with its state changes, atomically and durably.
+    ///
+    /// The block must extend the tip (next height, previous hash = tip hash) and be internally
+    /// consistent; its slips are indexed by ID and by patient. `state` holds chain-state writes
+    /// (`None` deletes the key) computed by executing the block.
+    pub fn commit_block(
+        &self,
+        block: &v1::Block,
+        state: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<ChainTip, StoreError> {
+        let hash = verify_block_structure(block)?;
+        let header = block
+            .header
+            .as_ref()
+            .expect("checked by verify_block_structure");
+        let (expected_height, expected_parent) = match self.tip()? {
+            Some(t) => (t.height + 1, t.hash),
+            None => (1, Hash32::ZERO),
+        };
+        if header.height != expected_height {
+            return Err(StoreError::NotNextHeight {
+                expected: expected_height,
+                got: header.height,
+            });
+        }
+        if header.previous_hash != expected_parent.as_bytes() {
+            return Err(StoreError::WrongParent {
+                height: header.height,
+                expected: expected_parent.to_hex(),
+                got: Hash32::from_slice(&header.previous_hash)
+                    .expect("length checked by verify_block_structure")
+                    .to_hex(),
+            });
+        }
+        let height = header.height;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_BLOCKS),
+            height_key(height),
+            block.canonical_bytes(),
+        );
+        batch.put_cf(
+            self.cf(CF_BLOCK_HASHES),
+            hash.as_bytes(),
+            height_key(height),
+        );
+        for (i, tx) in block.transactions.iter().enumerate() {
+            let index = i as u32;
+            let location = location_value(height, index);
+            let Some(body) = tx.body.as_ref() else {
+                continue;
+            };
+            batch.put_cf(self.cf(CF_TRANSACTIONS), body.digest().as_bytes(), location);
+            if let Some(Payload::PrivateSlip(slip)) = &body.payload {
+                let parties = verify_private_slip(slip)?;
+                batch.put_cf(self.cf(CF_SLIPS), parties.slip_id.as_bytes(), location);
+                batch.put_cf(
+                    self.cf(CF_PATIENT_INDEX),
+                    patient_key(parties.patient.as_bytes(), height, index),
+                    parties.slip_id.as_bytes(),
+                );
+            }
+        }
+        for (key, value) in state {
+            match value {
+                Some(v) => batch.put_cf(self.cf(CF_CHAIN_STATE), key, v),
+                None => batch.delete_cf(self.cf(CF_CHAIN_STATE), key),
+            }
+        }
+        let mut tip = height.to_be_bytes().to_vec();
+        tip.extend_from_slice(hash.as_bytes());
+        batch.put_cf(self.cf(CF_META), META_TIP, tip);
+        self.db.write_opt(batch, &synced())?;
+        Ok(ChainTip { height, hash })
+    }
+
+    /// The committed block at `height`.
+    pub fn block(&self, height: u64) -> Result<Option<v1::Block>, StoreError> {
+        let Some(bytes) = self.db.get_cf(self.cf(CF_BLOCKS), height_key(height))? else {
+            return Ok(None);
+        };
+        v1::Block::decode_canonical(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("block {height}"),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The height of the block with this hash.
+    pub fn height_of(&self, hash: &Hash32) -> Result<Option<u64>, StoreError> {
+        let Some(v) = self.db.get_cf(self.cf(CF_BLOCK_HASHES), hash.as_bytes())? else {
+            return Ok(None);
+        };
+        let arr: [u8; 8] = v.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            what: "block hash index".into(),
+            reason: format!("{} bytes", v.len()),
+        })?;
+        Ok(Some(u64::from_be_bytes(arr)))
+    }
+
+    fn location(&self, cf: &str, id: &Hash32) -> Result<Option<TxLocation>, StoreError> {
+        let Some(v) = self.db.get_cf(self.cf(cf), id.as_bytes())? else {
+            return Ok(None);
+        };
+        let (height, index) = parse_location(&v).ok_or_else(|| StoreError::Corrupt {
+            what: format!("{cf} index"),
+            reason: format!("{} bytes", v.len()),
+        })?;
+        Ok(Some(TxLocation { height, index }))
+    }
+
+    /// Where a committed transaction is, by ID.
+    pub fn transaction_location(&self, id: &Hash32) -> Result<Option<TxLocation>, StoreError> {
+        self.location(CF_TRANSACTIONS, id)
+    }
+
+    /// A committed private slip by slip ID, with its location.
+    pub fn slip(
+        &self,
+        slip_id: &Hash32,
+    ) -> Result<Option<(TxLocation, v1::PrivateSlip)>, StoreError> {
+        let Some(loc) = self.location(CF_SLIPS, slip_id)? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            what: format!("slip {slip_id}"),
+            reason: reason.to_string(),
+        };
+        let block = self
+            .block(loc.height)?
+            .ok_or_else(|| corrupt("its block is missing"))?;
+        let tx = block
+            .transactions
+            .into_iter()
+            .nth(loc.index as usize)
+            .ok_or_else(|| corrupt("index past the block's end"))?;
+        match tx.body.and_then(|b| b.payload) {
+            Some(Payload::PrivateSlip(slip)) => Ok(Some((loc, slip))),
+            _ => Err(corrupt("indexed transaction is not a slip")),
+        }
+    }
+
+    /// Slip IDs of a patient's records, in chain order.
+    pub fn patient_slips(&self, patient: &[u8]) -> Result<Vec<Hash32>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_PATIENT_INDEX),
+            IteratorMode::From(patient, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(patient) {
+                break;
+            }
+            out.push(Hash32::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                what: "patient index".into(),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    pub fn chain_state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_CHAIN_STATE), key)?)
+    }
+
+    /// Durably records consensus state (e.g. what this replica voted). Returns only once the
+    /// write is synced, so the caller may then send the vote.
+    pub fn put_consensus_state<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard())
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.db.put_cf_opt(
+            self.cf(CF_CONSENSUS_STATE),
+            key.as_bytes(),
+            bytes,
+            &synced(),
+        )?;
+        Ok(())
+    }
+
+    pub fn consensus_state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self
+            .db
+            .get_cf(self.cf(CF_CONSENSUS_STATE), key.as_bytes())?
+        else {
+            return Ok(None);
+        };
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+            .map(|(v, _)| Some(v))
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("consensus state {key:?}"),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Stores an encrypted record blob under its content hash (content-addressed).
+    pub fn put_record(&self, content_hash: &Hash32, blob: &[u8]) -> Result<(), StoreError> {
+        self.db.put_cf_opt(
+            self.cf(CF_RECORDS),
+            content_hash.as_bytes(),
+            blob,
+            &synced(),
+        )?;
+        Ok(())
+    }
+
+    pub fn record(&self, content_hash: &Hash32) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_RECORDS), content_hash.as_bytes())?)
+    }
+
+    /// Destroys a record's ciphertext (erasure); the chain keeps its hash and history.
+    pub fn delete_record(&self, content_hash: &Hash32) -> Result<(), StoreError> {
+        self.db
+            .delete_cf_opt(self.cf(CF_RECORDS), content_hash.as_bytes(), &synced())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
