@@ -71,12 +71,15 @@ pub mod domains {
     pub const PATIENT_CONFIRMATION: Domain = Domain("medchain v1 patient confirmation");
     pub const CONSORTIUM_SLIP: Domain = Domain("medchain v1 consortium slip");
     pub const TRANSACTION: Domain = Domain("medchain v1 transaction");
-    pub const COMMIT_VOTE: Domain = Domain("medchain v1 commit vote");
-    pub const CONSENSUS_MESSAGE: Domain = Domain("medchain v1 consensus message");
+    pub const PBFT_MESSAGE: Domain = Domain("medchain v1 pbft message");
+    pub const PBFT_BATCH: Domain = Domain("medchain v1 pbft batch");
+    pub const PBFT_ITEM: Domain = Domain("medchain v1 pbft item");
+    pub const PBFT_STATE: Domain = Domain("medchain v1 pbft state");
     pub const MERKLE_LEAF: Domain = Domain("medchain v1 merkle leaf");
     pub const MERKLE_NODE: Domain = Domain("medchain v1 merkle node");
     pub const MERKLE_EMPTY: Domain = Domain("medchain v1 merkle empty");
     pub const RECORD_CONTENT: Domain = Domain("medchain v1 record content");
+    pub const VERIFY_CACHE: Domain = Domain("medchain v1 verification cache key");
     pub const KEY_BINDING: Domain = Domain("medchain v1 key binding");
     pub const IDENTITY_CHECKSUM: Domain = Domain("medchain v1 identity");
     pub const DERIVE_SIGNING_KEY: Domain = Domain("medchain v1 derive signing key");

@@ -137,6 +137,53 @@ impl Verifier for EcdsaVerifier {
     }
 }
 
+/// Verification that remembers successes, so a signature checked once (a vote relayed inside a
+/// view change, a proof re-sent, or, in the simulator, the same message arriving at every replica)
+/// is not checked again. Failures are never cached. Clones share one cache. The cache holds at
+/// most `capacity` entries and is emptied when full, which costs only re-verification.
+#[derive(Clone, Debug)]
+pub struct CachingVerifier {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Hash32>>>,
+    capacity: usize,
+}
+
+impl CachingVerifier {
+    pub fn new(capacity: usize) -> Self {
+        CachingVerifier {
+            seen: Default::default(),
+            capacity: capacity.max(1),
+        }
+    }
+}
+
+impl Verifier for CachingVerifier {
+    fn verify(
+        &self,
+        signer: &Identity,
+        domain: Domain,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), CryptoError> {
+        let digest = crate::hash::digest(domain, message);
+        let key = crate::hash::digest_parts(
+            crate::hash::domains::VERIFY_CACHE,
+            &[signer.as_bytes(), digest.as_bytes(), signature.as_bytes()],
+        );
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&key) {
+            return Ok(());
+        }
+        drop(seen);
+        signer.verify_digest(&digest, signature)?;
+        seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= self.capacity {
+            seen.clear();
+        }
+        seen.insert(key);
+        Ok(())
+    }
+}
+
 /// Signatures of distinct validators over one message in one domain.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Certificate {
@@ -227,45 +274,74 @@ mod tests {
         let ks = keys(4);
         let set = ValidatorSet::new(ks.iter().map(|k| k.identity()).collect()).unwrap();
         let msg = b"block 7";
-        let sign = |i: usize| (i as u32, ks[i].sign(domains::COMMIT_VOTE, msg));
+        let sign = |i: usize| (i as u32, ks[i].sign(domains::PBFT_MESSAGE, msg));
         let v = EcdsaVerifier;
         let good = Certificate {
             signatures: vec![sign(0), sign(1), sign(3)],
         };
-        good.verify(&set, domains::COMMIT_VOTE, msg, set.quorum(), &v)
+        good.verify(&set, domains::PBFT_MESSAGE, msg, set.quorum(), &v)
             .unwrap();
         assert_eq!(
-            good.verify(&set, domains::COMMIT_VOTE, b"block 8", 3, &v),
+            good.verify(&set, domains::PBFT_MESSAGE, b"block 8", 3, &v),
             Err(CertificateError::BadSignature { index: 0 })
         );
         let short = Certificate {
             signatures: vec![sign(0), sign(1)],
         };
         assert_eq!(
-            short.verify(&set, domains::COMMIT_VOTE, msg, 3, &v),
+            short.verify(&set, domains::PBFT_MESSAGE, msg, 3, &v),
             Err(CertificateError::TooFewSignatures { have: 2, need: 3 })
         );
         let dup = Certificate {
             signatures: vec![sign(0), sign(0), sign(1)],
         };
         assert_eq!(
-            dup.verify(&set, domains::COMMIT_VOTE, msg, 3, &v),
+            dup.verify(&set, domains::PBFT_MESSAGE, msg, 3, &v),
             Err(CertificateError::DuplicateSigner { index: 0 })
         );
         let stranger = Certificate {
-            signatures: vec![sign(0), sign(1), (9, ks[2].sign(domains::COMMIT_VOTE, msg))],
+            signatures: vec![
+                sign(0),
+                sign(1),
+                (9, ks[2].sign(domains::PBFT_MESSAGE, msg)),
+            ],
         };
         assert!(matches!(
-            stranger.verify(&set, domains::COMMIT_VOTE, msg, 3, &v),
+            stranger.verify(&set, domains::PBFT_MESSAGE, msg, 3, &v),
             Err(CertificateError::UnknownSigner { index: 9, .. })
         ));
         // A signature by index 2's key placed under index 3 is refused.
         let misattributed = Certificate {
-            signatures: vec![sign(0), sign(1), (3, ks[2].sign(domains::COMMIT_VOTE, msg))],
+            signatures: vec![
+                sign(0),
+                sign(1),
+                (3, ks[2].sign(domains::PBFT_MESSAGE, msg)),
+            ],
         };
         assert!(misattributed
-            .verify(&set, domains::COMMIT_VOTE, msg, 3, &v)
+            .verify(&set, domains::PBFT_MESSAGE, msg, 3, &v)
             .is_err());
+    }
+
+    #[test]
+    fn caching_verifier_never_caches_failures() {
+        let ks = keys(2);
+        let v = CachingVerifier::new(2);
+        let sig = ks[0].sign(domains::PBFT_MESSAGE, b"m");
+        let id = ks[0].identity();
+        for _ in 0..3 {
+            v.verify(&id, domains::PBFT_MESSAGE, b"m", &sig).unwrap();
+            assert!(v.verify(&id, domains::PBFT_MESSAGE, b"x", &sig).is_err());
+            assert!(v
+                .verify(&ks[1].identity(), domains::PBFT_MESSAGE, b"m", &sig)
+                .is_err());
+        }
+        // Past capacity the cache is emptied and still answers correctly.
+        let sig2 = ks[0].sign(domains::PBFT_MESSAGE, b"n");
+        let sig3 = ks[0].sign(domains::PBFT_MESSAGE, b"o");
+        v.verify(&id, domains::PBFT_MESSAGE, b"n", &sig2).unwrap();
+        v.verify(&id, domains::PBFT_MESSAGE, b"o", &sig3).unwrap();
+        assert!(v.verify(&id, domains::PBFT_MESSAGE, b"o", &sig2).is_err());
     }
 
     #[test]

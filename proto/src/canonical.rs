@@ -118,11 +118,13 @@ canonical!(
     domains::TRANSACTION
 );
 canonical!(
-    v1::CommitVote,
-    "commit vote",
-    limits::SMALL,
-    domains::COMMIT_VOTE
+    v1::PbftBatch,
+    "pbft batch",
+    limits::BLOCK,
+    domains::PBFT_BATCH
 );
+canonical!(v1::PbftMessage, "pbft message", limits::PEER_MESSAGE);
+canonical!(v1::CommittedBatch, "committed batch", limits::BLOCK);
 canonical!(v1::Transaction, "transaction", limits::TRANSACTION);
 canonical!(v1::Block, "block", limits::BLOCK);
 canonical!(v1::CommitCertificate, "commit certificate", limits::SMALL);

@@ -4,7 +4,7 @@
 
 use medchain_crypto::hash::domains;
 use medchain_crypto::merkle;
-use medchain_crypto::validators::{Certificate, EcdsaVerifier, ValidatorSet};
+use medchain_crypto::validators::{EcdsaVerifier, ValidatorSet};
 use medchain_crypto::{Hash32, Identity, Signature, SigningKey};
 
 use crate::canonical::{Canonical, Hashed};
@@ -287,17 +287,21 @@ pub fn verify_block_structure(block: &v1::Block) -> Result<Hash32, ProtoError> {
     Ok(block_hash)
 }
 
-/// The vote a validator signs to commit a block.
-pub fn commit_vote(chain_id: &str, height: u64, view: u64, block_hash: &Hash32) -> v1::CommitVote {
-    v1::CommitVote {
-        chain_id: chain_id.to_string(),
-        height,
-        view,
-        block_hash: block_hash.as_bytes().to_vec(),
-    }
+/// The PBFT batch a private block was agreed as: its timestamp and its transactions' canonical
+/// bytes. The header (height, previous hash, Merkle root) is derived from it at commit.
+pub fn block_batch(block: &v1::Block) -> Result<v1::PbftBatch, ProtoError> {
+    Ok(v1::PbftBatch {
+        timestamp_ms: header(block)?.timestamp_ms,
+        items: block
+            .transactions
+            .iter()
+            .map(|t| t.canonical_bytes())
+            .collect(),
+    })
 }
 
-/// Checks that `block` carries a commit certificate from a quorum of `validators`.
+/// Checks that `block` carries a commit certificate from a quorum of `validators`: each signer's
+/// PBFT Commit for this block's batch at its height.
 pub fn verify_commit_certificate(
     block: &v1::Block,
     validators: &ValidatorSet,
@@ -308,31 +312,22 @@ pub fn verify_commit_certificate(
         kind: "block",
         field: "commit",
     })?;
-    let block_hash = header.digest();
-    if cert.block_hash != block_hash.as_bytes() || cert.height != header.height {
+    let digest = block_batch(block)?.digest();
+    if cert.payload_digest != digest.as_bytes() || cert.height != header.height {
         return Err(ProtoError::Invalid {
             kind: KIND,
             reason: "certificate is for another block".into(),
         });
     }
-    let vote = commit_vote(&header.chain_id, cert.height, cert.view, &block_hash);
-    let signatures = cert
-        .signatures
-        .iter()
-        .map(|s| Ok((s.validator, signature(KIND, "signatures", &s.signature)?)))
-        .collect::<Result<Vec<_>, ProtoError>>()?;
-    Certificate { signatures }
-        .verify(
-            validators,
-            domains::COMMIT_VOTE,
-            &vote.canonical_bytes(),
-            validators.quorum(),
-            &EcdsaVerifier,
-        )
-        .map_err(|e| ProtoError::Invalid {
-            kind: KIND,
-            reason: e.to_string(),
-        })
+    crate::pbft::verify_commit_signatures(
+        &header.chain_id,
+        cert.view,
+        cert.height,
+        &digest,
+        &cert.signatures,
+        validators,
+        &EcdsaVerifier,
+    )
 }
 
 #[cfg(test)]

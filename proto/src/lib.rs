@@ -8,6 +8,7 @@
 pub mod canonical;
 pub mod error;
 pub mod ledger;
+pub mod pbft;
 
 /// Generated message types (package `medchain.v1`).
 #[allow(clippy::all, missing_docs, missing_debug_implementations)]

@@ -106,17 +106,30 @@ fn block_structure_and_certificate() {
     let h = verify_block_structure(&block).unwrap();
     assert_eq!(h, block_hash(&block).unwrap());
 
-    let vote = commit_vote("hospital-a", 1, 0, &h);
+    let digest = block_batch(&block).unwrap().digest();
     let sigs = (0..3)
-        .map(|i| v1::IndexedSignature {
-            validator: i as u32,
-            signature: keys[i].sign_digest(&vote.digest()).as_bytes().to_vec(),
+        .map(|i| {
+            let commit = crate::pbft::sign(
+                &keys[i],
+                "hospital-a",
+                i as u32,
+                v1::pbft_message::Kind::Commit(v1::Commit {
+                    view: 0,
+                    seq: 1,
+                    digest: digest.as_bytes().to_vec(),
+                }),
+                None,
+            );
+            v1::IndexedSignature {
+                validator: i as u32,
+                signature: commit.signature,
+            }
         })
         .collect();
     block.commit = Some(v1::CommitCertificate {
         height: 1,
         view: 0,
-        block_hash: h.as_bytes().to_vec(),
+        payload_digest: digest.as_bytes().to_vec(),
         signatures: sigs,
     });
     verify_commit_certificate(&block, &set).unwrap();

@@ -1,0 +1,78 @@
+//! Static parameters of one replica.
+
+use medchain_crypto::validators::ValidatorSet;
+
+use crate::ReplicaId;
+
+/// Parameters every replica of a chain shares, plus this replica's index.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub chain_id: String,
+    pub validators: ValidatorSet,
+    pub me: ReplicaId,
+    /// Most items in one batch (default 128).
+    pub max_batch: usize,
+    /// Propose once the oldest pending item has waited this long.
+    pub block_interval_ms: u64,
+    /// Checkpoint every K sequence numbers.
+    pub checkpoint_interval: u64,
+    /// Sequence numbers accepted above the stable checkpoint (the PBFT log size L); at least 2K so
+    /// work continues while a checkpoint becomes stable.
+    pub window: u64,
+    /// Progress timeout before a view change; must exceed `block_interval_ms`. Doubles with each
+    /// consecutive view change.
+    pub view_change_timeout_ms: u64,
+    /// How long to wait for a state-transfer answer before asking again.
+    pub state_transfer_retry_ms: u64,
+    quorum: usize,
+}
+
+impl Config {
+    pub fn new(
+        chain_id: impl Into<String>,
+        validators: ValidatorSet,
+        me: ReplicaId,
+        max_batch: usize,
+        block_interval_ms: u64,
+        checkpoint_interval: u64,
+    ) -> Self {
+        let quorum = validators.quorum();
+        Config {
+            chain_id: chain_id.into(),
+            validators,
+            me,
+            max_batch: max_batch.max(1),
+            block_interval_ms,
+            checkpoint_interval: checkpoint_interval.max(1),
+            window: 2 * checkpoint_interval.max(1),
+            view_change_timeout_ms: (4 * block_interval_ms).max(1_000),
+            state_transfer_retry_ms: (2 * block_interval_ms).max(500),
+            quorum,
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        self.validators.len()
+    }
+
+    pub fn f(&self) -> usize {
+        self.validators.max_faulty()
+    }
+
+    /// Matching messages needed for prepared, committed and stable.
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    pub fn primary(&self, view: u64) -> ReplicaId {
+        (view % self.n() as u64) as ReplicaId
+    }
+
+    /// Replaces the quorum with a wrong one. It exists only so that the simulator can show its
+    /// checkers catch the resulting safety violations; nothing else may call it.
+    #[doc(hidden)]
+    pub fn with_broken_quorum_for_checker_tests(mut self, quorum: usize) -> Self {
+        self.quorum = quorum;
+        self
+    }
+}

@@ -1,0 +1,1186 @@
+//! The replica state machine. See the crate docs for the numbered rules referenced here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use medchain_crypto::hash::{digest_parts, domains};
+use medchain_crypto::validators::{Signer, Verifier};
+use medchain_crypto::Hash32;
+use medchain_proto::pbft::{item_id, sign, verify_committed_batch, verify_signature};
+use medchain_proto::v1::{self, pbft_message::Kind};
+use medchain_proto::{Canonical, Hashed};
+
+use crate::config::Config;
+use crate::event::{Action, Event, Timer};
+use crate::log::Slot;
+use crate::persist::{PersistedState, SlotRecord};
+use crate::view_change::{
+    digest_field, plan, verify_new_view, verify_view_change, CheckpointClaim, NewViewPlan,
+    VerifiedViewChange,
+};
+use crate::ReplicaId;
+
+/// The ledger, as the engine sees it.
+pub trait Application {
+    /// Whether a proposed batch may be ordered at `seq` (rule 4): every item well formed, signed,
+    /// not already executed. An invalid batch is not prepared.
+    fn validate(&self, seq: u64, batch: &v1::PbftBatch) -> Result<(), String>;
+    /// Whether an item was already executed; such items are dropped from the pending queue.
+    fn already_executed(&self, item: &[u8]) -> bool;
+}
+
+struct PendingItem {
+    id: Hash32,
+    item: Vec<u8>,
+    arrived_ms: u64,
+}
+
+/// One PBFT replica.
+pub struct Replica<S, V> {
+    cfg: Config,
+    signer: S,
+    verifier: V,
+    // Durable (rule 10).
+    view: u64,
+    view_changing: bool,
+    next_seq: u64,
+    stable: CheckpointClaim,
+    slots: BTreeMap<u64, Slot>,
+    last_view_change: Option<v1::PbftMessage>,
+    // Executed prefix, as the ledger knows it.
+    exec_seq: u64,
+    exec_digest: Hash32,
+    // Volatile.
+    pending: VecDeque<PendingItem>,
+    pending_ids: HashSet<Hash32>,
+    in_flight: HashMap<Hash32, u64>,
+    checkpoints: BTreeMap<u64, BTreeMap<ReplicaId, (Hash32, v1::PbftMessage)>>,
+    view_changes: BTreeMap<u64, BTreeMap<ReplicaId, (v1::PbftMessage, VerifiedViewChange)>>,
+    new_view_msg: Option<v1::PbftMessage>,
+    early_pre_prepares: Vec<v1::PbftMessage>,
+    consecutive_view_changes: u32,
+    progress_armed: bool,
+    /// In a view change with nothing left to do: the view-change timer is not re-armed until new
+    /// work arrives (a caught-up replica does not keep escalating views alone).
+    view_change_idle: bool,
+    transfer_target: Option<u64>,
+    helped: BTreeSet<(ReplicaId, u64)>,
+    // Output of the current call.
+    dirty: bool,
+    effects: Vec<Action>,
+    sends: Vec<Action>,
+}
+
+impl<S, V> std::fmt::Debug for Replica<S, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("me", &self.cfg.me)
+            .field("view", &self.view)
+            .field("view_changing", &self.view_changing)
+            .field("exec_seq", &self.exec_seq)
+            .field("stable_seq", &self.stable.seq)
+            .field("next_seq", &self.next_seq)
+            .field("in_flight", &self.in_flight.len())
+            .field("transfer_target", &self.transfer_target)
+            .finish()
+    }
+}
+
+fn genesis_checkpoint() -> CheckpointClaim {
+    CheckpointClaim {
+        seq: 0,
+        digest: Hash32::ZERO,
+        proof: Vec::new(),
+    }
+}
+
+/// The state digest after executing `digest` at `seq` on top of `prev` (rule 7).
+pub fn chain_state_digest(prev: &Hash32, seq: u64, digest: &Hash32) -> Hash32 {
+    digest_parts(
+        domains::PBFT_STATE,
+        &[prev.as_bytes(), &seq.to_be_bytes(), digest.as_bytes()],
+    )
+}
+
+impl<S: Signer, V: Verifier> Replica<S, V> {
+    /// A replica starting from genesis.
+    pub fn new(cfg: Config, signer: S, verifier: V) -> Self {
+        Self::restore(cfg, signer, verifier, None, (0, Hash32::ZERO))
+    }
+
+    /// A replica restarting from its persisted state, with the ledger's executed prefix
+    /// `(seq, state digest)`. Feed it [`Event::Start`] next.
+    pub fn restore(
+        cfg: Config,
+        signer: S,
+        verifier: V,
+        persisted: Option<PersistedState>,
+        executed: (u64, Hash32),
+    ) -> Self {
+        let mut r = Replica {
+            cfg,
+            signer,
+            verifier,
+            view: 0,
+            view_changing: false,
+            next_seq: 0,
+            stable: genesis_checkpoint(),
+            slots: BTreeMap::new(),
+            last_view_change: None,
+            exec_seq: executed.0,
+            exec_digest: executed.1,
+            pending: VecDeque::new(),
+            pending_ids: HashSet::new(),
+            in_flight: HashMap::new(),
+            checkpoints: BTreeMap::new(),
+            view_changes: BTreeMap::new(),
+            new_view_msg: None,
+            early_pre_prepares: Vec::new(),
+            consecutive_view_changes: 0,
+            progress_armed: false,
+            view_change_idle: false,
+            transfer_target: None,
+            helped: BTreeSet::new(),
+            dirty: false,
+            effects: Vec::new(),
+            sends: Vec::new(),
+        };
+        if let Some(p) = persisted {
+            r.load(p);
+        }
+        r.next_seq = r.next_seq.max(r.exec_seq);
+        r
+    }
+
+    fn load(&mut self, p: PersistedState) {
+        let decode = |b: &[u8]| v1::PbftMessage::decode_canonical(b).ok();
+        self.view = p.view;
+        self.view_changing = p.view_changing;
+        self.next_seq = p.next_seq;
+        self.stable = CheckpointClaim {
+            seq: p.stable_seq,
+            digest: Hash32(p.stable_digest),
+            proof: p.stable_proof.iter().filter_map(|b| decode(b)).collect(),
+        };
+        self.last_view_change = p.last_view_change.as_deref().and_then(decode);
+        for rec in p.slots {
+            if rec.seq <= self.stable.seq {
+                continue;
+            }
+            let slot = self.slots.entry(rec.seq).or_default();
+            if let Some(pp) = rec.pre_prepare.as_deref().and_then(decode) {
+                if let (Some(Kind::PrePrepare(k)), Some(batch)) = (&pp.kind, &pp.batch) {
+                    if let Ok(d) = digest_field(&k.digest) {
+                        slot.batches.insert(d, batch.clone());
+                        slot.pre_prepare = Some((k.view, d, pp.clone()));
+                    }
+                }
+            }
+            if let Some(msgs) = rec.prepared {
+                let msgs: Vec<_> = msgs.iter().filter_map(|b| decode(b)).collect();
+                if let Some((pp, prepares)) = msgs.split_first() {
+                    if let Some(Kind::PrePrepare(k)) = &pp.kind {
+                        if let (Ok(d), Some(batch)) = (digest_field(&k.digest), &pp.batch) {
+                            slot.batches.insert(d, batch.clone());
+                            slot.prepared = Some((k.view, d, pp.clone(), prepares.to_vec()));
+                        }
+                    }
+                }
+            }
+            slot.sent_prepare = rec.sent_prepare.map(|(v, d)| (v, Hash32(d)));
+            slot.sent_commit = rec.sent_commit.map(|(v, d)| (v, Hash32(d)));
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn view(&self) -> u64 {
+        self.view
+    }
+    pub fn is_view_changing(&self) -> bool {
+        self.view_changing
+    }
+    pub fn executed_seq(&self) -> u64 {
+        self.exec_seq
+    }
+    pub fn stable_seq(&self) -> u64 {
+        self.stable.seq
+    }
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+    /// Log entries held (bounded by the window: rule 7).
+    pub fn log_len(&self) -> usize {
+        self.slots.len() + self.checkpoints.len() + self.view_changes.len()
+    }
+    pub fn primary(&self) -> ReplicaId {
+        self.cfg.primary(self.view)
+    }
+
+    /// Processes one event at time `now_ms` and returns what to do, in order.
+    pub fn handle(&mut self, now_ms: u64, event: Event, app: &impl Application) -> Vec<Action> {
+        match event {
+            Event::Start => self.on_start(now_ms),
+            Event::Message(m) => self.on_message(now_ms, m, app),
+            Event::Submit(item) => self.on_submit(now_ms, item, app),
+            Event::Timer(t) => self.on_timer(now_ms, t),
+            Event::StateTransfer(entries) => self.on_state_transfer(now_ms, entries),
+        }
+        // Any event may have made proposing possible (new work, a new view, a moved window).
+        self.try_propose(now_ms, app);
+        let mut out = std::mem::take(&mut self.effects);
+        if std::mem::take(&mut self.dirty) {
+            out.push(Action::Persist(Box::new(self.snapshot())));
+        }
+        out.append(&mut self.sends);
+        out
+    }
+
+    // ---- output helpers ----
+
+    fn sign(&self, kind: Kind, batch: Option<v1::PbftBatch>) -> v1::PbftMessage {
+        sign(&self.signer, &self.cfg.chain_id, self.cfg.me, kind, batch)
+    }
+
+    fn broadcast(&mut self, msg: v1::PbftMessage) {
+        self.sends.push(Action::Broadcast(msg));
+    }
+
+    fn send(&mut self, to: ReplicaId, msg: v1::PbftMessage) {
+        self.sends.push(Action::Send { to, msg });
+    }
+
+    fn set_timer(&mut self, timer: Timer, at_ms: u64) {
+        self.effects.push(Action::SetTimer { timer, at_ms });
+    }
+
+    fn cancel_timer(&mut self, timer: Timer) {
+        self.effects.push(Action::CancelTimer(timer));
+    }
+
+    fn view_change_timeout(&self) -> u64 {
+        let factor = 1u64 << self.consecutive_view_changes.min(5);
+        self.cfg.view_change_timeout_ms.saturating_mul(factor)
+    }
+
+    fn in_window(&self, seq: u64) -> bool {
+        seq > self.stable.seq && seq <= self.stable.seq + self.cfg.window
+    }
+
+    fn snapshot(&self) -> PersistedState {
+        let bytes = |m: &v1::PbftMessage| m.canonical_bytes();
+        PersistedState {
+            view: self.view,
+            view_changing: self.view_changing,
+            next_seq: self.next_seq,
+            stable_seq: self.stable.seq,
+            stable_digest: self.stable.digest.0,
+            stable_proof: self.stable.proof.iter().map(bytes).collect(),
+            slots: self
+                .slots
+                .iter()
+                .filter(|(s, slot)| {
+                    **s > self.stable.seq
+                        && (slot.pre_prepare.is_some()
+                            || slot.prepared.is_some()
+                            || slot.sent_prepare.is_some()
+                            || slot.sent_commit.is_some())
+                })
+                .map(|(s, slot)| SlotRecord {
+                    seq: *s,
+                    pre_prepare: slot.pre_prepare.as_ref().map(|(_, _, m)| bytes(m)),
+                    sent_prepare: slot.sent_prepare.map(|(v, d)| (v, d.0)),
+                    sent_commit: slot.sent_commit.map(|(v, d)| (v, d.0)),
+                    prepared: slot
+                        .prepared
+                        .as_ref()
+                        .map(|(_, _, pp, ps)| std::iter::once(pp).chain(ps).map(bytes).collect()),
+                })
+                .collect(),
+            last_view_change: self.last_view_change.as_ref().map(bytes),
+        }
+    }
+
+    // ---- start, submit, timers ----
+
+    fn on_start(&mut self, now: u64) {
+        // Re-send what we already sent (identical bytes: RFC 6979 signatures are deterministic).
+        if self.view_changing {
+            if let Some(vc) = self.last_view_change.clone() {
+                self.broadcast(vc);
+            }
+            let at = now + self.view_change_timeout();
+            self.set_timer(Timer::ViewChange(self.view), at);
+        }
+        let seqs: Vec<u64> = self
+            .slots
+            .keys()
+            .copied()
+            .filter(|s| *s > self.exec_seq)
+            .collect();
+        for s in seqs {
+            let slot = &self.slots[&s];
+            let mut again = Vec::new();
+            if let Some((v, _, pp)) = &slot.pre_prepare {
+                if self.cfg.primary(*v) == self.cfg.me && *v == self.view {
+                    again.push(pp.clone());
+                }
+            }
+            if let Some((v, d)) = slot.sent_prepare {
+                again.push(self.sign(Kind::Prepare(vote(v, s, &d)), None));
+            }
+            if let Some((v, d)) = slot.sent_commit {
+                again.push(self.sign(Kind::Commit(commit(v, s, &d)), None));
+            }
+            // Count our own votes again.
+            for m in &again {
+                self.record_own_vote(s, m);
+            }
+            for m in again {
+                self.broadcast(m);
+            }
+        }
+        if self.exec_seq < self.stable.seq {
+            self.transfer_target = Some(self.stable.seq);
+            self.request_transfer(now);
+        }
+        self.recompute_in_flight();
+        self.update_progress_timer(now);
+    }
+
+    fn record_own_vote(&mut self, seq: u64, m: &v1::PbftMessage) {
+        let me = self.cfg.me;
+        let slot = self.slots.entry(seq).or_default();
+        match &m.kind {
+            Some(Kind::Prepare(p)) => {
+                if let Ok(d) = digest_field(&p.digest) {
+                    slot.prepares
+                        .entry((p.view, d))
+                        .or_default()
+                        .insert(me, m.clone());
+                }
+            }
+            Some(Kind::Commit(c)) => {
+                if let Ok(d) = digest_field(&c.digest) {
+                    slot.commits
+                        .entry((c.view, d))
+                        .or_default()
+                        .insert(me, m.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_submit(&mut self, now: u64, item: Vec<u8>, app: &impl Application) {
+        let id = item_id(&item);
+        if self.pending_ids.contains(&id) || app.already_executed(&item) {
+            return;
+        }
+        self.pending_ids.insert(id);
+        self.pending.push_back(PendingItem {
+            id,
+            item,
+            arrived_ms: now,
+        });
+        if self.view_changing && std::mem::take(&mut self.view_change_idle) {
+            let at = now + self.view_change_timeout();
+            self.set_timer(Timer::ViewChange(self.view), at);
+        }
+        self.update_progress_timer(now);
+    }
+
+    fn on_timer(&mut self, now: u64, timer: Timer) {
+        match timer {
+            Timer::Batch => {}
+            Timer::Progress => {
+                self.progress_armed = false;
+                if !self.view_changing && self.has_outstanding_work() {
+                    self.request_catch_up();
+                    self.start_view_change(now, self.view + 1);
+                }
+            }
+            Timer::ViewChange(v) => {
+                if self.view_changing && self.view == v {
+                    // Whatever the others committed meanwhile can be learnt without voting.
+                    self.request_catch_up();
+                    if self.has_outstanding_work() {
+                        self.start_view_change(now, v + 1);
+                    } else {
+                        self.view_change_idle = true;
+                    }
+                }
+            }
+            Timer::StateTransfer => {
+                if self.transfer_target.is_some() {
+                    self.request_transfer(now);
+                }
+            }
+        }
+    }
+
+    fn has_outstanding_work(&self) -> bool {
+        !self.pending.is_empty()
+            || self
+                .slots
+                .range(self.exec_seq + 1..)
+                .any(|(_, s)| s.pre_prepare.is_some())
+    }
+
+    fn update_progress_timer(&mut self, now: u64) {
+        if self.view_changing {
+            return;
+        }
+        let outstanding = self.has_outstanding_work();
+        if outstanding && !self.progress_armed {
+            self.progress_armed = true;
+            let at = now + self.view_change_timeout();
+            self.set_timer(Timer::Progress, at);
+        } else if !outstanding && self.progress_armed {
+            self.progress_armed = false;
+            self.cancel_timer(Timer::Progress);
+        }
+    }
+
+    // ---- rule 3: proposing ----
+
+    fn try_propose(&mut self, now: u64, app: &impl Application) {
+        if self.view_changing || self.cfg.primary(self.view) != self.cfg.me {
+            return;
+        }
+        // Drop items the ledger already executed (e.g. a late duplicate submission).
+        let executed: Vec<Hash32> = self
+            .pending
+            .iter()
+            .filter(|p| !self.in_flight.contains_key(&p.id) && app.already_executed(&p.item))
+            .map(|p| p.id)
+            .collect();
+        if !executed.is_empty() {
+            let gone: HashSet<Hash32> = executed.into_iter().collect();
+            self.pending.retain(|p| !gone.contains(&p.id));
+            for id in &gone {
+                self.pending_ids.remove(id);
+            }
+        }
+        loop {
+            let seq = self.next_seq + 1;
+            if !self.in_window(seq) {
+                break;
+            }
+            let candidates: Vec<&PendingItem> = self
+                .pending
+                .iter()
+                .filter(|p| !self.in_flight.contains_key(&p.id))
+                .take(self.cfg.max_batch)
+                .collect();
+            let Some(oldest) = candidates.first() else {
+                break;
+            };
+            let due = oldest.arrived_ms + self.cfg.block_interval_ms;
+            if candidates.len() < self.cfg.max_batch && now < due {
+                self.set_timer(Timer::Batch, due);
+                break;
+            }
+            let batch = v1::PbftBatch {
+                timestamp_ms: now,
+                items: candidates.iter().map(|p| p.item.clone()).collect(),
+            };
+            let ids: Vec<Hash32> = candidates.iter().map(|p| p.id).collect();
+            let digest = batch.digest();
+            let slot = self.slots.entry(seq).or_default();
+            if slot.accepted_in(self.view).is_some() {
+                // Never two pre-prepares for one (view, seq), even after a restart (rule 10).
+                self.next_seq = seq;
+                continue;
+            }
+            let msg = self.sign(
+                Kind::PrePrepare(v1::PrePrepare {
+                    view: self.view,
+                    seq,
+                    digest: digest.as_bytes().to_vec(),
+                }),
+                Some(batch.clone()),
+            );
+            let slot = self.slots.entry(seq).or_default();
+            slot.batches.insert(digest, batch);
+            slot.pre_prepare = Some((self.view, digest, msg.clone()));
+            for id in ids {
+                self.in_flight.insert(id, seq);
+            }
+            self.next_seq = seq;
+            self.dirty = true;
+            self.broadcast(msg);
+            self.check_prepared(now, seq);
+        }
+        self.update_progress_timer(now);
+    }
+
+    // ---- messages ----
+
+    fn on_message(&mut self, now: u64, m: v1::PbftMessage, app: &impl Application) {
+        if m.replica == self.cfg.me
+            || verify_signature(&m, &self.cfg.chain_id, &self.cfg.validators, &self.verifier)
+                .is_err()
+        {
+            return;
+        }
+        match m.kind.clone() {
+            Some(Kind::PrePrepare(pp)) => self.on_pre_prepare(now, m, pp, app),
+            Some(Kind::Prepare(p)) => {
+                self.on_vote(now, m.replica, p.view, p.seq, &p.digest, m, true)
+            }
+            Some(Kind::Commit(c)) => {
+                self.on_vote(now, m.replica, c.view, c.seq, &c.digest, m, false)
+            }
+            Some(Kind::Checkpoint(c)) => self.on_checkpoint(now, m, c),
+            Some(Kind::ViewChange(_)) => self.on_view_change(now, m),
+            Some(Kind::NewView(_)) => self.on_new_view(now, m, app),
+            None => {}
+        }
+    }
+
+    /// Rule 4.
+    fn on_pre_prepare(
+        &mut self,
+        now: u64,
+        m: v1::PbftMessage,
+        pp: v1::PrePrepare,
+        app: &impl Application,
+    ) {
+        if m.replica != self.cfg.primary(pp.view) {
+            return;
+        }
+        if self.view_changing && pp.view == self.view {
+            if self.early_pre_prepares.len() < self.cfg.window as usize {
+                self.early_pre_prepares.push(m);
+            }
+            return;
+        }
+        if self.view_changing || pp.view != self.view || !self.in_window(pp.seq) {
+            return;
+        }
+        self.accept_pre_prepare(now, m, app);
+    }
+
+    fn accept_pre_prepare(&mut self, now: u64, m: v1::PbftMessage, app: &impl Application) -> bool {
+        let Some(Kind::PrePrepare(pp)) = &m.kind else {
+            return false;
+        };
+        let (view, seq) = (pp.view, pp.seq);
+        let Ok(digest) = digest_field(&pp.digest) else {
+            return false;
+        };
+        let Some(batch) = m.batch.clone() else {
+            return false;
+        };
+        if batch.digest() != digest || batch.items.len() > self.cfg.max_batch {
+            return false;
+        }
+        if let Some(d) = self.slots.get(&seq).and_then(|s| s.accepted_in(view)) {
+            return d == digest;
+        }
+        let ids: Vec<Hash32> = batch.items.iter().map(|i| item_id(i)).collect();
+        let unique: HashSet<&Hash32> = ids.iter().collect();
+        if unique.len() != ids.len()
+            || ids
+                .iter()
+                .any(|id| self.in_flight.get(id).is_some_and(|s| *s != seq))
+        {
+            return false;
+        }
+        if seq > self.exec_seq && app.validate(seq, &batch).is_err() {
+            return false;
+        }
+        let slot = self.slots.entry(seq).or_default();
+        slot.batches.insert(digest, batch);
+        slot.pre_prepare = Some((view, digest, m));
+        for id in ids {
+            self.in_flight.insert(id, seq);
+        }
+        self.dirty = true;
+        if self.cfg.primary(view) != self.cfg.me {
+            self.send_prepare(view, seq, digest);
+        }
+        self.check_prepared(now, seq);
+        self.update_progress_timer(now);
+        true
+    }
+
+    /// Signs a prepare unless one for another digest was already sent in this view (rule 10).
+    fn send_prepare(&mut self, view: u64, seq: u64, digest: Hash32) {
+        let slot = self.slots.entry(seq).or_default();
+        match slot.sent_prepare {
+            Some((v, d)) if v == view && d != digest => return,
+            Some((v, d)) if v == view && d == digest => {}
+            _ => {
+                slot.sent_prepare = Some((view, digest));
+                self.dirty = true;
+            }
+        }
+        let msg = self.sign(Kind::Prepare(vote(view, seq, &digest)), None);
+        self.record_own_vote(seq, &msg);
+        self.broadcast(msg);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_vote(
+        &mut self,
+        now: u64,
+        from: ReplicaId,
+        view: u64,
+        seq: u64,
+        digest: &[u8],
+        m: v1::PbftMessage,
+        is_prepare: bool,
+    ) {
+        if view != self.view || !self.in_window(seq) {
+            return;
+        }
+        if is_prepare && from == self.cfg.primary(view) {
+            return;
+        }
+        let Ok(d) = digest_field(digest) else {
+            return;
+        };
+        let slot = self.slots.entry(seq).or_default();
+        let votes = if is_prepare {
+            &mut slot.prepares
+        } else {
+            &mut slot.commits
+        };
+        votes.entry((view, d)).or_default().insert(from, m);
+        if !self.view_changing {
+            self.check_prepared(now, seq);
+        }
+    }
+
+    /// Rule 5, then rule 6.
+    fn check_prepared(&mut self, now: u64, seq: u64) {
+        let view = self.view;
+        let q = self.cfg.quorum();
+        let primary = self.cfg.primary(view);
+        let Some(slot) = self.slots.get_mut(&seq) else {
+            return;
+        };
+        let Some((v, d, pp)) = slot.pre_prepare.clone() else {
+            return;
+        };
+        if v != view {
+            return;
+        }
+        let already = matches!(&slot.prepared, Some((pv, pd, _, _)) if *pv == v && *pd == d);
+        if !already {
+            let prepares: Vec<v1::PbftMessage> = slot
+                .prepares
+                .get(&(v, d))
+                .map(|m| {
+                    m.iter()
+                        .filter(|(r, _)| **r != primary)
+                        .map(|(_, msg)| msg.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if prepares.len() + 1 < q {
+                return;
+            }
+            slot.prepared = Some((v, d, pp, prepares.into_iter().take(q - 1).collect()));
+            self.dirty = true;
+            let slot = self.slots.get_mut(&seq).expect("present");
+            match slot.sent_commit {
+                Some((cv, cd)) if cv == v && cd != d => return,
+                Some((cv, _)) if cv == v => {}
+                _ => slot.sent_commit = Some((v, d)),
+            }
+            let msg = self.sign(Kind::Commit(commit(v, seq, &d)), None);
+            self.record_own_vote(seq, &msg);
+            self.broadcast(msg);
+        }
+        self.check_committed(now, seq);
+    }
+
+    fn check_committed(&mut self, now: u64, seq: u64) {
+        let q = self.cfg.quorum();
+        let Some(slot) = self.slots.get_mut(&seq) else {
+            return;
+        };
+        if slot.committed.is_some() {
+            return;
+        }
+        let Some((v, d, _, _)) = &slot.prepared else {
+            return;
+        };
+        let key = (*v, *d);
+        let Some(commits) = slot.commits.get(&key) else {
+            return;
+        };
+        if commits.len() < q {
+            return;
+        }
+        let cert: Vec<v1::PbftMessage> = commits.values().take(q).cloned().collect();
+        slot.committed = Some((key.0, key.1, cert));
+        self.execute_ready(now);
+    }
+
+    /// Executes committed batches in sequence order (rule 6).
+    fn execute_ready(&mut self, now: u64) {
+        let mut progressed = false;
+        while let Some(slot) = self.slots.get(&(self.exec_seq + 1)) {
+            let Some((view, digest, cert)) = &slot.committed else {
+                break;
+            };
+            let Some(batch) = slot.batches.get(digest).cloned() else {
+                break;
+            };
+            let commits = cert
+                .iter()
+                .map(|m| v1::IndexedSignature {
+                    validator: m.replica,
+                    signature: m.signature.clone(),
+                })
+                .collect();
+            let (view, digest) = (*view, *digest);
+            self.apply(now, view, digest, batch, commits);
+            progressed = true;
+        }
+        if progressed {
+            self.after_progress(now);
+        }
+    }
+
+    fn apply(
+        &mut self,
+        now: u64,
+        view: u64,
+        digest: Hash32,
+        batch: v1::PbftBatch,
+        commits: Vec<v1::IndexedSignature>,
+    ) {
+        let seq = self.exec_seq + 1;
+        for item in &batch.items {
+            let id = item_id(item);
+            self.in_flight.remove(&id);
+            if self.pending_ids.remove(&id) {
+                self.pending.retain(|p| p.id != id);
+            }
+        }
+        self.exec_digest = chain_state_digest(&self.exec_digest, seq, &digest);
+        self.exec_seq = seq;
+        self.next_seq = self.next_seq.max(seq);
+        self.consecutive_view_changes = 0;
+        self.effects.push(Action::Commit {
+            entry: v1::CommittedBatch {
+                seq,
+                view,
+                batch: Some(batch),
+                commits,
+            },
+            digest,
+            proposer: self.cfg.primary(view),
+        });
+        if seq % self.cfg.checkpoint_interval == 0 {
+            let msg = self.sign(
+                Kind::Checkpoint(v1::Checkpoint {
+                    seq,
+                    state_digest: self.exec_digest.as_bytes().to_vec(),
+                }),
+                None,
+            );
+            self.checkpoints
+                .entry(seq)
+                .or_default()
+                .insert(self.cfg.me, (self.exec_digest, msg.clone()));
+            self.broadcast(msg);
+            self.check_stable(now, seq);
+        }
+    }
+
+    fn after_progress(&mut self, now: u64) {
+        // Restart the progress clock from this execution.
+        if self.progress_armed {
+            self.progress_armed = false;
+            self.cancel_timer(Timer::Progress);
+        }
+        self.update_progress_timer(now);
+    }
+
+    // ---- rule 7: checkpoints ----
+
+    fn on_checkpoint(&mut self, now: u64, m: v1::PbftMessage, c: v1::Checkpoint) {
+        if c.seq <= self.stable.seq || c.seq % self.cfg.checkpoint_interval != 0 {
+            return;
+        }
+        let Ok(d) = digest_field(&c.state_digest) else {
+            return;
+        };
+        // Bound memory against a sender spraying far-future checkpoints: beyond the window keep
+        // only each sender's latest.
+        let horizon = self.stable.seq + self.cfg.window;
+        if c.seq > horizon {
+            for votes in self.checkpoints.range_mut(horizon + 1..).map(|(_, v)| v) {
+                votes.remove(&m.replica);
+            }
+            self.checkpoints.retain(|_, v| !v.is_empty());
+        }
+        self.checkpoints
+            .entry(c.seq)
+            .or_default()
+            .insert(m.replica, (d, m));
+        self.check_stable(now, c.seq);
+    }
+
+    fn check_stable(&mut self, now: u64, seq: u64) {
+        if seq <= self.stable.seq {
+            return;
+        }
+        let Some(votes) = self.checkpoints.get(&seq) else {
+            return;
+        };
+        let mut by_digest: BTreeMap<Hash32, Vec<v1::PbftMessage>> = BTreeMap::new();
+        for (d, m) in votes.values() {
+            by_digest.entry(*d).or_default().push(m.clone());
+        }
+        let Some((digest, proof)) = by_digest
+            .into_iter()
+            .find(|(_, ms)| ms.len() >= self.cfg.quorum())
+        else {
+            return;
+        };
+        if self.exec_seq >= seq {
+            self.adopt_stable(CheckpointClaim { seq, digest, proof });
+        } else if self.transfer_target.is_none_or(|t| t < seq) {
+            self.transfer_target = Some(seq);
+            self.request_transfer(now);
+        }
+    }
+
+    fn adopt_stable(&mut self, claim: CheckpointClaim) {
+        let seq = claim.seq;
+        self.stable = claim;
+        self.slots = self.slots.split_off(&(seq + 1));
+        self.checkpoints = self.checkpoints.split_off(&(seq + 1));
+        self.in_flight.retain(|_, s| *s > seq);
+        self.next_seq = self.next_seq.max(seq);
+        self.dirty = true;
+        if self.transfer_target.is_some_and(|t| t <= self.exec_seq) {
+            self.transfer_target = None;
+            self.cancel_timer(Timer::StateTransfer);
+        }
+    }
+
+    // ---- rule 11: state transfer ----
+
+    fn request_transfer(&mut self, now: u64) {
+        let Some(target) = self.transfer_target else {
+            return;
+        };
+        self.effects.push(Action::RequestStateTransfer {
+            from_seq: self.exec_seq + 1,
+            target_seq: target,
+        });
+        let at = now + self.cfg.state_transfer_retry_ms;
+        self.set_timer(Timer::StateTransfer, at);
+    }
+
+    /// Block sync: ask for any committed batches above what this replica executed.
+    fn request_catch_up(&mut self) {
+        if self.transfer_target.is_none() {
+            self.effects.push(Action::RequestStateTransfer {
+                from_seq: self.exec_seq + 1,
+                target_seq: self.exec_seq + 1,
+            });
+        }
+    }
+
+    fn on_state_transfer(&mut self, now: u64, mut entries: Vec<v1::CommittedBatch>) {
+        entries.sort_by_key(|e| e.seq);
+        let mut progressed = false;
+        for e in entries {
+            if e.seq != self.exec_seq + 1 {
+                continue;
+            }
+            let Ok(digest) = verify_committed_batch(
+                &e,
+                &self.cfg.chain_id,
+                &self.cfg.validators,
+                &self.verifier,
+            ) else {
+                break;
+            };
+            let batch = e.batch.clone().expect("verified entries carry their batch");
+            self.apply(now, e.view, digest, batch, e.commits);
+            progressed = true;
+        }
+        if !progressed {
+            return;
+        }
+        let ready: Vec<u64> = self
+            .checkpoints
+            .keys()
+            .copied()
+            .filter(|s| *s > self.stable.seq && *s <= self.exec_seq)
+            .collect();
+        for s in ready {
+            self.check_stable(now, s);
+        }
+        if self.transfer_target.is_some_and(|t| t <= self.exec_seq) {
+            self.transfer_target = None;
+            self.cancel_timer(Timer::StateTransfer);
+        }
+        self.execute_ready(now);
+        self.after_progress(now);
+    }
+
+    // ---- rules 8, 9, 12: view change ----
+
+    fn start_view_change(&mut self, now: u64, target: u64) {
+        // Views only move forward (rule 10).
+        if target <= self.view {
+            return;
+        }
+        self.view = target;
+        self.view_changing = true;
+        self.view_change_idle = false;
+        self.consecutive_view_changes = self.consecutive_view_changes.saturating_add(1);
+        self.new_view_msg = None;
+        self.early_pre_prepares.clear();
+        if self.progress_armed {
+            self.progress_armed = false;
+            self.cancel_timer(Timer::Progress);
+        }
+        self.cancel_timer(Timer::Batch);
+        let prepared = self
+            .slots
+            .range(self.stable.seq + 1..)
+            .filter_map(|(_, s)| s.prepared.as_ref())
+            .map(|(_, _, pp, prepares)| v1::PreparedProof {
+                pre_prepare: Some(pp.clone()),
+                prepares: prepares.clone(),
+            })
+            .collect();
+        let msg = self.sign(
+            Kind::ViewChange(v1::ViewChange {
+                new_view: target,
+                stable_seq: self.stable.seq,
+                stable_digest: self.stable.digest.as_bytes().to_vec(),
+                checkpoint_proof: self.stable.proof.clone(),
+                prepared,
+            }),
+            None,
+        );
+        self.last_view_change = Some(msg.clone());
+        self.dirty = true;
+        if let Ok(own) = verify_view_change(&self.cfg, &self.verifier, &msg) {
+            self.view_changes
+                .entry(target)
+                .or_default()
+                .insert(self.cfg.me, (msg.clone(), own));
+        }
+        self.view_changes = self.view_changes.split_off(&target);
+        self.broadcast(msg);
+        let at = now + self.view_change_timeout();
+        self.set_timer(Timer::ViewChange(target), at);
+        self.maybe_send_new_view(now);
+    }
+
+    fn on_view_change(&mut self, now: u64, m: v1::PbftMessage) {
+        let Ok(vc) = verify_view_change(&self.cfg, &self.verifier, &m) else {
+            return;
+        };
+        let (sender, target) = (vc.sender, vc.new_view);
+        if target < self.view || (target == self.view && !self.view_changing) {
+            self.help_laggard(sender, target, vc.stable.seq);
+            return;
+        }
+        // Keep only each sender's latest view change (bounded memory).
+        for per_view in self.view_changes.values_mut() {
+            per_view.remove(&sender);
+        }
+        self.view_changes.retain(|_, v| !v.is_empty());
+        self.view_changes
+            .entry(target)
+            .or_default()
+            .insert(sender, (m, vc));
+        // Join rule: f+1 view changes for views above ours.
+        let above: Vec<u64> = self
+            .view_changes
+            .range(self.view + 1..)
+            .flat_map(|(v, senders)| senders.keys().map(move |_| *v))
+            .collect();
+        if above.len() > self.cfg.f() {
+            let smallest = *above.iter().min().expect("non-empty");
+            self.start_view_change(now, smallest);
+        }
+        self.maybe_send_new_view(now);
+    }
+
+    fn help_laggard(&mut self, to: ReplicaId, their_view: u64, their_stable: u64) {
+        if !self.helped.insert((to, their_view)) {
+            return;
+        }
+        self.helped.retain(|(_, v)| *v + 2 * 8 >= their_view);
+        if their_stable < self.stable.seq {
+            for m in self.stable.proof.clone() {
+                self.send(to, m);
+            }
+        }
+        if let Some(nv) = self.new_view_msg.clone() {
+            self.send(to, nv);
+        }
+    }
+
+    fn maybe_send_new_view(&mut self, now: u64) {
+        let v = self.view;
+        if !self.view_changing || self.cfg.primary(v) != self.cfg.me {
+            return;
+        }
+        let Some(vcs) = self.view_changes.get(&v) else {
+            return;
+        };
+        if vcs.len() < self.cfg.quorum() {
+            return;
+        }
+        let chosen: Vec<(v1::PbftMessage, VerifiedViewChange)> =
+            vcs.values().take(self.cfg.quorum()).cloned().collect();
+        let verified: Vec<VerifiedViewChange> = chosen.iter().map(|(_, vc)| vc.clone()).collect();
+        let plan = plan(&verified);
+        let pre_prepares: Vec<v1::PbftMessage> = plan
+            .proposals
+            .iter()
+            .map(|(seq, (digest, batch))| {
+                self.sign(
+                    Kind::PrePrepare(v1::PrePrepare {
+                        view: v,
+                        seq: *seq,
+                        digest: digest.as_bytes().to_vec(),
+                    }),
+                    Some(batch.clone()),
+                )
+            })
+            .collect();
+        let nv = self.sign(
+            Kind::NewView(v1::NewView {
+                view: v,
+                view_changes: chosen.into_iter().map(|(m, _)| m).collect(),
+                pre_prepares: pre_prepares.clone(),
+            }),
+            None,
+        );
+        self.broadcast(nv.clone());
+        self.enter_new_view(now, v, plan, pre_prepares, nv);
+    }
+
+    fn on_new_view(&mut self, now: u64, m: v1::PbftMessage, app: &impl Application) {
+        let Some(Kind::NewView(nv)) = &m.kind else {
+            return;
+        };
+        if nv.view < self.view || (nv.view == self.view && !self.view_changing) {
+            return;
+        }
+        let Ok((v, plan, pre_prepares)) = verify_new_view(&self.cfg, &self.verifier, &m) else {
+            return;
+        };
+        self.enter_new_view(now, v, plan, pre_prepares, m);
+        let early = std::mem::take(&mut self.early_pre_prepares);
+        for pp in early {
+            if let Some(Kind::PrePrepare(k)) = &pp.kind {
+                if k.view == self.view && self.in_window(k.seq) {
+                    self.accept_pre_prepare(now, pp, app);
+                }
+            }
+        }
+    }
+
+    fn enter_new_view(
+        &mut self,
+        now: u64,
+        v: u64,
+        plan: NewViewPlan,
+        pre_prepares: Vec<v1::PbftMessage>,
+        nv: v1::PbftMessage,
+    ) {
+        if self.view_changing {
+            self.cancel_timer(Timer::ViewChange(self.view));
+        }
+        self.view = v;
+        self.view_changing = false;
+        self.new_view_msg = Some(nv);
+        self.dirty = true;
+        self.view_changes = self.view_changes.split_off(&(v + 1));
+        if plan.stable.seq > self.stable.seq {
+            if self.exec_seq >= plan.stable.seq {
+                self.adopt_stable(plan.stable.clone());
+            } else {
+                let entry = self.checkpoints.entry(plan.stable.seq).or_default();
+                for m in &plan.stable.proof {
+                    entry.insert(m.replica, (plan.stable.digest, m.clone()));
+                }
+                self.check_stable(now, plan.stable.seq);
+            }
+        }
+        let mut max_seq = plan.stable.seq;
+        for pp in pre_prepares {
+            let Some(Kind::PrePrepare(k)) = &pp.kind else {
+                continue;
+            };
+            max_seq = max_seq.max(k.seq);
+            if k.seq <= self.stable.seq {
+                continue;
+            }
+            let (Ok(d), Some(batch)) = (digest_field(&k.digest), pp.batch.clone()) else {
+                continue;
+            };
+            let seq = k.seq;
+            let slot = self.slots.entry(seq).or_default();
+            slot.batches.insert(d, batch);
+            slot.pre_prepare = Some((v, d, pp));
+            if self.cfg.primary(v) != self.cfg.me {
+                self.send_prepare(v, seq, d);
+            }
+        }
+        self.next_seq = max_seq.max(self.exec_seq);
+        self.recompute_in_flight();
+        let seqs: Vec<u64> = self
+            .slots
+            .range(self.stable.seq + 1..)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in seqs {
+            self.check_prepared(now, s);
+        }
+        self.update_progress_timer(now);
+    }
+
+    fn recompute_in_flight(&mut self) {
+        let view = self.view;
+        self.in_flight.clear();
+        for (seq, slot) in self.slots.range(self.exec_seq + 1..) {
+            if slot.accepted_in(view).is_none() {
+                continue;
+            }
+            if let Some(batch) = slot.accepted_batch() {
+                for item in &batch.items {
+                    self.in_flight.insert(item_id(item), *seq);
+                }
+            }
+        }
+    }
+}
+
+fn vote(view: u64, seq: u64, digest: &Hash32) -> v1::Prepare {
+    v1::Prepare {
+        view,
+        seq,
+        digest: digest.as_bytes().to_vec(),
+    }
+}
+
+fn commit(view: u64, seq: u64, digest: &Hash32) -> v1::Commit {
+    v1::Commit {
+        view,
+        seq,
+        digest: digest.as_bytes().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

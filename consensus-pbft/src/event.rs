@@ -1,0 +1,73 @@
+//! What goes into the engine and what comes out, with the driver's obligations.
+
+use medchain_crypto::Hash32;
+use medchain_proto::v1;
+
+use crate::persist::PersistedState;
+use crate::ReplicaId;
+
+/// Timers the engine asks for. Setting a timer that is already set moves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// The block interval of the oldest pending item (primary).
+    Batch,
+    /// No execution progress while work is outstanding: start a view change.
+    Progress,
+    /// The view change to this view did not complete: try the next view.
+    ViewChange(u64),
+    /// A state-transfer request went unanswered: ask again.
+    StateTransfer,
+}
+
+/// An input.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The replica starts (first start or after [`crate::Replica::restore`]). It re-sends its
+    /// latest votes, which is harmless (they are identical) and helps peers that missed them.
+    Start,
+    /// A message from the network. Nothing about it is trusted: the engine verifies everything.
+    Message(v1::PbftMessage),
+    /// An item (a transaction's canonical bytes) that the node has already checked and wants
+    /// ordered. Duplicates of pending or in-flight items are ignored.
+    Submit(Vec<u8>),
+    /// A timer set by [`Action::SetTimer`] fired.
+    Timer(Timer),
+    /// Committed batches fetched from peers in answer to [`Action::RequestStateTransfer`],
+    /// untrusted: each one's commit certificate is verified before it is executed.
+    StateTransfer(Vec<v1::CommittedBatch>),
+}
+
+/// An output. The driver performs the actions of one `handle` call in order.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Make this state durable before performing any later action of the same call (persist,
+    /// then send). It replaces every earlier persisted state.
+    Persist(Box<PersistedState>),
+    /// Send to every other replica.
+    Broadcast(v1::PbftMessage),
+    /// Send to one replica.
+    Send {
+        to: ReplicaId,
+        msg: v1::PbftMessage,
+    },
+    /// Execute this batch: it is committed at `entry.seq`, which is exactly one above the previous
+    /// `Commit`. `entry` carries its commit certificate (verifiable with
+    /// `medchain_proto::pbft::verify_committed_batch`); `proposer` is the primary that proposed it.
+    Commit {
+        entry: v1::CommittedBatch,
+        digest: Hash32,
+        proposer: ReplicaId,
+    },
+    /// Arm (or move) a timer to fire at `at_ms` (same clock as `now_ms`).
+    SetTimer {
+        timer: Timer,
+        at_ms: u64,
+    },
+    CancelTimer(Timer),
+    /// Fetch committed batches from `from_seq` on (at least up to `target_seq`) from peers and feed
+    /// them back as [`Event::StateTransfer`].
+    RequestStateTransfer {
+        from_seq: u64,
+        target_seq: u64,
+    },
+}

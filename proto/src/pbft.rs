@@ -1,0 +1,195 @@
+//! PBFT envelopes: the one way they are signed and checked, and the verification of committed
+//! batches (used by state transfer, block sync, light clients and the bridge).
+//!
+//! A message's signature covers its canonical bytes with `signature` and `batch` cleared, under the
+//! "pbft message" domain. The chain ID and the sender's index are inside the signed bytes, so a
+//! message cannot be replayed on another chain or attributed to another replica. A commit
+//! certificate is just the signatures of a quorum's Commit envelopes, which anyone can rebuild from
+//! (chain, replica, view, seq, digest).
+
+use medchain_crypto::hash::domains;
+use medchain_crypto::validators::{Signer, ValidatorIndex, ValidatorSet, Verifier};
+use medchain_crypto::{Hash32, Signature};
+
+use crate::canonical::{Canonical, Hashed};
+use crate::v1::{self, pbft_message::Kind};
+use crate::ProtoError;
+
+/// The canonical bytes a PBFT message's signature covers.
+pub fn signing_bytes(msg: &v1::PbftMessage) -> Vec<u8> {
+    let mut unsigned = msg.clone();
+    unsigned.signature.clear();
+    unsigned.batch = None;
+    unsigned.canonical_bytes()
+}
+
+/// Builds and signs an envelope.
+pub fn sign(
+    signer: &impl Signer,
+    chain_id: &str,
+    replica: ValidatorIndex,
+    kind: Kind,
+    batch: Option<v1::PbftBatch>,
+) -> v1::PbftMessage {
+    let mut msg = v1::PbftMessage {
+        chain_id: chain_id.to_string(),
+        replica,
+        kind: Some(kind),
+        signature: Vec::new(),
+        batch: None,
+    };
+    msg.signature = signer
+        .sign(domains::PBFT_MESSAGE, &signing_bytes(&msg))
+        .as_bytes()
+        .to_vec();
+    msg.batch = batch;
+    msg
+}
+
+/// Checks the chain ID, that the sender is in `validators`, and its signature.
+pub fn verify_signature(
+    msg: &v1::PbftMessage,
+    chain_id: &str,
+    validators: &ValidatorSet,
+    verifier: &impl Verifier,
+) -> Result<(), ProtoError> {
+    const KIND: &str = "pbft message";
+    if msg.chain_id != chain_id {
+        return Err(ProtoError::Invalid {
+            kind: KIND,
+            reason: format!("for chain {:?}, this is {chain_id:?}", msg.chain_id),
+        });
+    }
+    let signer = validators
+        .get(msg.replica)
+        .ok_or_else(|| ProtoError::Invalid {
+            kind: KIND,
+            reason: format!(
+                "sender index {} is outside the validator set of {}",
+                msg.replica,
+                validators.len()
+            ),
+        })?;
+    let sig = Signature::from_slice(&msg.signature).map_err(|source| ProtoError::InvalidField {
+        kind: KIND,
+        field: "signature",
+        source,
+    })?;
+    verifier
+        .verify(signer, domains::PBFT_MESSAGE, &signing_bytes(msg), &sig)
+        .map_err(|source| ProtoError::InvalidField {
+            kind: KIND,
+            field: "signature",
+            source,
+        })
+}
+
+/// The unsigned Commit envelope of `replica`, as a certificate verifier rebuilds it.
+pub fn commit_envelope(
+    chain_id: &str,
+    replica: ValidatorIndex,
+    view: u64,
+    seq: u64,
+    digest: &Hash32,
+) -> v1::PbftMessage {
+    v1::PbftMessage {
+        chain_id: chain_id.to_string(),
+        replica,
+        kind: Some(Kind::Commit(v1::Commit {
+            view,
+            seq,
+            digest: digest.as_bytes().to_vec(),
+        })),
+        signature: Vec::new(),
+        batch: None,
+    }
+}
+
+/// Verifies that a quorum of `validators` committed `digest` at (`view`, `seq`).
+pub fn verify_commit_signatures(
+    chain_id: &str,
+    view: u64,
+    seq: u64,
+    digest: &Hash32,
+    commits: &[v1::IndexedSignature],
+    validators: &ValidatorSet,
+    verifier: &impl Verifier,
+) -> Result<(), ProtoError> {
+    const KIND: &str = "commit certificate";
+    let mut signatures = Vec::with_capacity(commits.len());
+    for c in commits {
+        let sig =
+            Signature::from_slice(&c.signature).map_err(|source| ProtoError::InvalidField {
+                kind: KIND,
+                field: "signatures",
+                source,
+            })?;
+        signatures.push((c.validator, sig));
+    }
+    // Each signer signed its own envelope (its index is inside), so verify one by one.
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, sig) in &signatures {
+        let member = validators.get(*index).ok_or_else(|| ProtoError::Invalid {
+            kind: KIND,
+            reason: format!("signer index {index} is outside the validator set"),
+        })?;
+        if !seen.insert(*index) {
+            return Err(ProtoError::Invalid {
+                kind: KIND,
+                reason: format!("validator {index} signed twice"),
+            });
+        }
+        let envelope = commit_envelope(chain_id, *index, view, seq, digest);
+        verifier
+            .verify(
+                member,
+                domains::PBFT_MESSAGE,
+                &signing_bytes(&envelope),
+                sig,
+            )
+            .map_err(|_| ProtoError::Invalid {
+                kind: KIND,
+                reason: format!("signature of validator {index} does not verify"),
+            })?;
+    }
+    if seen.len() < validators.quorum() {
+        return Err(ProtoError::Invalid {
+            kind: KIND,
+            reason: format!(
+                "{} valid signatures, {} required",
+                seen.len(),
+                validators.quorum()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Verifies a committed batch and returns its digest.
+pub fn verify_committed_batch(
+    entry: &v1::CommittedBatch,
+    chain_id: &str,
+    validators: &ValidatorSet,
+    verifier: &impl Verifier,
+) -> Result<Hash32, ProtoError> {
+    let batch = entry.batch.as_ref().ok_or(ProtoError::MissingField {
+        kind: "committed batch",
+        field: "batch",
+    })?;
+    let digest = batch.digest();
+    verify_commit_signatures(
+        chain_id,
+        entry.view,
+        entry.seq,
+        &digest,
+        &entry.commits,
+        validators,
+        verifier,
+    )?;
+    Ok(digest)
+}
+
+/// The digest identifying one item (for de-duplication of pending work).
+pub fn item_id(item: &[u8]) -> Hash32 {
+    medchain_crypto::digest(domains::PBFT_ITEM, item)
+}

@@ -1,0 +1,143 @@
+//! medchain-sim: runs the consensus engines under seeded fault schedules.
+//!
+//!     medchain-sim pbft --seeds N [--start S] [--n 4|7|10] [--threads T]
+//!     medchain-sim pbft --seed S [--trace] [--n N]
+//!
+//! A failing seed prints its scenario and violation; replay it with `--seed S --trace`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use medchain_tests::sim::pbft::{run, Scenario};
+
+struct Args {
+    engine: String,
+    seeds: Option<u64>,
+    start: u64,
+    seed: Option<u64>,
+    n: Option<usize>,
+    trace: bool,
+    threads: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let engine = it
+        .next()
+        .ok_or("usage: medchain-sim pbft (--seeds N | --seed S [--trace])")?;
+    let mut a = Args {
+        engine,
+        seeds: None,
+        start: 0,
+        seed: None,
+        n: None,
+        trace: false,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            it.next()
+                .ok_or(format!("{name} needs a value"))?
+                .parse()
+                .map_err(|_| format!("{name} needs a number"))
+        };
+        match flag.as_str() {
+            "--seeds" => a.seeds = Some(value("--seeds")?),
+            "--start" => a.start = value("--start")?,
+            "--seed" => a.seed = Some(value("--seed")?),
+            "--n" => a.n = Some(value("--n")? as usize),
+            "--threads" => a.threads = value("--threads")?.max(1) as usize,
+            "--trace" => a.trace = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if a.engine != "pbft" {
+        return Err(format!(
+            "unknown engine {:?}: this build simulates `pbft`",
+            a.engine
+        ));
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(seed) = args.seed {
+        let scn = Scenario::generate(seed, args.n);
+        let out = run(&scn, args.trace);
+        for line in &out.trace {
+            println!("{line}");
+        }
+        println!("{}", scn.describe());
+        println!(
+            "events {} virtual time {} ms executed {} trace {}",
+            out.events, out.end_ms, out.executed, out.trace_hash
+        );
+        return match out.violation {
+            Some(v) => {
+                println!("VIOLATION: {v}");
+                ExitCode::FAILURE
+            }
+            None => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+        };
+    }
+    let count = args.seeds.unwrap_or(100);
+    let started = std::time::Instant::now();
+    let next = AtomicU64::new(args.start);
+    let failures = Mutex::new(Vec::new());
+    let by_n = Mutex::new([0u64; 3]);
+    std::thread::scope(|s| {
+        for _ in 0..args.threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= args.start + count {
+                    break;
+                }
+                let scn = Scenario::generate(seed, args.n);
+                let out = run(&scn, false);
+                let idx = match scn.n {
+                    4 => 0,
+                    7 => 1,
+                    _ => 2,
+                };
+                by_n.lock().expect("not poisoned")[idx] += 1;
+                if let Some(v) = out.violation {
+                    println!("FAIL {} -> {v}", scn.describe());
+                    failures.lock().expect("not poisoned").push(seed);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("not poisoned");
+    let by_n = by_n.into_inner().expect("not poisoned");
+    println!(
+        "pbft: ran {count} seeds ({}..{}) n=4:{} n=7:{} n=10:{} in {:.1}s; {} violation(s){}",
+        args.start,
+        args.start + count,
+        by_n[0],
+        by_n[1],
+        by_n[2],
+        started.elapsed().as_secs_f64(),
+        failures.len(),
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!(": seeds {failures:?} (replay with --seed S --trace)")
+        }
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

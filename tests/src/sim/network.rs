@@ -1,0 +1,84 @@
+//! The simulated network and clock: an event queue ordered by (virtual time, insertion), and a
+//! lossy, partitionable message model that heals at the global stabilisation time (GST).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// Network behaviour before GST (after it, no drops, no partitions, short delays).
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub drop_per_mille: u32,
+    pub duplicate_per_mille: u32,
+    pub max_delay_ms: u64,
+    pub max_delay_after_gst_ms: u64,
+    pub gst_ms: u64,
+    /// (from, until, isolated replicas): messages between the isolated set and the rest are lost.
+    pub partitions: Vec<(u64, u64, Vec<u32>)>,
+}
+
+/// A queue of timed events; ties are broken by insertion order, so runs are deterministic.
+#[derive(Debug)]
+pub struct Queue<E> {
+    heap: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: Vec<Option<E>>,
+    counter: u64,
+}
+
+impl<E> Default for Queue<E> {
+    fn default() -> Self {
+        Queue {
+            heap: BinaryHeap::new(),
+            events: Vec::new(),
+            counter: 0,
+        }
+    }
+}
+
+impl<E> Queue<E> {
+    pub fn push(&mut self, at_ms: u64, event: E) {
+        let slot = self.events.len();
+        self.events.push(Some(event));
+        self.heap.push(Reverse((at_ms, self.counter, slot)));
+        self.counter += 1;
+    }
+
+    pub fn pop(&mut self) -> Option<(u64, E)> {
+        let Reverse((at, _, slot)) = self.heap.pop()?;
+        let e = self.events[slot].take().expect("each event popped once");
+        if self.heap.is_empty() {
+            self.events.clear();
+        }
+        Some((at, e))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+impl NetConfig {
+    fn partitioned(&self, now: u64, a: u32, b: u32) -> bool {
+        self.partitions.iter().any(|(from, until, set)| {
+            now >= *from && now < *until && (set.contains(&a) != set.contains(&b))
+        })
+    }
+
+    /// Delivery times of one message from `a` to `b` sent at `now`: none (lost), one, or two
+    /// (duplicated). Reordering follows from independent random delays.
+    pub fn deliveries(&self, rng: &mut ChaCha8Rng, now: u64, a: u32, b: u32) -> Vec<u64> {
+        if now >= self.gst_ms {
+            return vec![now + rng.gen_range(1..=self.max_delay_after_gst_ms)];
+        }
+        if self.partitioned(now, a, b) || rng.gen_range(0..1000) < self.drop_per_mille {
+            return Vec::new();
+        }
+        let mut out = vec![now + rng.gen_range(1..=self.max_delay_ms)];
+        if rng.gen_range(0..1000) < self.duplicate_per_mille {
+            out.push(now + rng.gen_range(1..=self.max_delay_ms));
+        }
+        out
+    }
+}

@@ -1,0 +1,713 @@
+//! PBFT under seeded faults.
+//!
+//! Checked after every step: agreement (no two honest replicas execute different batches at one
+//! sequence number), validity (only client-submitted, valid items are executed), integrity (an item
+//! is executed at most once per replica), bounded log (a replica's log stays within its window).
+//! Checked at the end: liveness (after GST, with every crashed replica restarted, every item is
+//! executed by every honest replica within [`LIVENESS_BOUND_MS`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use medchain_crypto::validators::{CachingVerifier, ValidatorSet};
+use medchain_crypto::{Hash32, SigningKey};
+use medchain_pbft::{
+    chain_state_digest, Action, Application, Config, Event, PersistedState, Replica, Timer,
+};
+use medchain_proto::v1::{self, pbft_message::Kind};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::byzantine::{Behaviour, ByzantineNode, Out, ALL};
+use super::network::{NetConfig, Queue};
+use super::{Trace, Violation};
+
+/// After GST every item must be executed everywhere within this much virtual time.
+pub const LIVENESS_BOUND_MS: u64 = 240_000;
+const CHAIN: &str = "sim-hospital";
+
+/// One seeded fault schedule.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub seed: u64,
+    pub n: usize,
+    pub byzantine: Vec<(u32, Behaviour)>,
+    /// (replica, crash time, restart time); restarts happen before GST.
+    pub crashes: Vec<(u32, u64, u64)>,
+    pub items: usize,
+    pub max_batch: usize,
+    pub checkpoint_interval: u64,
+    pub net: NetConfig,
+    /// A deliberately wrong quorum, to show the checkers catch what it breaks.
+    pub broken_quorum: Option<usize>,
+}
+
+impl Scenario {
+    /// The scenario of `seed`; `n` overrides the replica count (else 4, 7 or 10 by seed).
+    pub fn generate(seed: u64, n: Option<usize>) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let n = n.unwrap_or([4, 7, 10][(seed % 3) as usize]);
+        let f = (n - 1) / 3;
+        let mut ids: Vec<u32> = (0..n as u32).collect();
+        ids.shuffle(&mut rng);
+        let b = rng.gen_range(0..=f);
+        let byzantine: Vec<(u32, Behaviour)> = ids[..b]
+            .iter()
+            .map(|r| (*r, *ALL.choose(&mut rng).expect("non-empty")))
+            .collect();
+        let gst = rng.gen_range(8_000..=30_000);
+        let crash_count = rng.gen_range(0..=(f - b).max(1)).min(n - b);
+        let crashes = ids[b..b + crash_count]
+            .iter()
+            .map(|r| {
+                let at = rng.gen_range(0..gst - 2_000);
+                let back = (at + rng.gen_range(300..10_000)).min(gst - 1);
+                (*r, at, back)
+            })
+            .collect();
+        let partitions = (0..rng.gen_range(0..=2))
+            .map(|_| {
+                let size = rng.gen_range(1..=n / 2);
+                let mut set: Vec<u32> = (0..n as u32).collect();
+                set.shuffle(&mut rng);
+                set.truncate(size);
+                let from = rng.gen_range(0..gst);
+                (from, (from + rng.gen_range(500..10_000)).min(gst), set)
+            })
+            .collect();
+        Scenario {
+            seed,
+            n,
+            byzantine,
+            crashes,
+            items: rng.gen_range(8..=40),
+            max_batch: rng.gen_range(2..=8),
+            checkpoint_interval: rng.gen_range(2..=5),
+            net: NetConfig {
+                drop_per_mille: rng.gen_range(0..=150),
+                duplicate_per_mille: rng.gen_range(0..=100),
+                max_delay_ms: rng.gen_range(5..=300),
+                max_delay_after_gst_ms: 50,
+                gst_ms: gst,
+                partitions,
+            },
+            broken_quorum: None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let byz: Vec<String> = self
+            .byzantine
+            .iter()
+            .map(|(r, b)| format!("r{r}:{b:?}"))
+            .collect();
+        format!(
+            "seed {} n={} byzantine=[{}] crashes={} partitions={} items={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}",
+            self.seed,
+            self.n,
+            byz.join(","),
+            self.crashes.len(),
+            self.net.partitions.len(),
+            self.items,
+            self.net.drop_per_mille,
+            self.net.duplicate_per_mille,
+            self.net.max_delay_ms,
+            self.net.gst_ms,
+            self.broken_quorum.map(|q| format!(" BROKEN-QUORUM={q}")).unwrap_or_default()
+        )
+    }
+}
+
+/// What one run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub violation: Option<Violation>,
+    pub trace_hash: String,
+    pub trace: Vec<String>,
+    pub events: u64,
+    pub end_ms: u64,
+    /// Sequence numbers executed by the slowest honest replica.
+    pub executed: u64,
+}
+
+/// An honest replica's durable ledger.
+#[derive(Default)]
+struct Ledger {
+    entries: Vec<v1::CommittedBatch>,
+    state: Hash32,
+    items: BTreeSet<Vec<u8>>,
+}
+
+impl Application for Ledger {
+    fn validate(&self, _seq: u64, batch: &v1::PbftBatch) -> Result<(), String> {
+        let mut seen = BTreeSet::new();
+        for item in &batch.items {
+            if item.starts_with(b"bad:") {
+                return Err("invalid item".into());
+            }
+            if self.items.contains(item) || !seen.insert(item) {
+                return Err("item already executed".into());
+            }
+        }
+        Ok(())
+    }
+    fn already_executed(&self, item: &[u8]) -> bool {
+        self.items.contains(item)
+    }
+}
+
+type Engine = Replica<SigningKey, CachingVerifier>;
+
+struct Honest {
+    engine: Option<Engine>,
+    ledger: Ledger,
+    persisted: Option<PersistedState>,
+}
+
+enum Node {
+    Honest(Box<Honest>),
+    Byzantine(Box<ByzantineNode>),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: u32,
+        from: u32,
+        msg: v1::PbftMessage,
+    },
+    Timer {
+        to: u32,
+        engine: usize,
+        timer: Timer,
+        gen: u64,
+    },
+    Submit {
+        to: u32,
+        item: Vec<u8>,
+    },
+    Crash(u32),
+    Restart(u32),
+    Transfer {
+        to: u32,
+        entries: Vec<v1::CommittedBatch>,
+    },
+    Resubmit,
+}
+
+struct Sim<'a> {
+    scn: &'a Scenario,
+    rng: ChaCha8Rng,
+    now: u64,
+    queue: Queue<Ev>,
+    nodes: Vec<Node>,
+    up: Vec<bool>,
+    keys: Vec<SigningKey>,
+    cfgs: Vec<Config>,
+    verifier: CachingVerifier,
+    timers: BTreeMap<(u32, usize, Timer), u64>,
+    decided: BTreeMap<u64, Hash32>,
+    valid_items: BTreeSet<Vec<u8>>,
+    trace: Trace,
+    violation: Option<Violation>,
+    events: u64,
+    log_bound: usize,
+}
+
+fn summary(m: &v1::PbftMessage) -> String {
+    let short = |d: &[u8]| hex4(d);
+    match &m.kind {
+        Some(Kind::PrePrepare(p)) => {
+            format!("PrePrepare(v{},s{},{})", p.view, p.seq, short(&p.digest))
+        }
+        Some(Kind::Prepare(p)) => format!("Prepare(v{},s{},{})", p.view, p.seq, short(&p.digest)),
+        Some(Kind::Commit(p)) => format!("Commit(v{},s{},{})", p.view, p.seq, short(&p.digest)),
+        Some(Kind::Checkpoint(c)) => format!("Checkpoint(s{},{})", c.seq, short(&c.state_digest)),
+        Some(Kind::ViewChange(v)) => format!(
+            "ViewChange(v{},stable{},prepared{})",
+            v.new_view,
+            v.stable_seq,
+            v.prepared.len()
+        ),
+        Some(Kind::NewView(v)) => format!("NewView(v{},pp{})", v.view, v.pre_prepares.len()),
+        None => "Empty".into(),
+    }
+}
+
+fn hex4(d: &[u8]) -> String {
+    d.iter().take(3).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs one scenario to completion.
+pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
+    let mut rng = ChaCha8Rng::seed_from_u64(scn.seed);
+    let keys: Vec<SigningKey> = (0..scn.n)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            b[0] = 0x11;
+            b[24..].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+            SigningKey::from_bytes(&b).expect("valid scalar")
+        })
+        .collect();
+    let set = ValidatorSet::new(keys.iter().map(|k| k.identity()).collect()).expect("distinct");
+    let cfgs: Vec<Config> = (0..scn.n)
+        .map(|i| {
+            let mut c = Config::new(
+                CHAIN,
+                set.clone(),
+                i as u32,
+                scn.max_batch,
+                200,
+                scn.checkpoint_interval,
+            );
+            c.view_change_timeout_ms = 1_000;
+            c.state_transfer_retry_ms = 700;
+            match scn.broken_quorum {
+                Some(q) => c.with_broken_quorum_for_checker_tests(q),
+                None => c,
+            }
+        })
+        .collect();
+    // One cache for the whole run: a message arriving at every replica is verified once.
+    let verifier = CachingVerifier::new(1 << 20);
+    let nodes = (0..scn.n)
+        .map(
+            |i| match scn.byzantine.iter().find(|(r, _)| *r as usize == i) {
+                Some((_, b)) => Node::Byzantine(Box::new(ByzantineNode::new(
+                    *b,
+                    cfgs[i].clone(),
+                    keys[i].clone(),
+                    verifier.clone(),
+                    &mut rng,
+                ))),
+                None => Node::Honest(Box::new(Honest {
+                    engine: Some(Replica::new(
+                        cfgs[i].clone(),
+                        keys[i].clone(),
+                        verifier.clone(),
+                    )),
+                    ledger: Ledger::default(),
+                    persisted: None,
+                })),
+            },
+        )
+        .collect();
+    let window = cfgs[0].window as usize;
+    let mut sim = Sim {
+        scn,
+        rng,
+        now: 0,
+        queue: Queue::default(),
+        nodes,
+        up: vec![true; scn.n],
+        keys,
+        cfgs,
+        verifier,
+        timers: BTreeMap::new(),
+        decided: BTreeMap::new(),
+        valid_items: BTreeSet::new(),
+        trace: Trace::new(keep_trace),
+        violation: None,
+        events: 0,
+        log_bound: window + window / scn.checkpoint_interval as usize + 2 * scn.n + 4,
+    };
+    sim.trace.record(scn.describe());
+    sim.schedule_workload();
+    for r in 0..scn.n as u32 {
+        sim.step_node(r, Event::Start, None, None);
+    }
+    sim.main_loop();
+    let states: Vec<String> = sim
+        .honest()
+        .map(|(r, h)| match &h.engine {
+            Some(e) => format!("r{r}:{e:?} pending={}", e.pending_len()),
+            None => format!("r{r}:down"),
+        })
+        .collect();
+    for line in states {
+        sim.trace.record(format!("t={} final {line}", sim.now));
+    }
+    let executed = sim
+        .honest()
+        .map(|(_, h)| h.ledger.entries.len() as u64)
+        .min()
+        .unwrap_or(0);
+    Outcome {
+        violation: sim.violation,
+        trace_hash: sim.trace.hash(),
+        trace: sim.trace.lines().to_vec(),
+        events: sim.events,
+        end_ms: sim.now,
+        executed,
+    }
+}
+
+impl Sim<'_> {
+    fn schedule_workload(&mut self) {
+        let gst = self.scn.net.gst_ms;
+        for i in 0..self.scn.items {
+            let item = format!("tx-{}-{i}", self.scn.seed).into_bytes();
+            self.valid_items.insert(item.clone());
+            let at = self.rng.gen_range(0..gst * 7 / 10);
+            for to in 0..self.scn.n as u32 {
+                let jitter = self.rng.gen_range(0..50);
+                self.queue.push(
+                    at + jitter,
+                    Ev::Submit {
+                        to,
+                        item: item.clone(),
+                    },
+                );
+            }
+        }
+        for (r, at, back) in self.scn.crashes.clone() {
+            self.queue.push(at, Ev::Crash(r));
+            self.queue.push(back, Ev::Restart(r));
+        }
+        self.queue.push(gst, Ev::Resubmit);
+    }
+
+    fn honest(&self) -> impl Iterator<Item = (u32, &Honest)> {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| match n {
+            Node::Honest(h) => Some((i as u32, h.as_ref())),
+            Node::Byzantine(_) => None,
+        })
+    }
+
+    fn all_done(&self) -> bool {
+        self.now >= self.scn.net.gst_ms
+            && self
+                .honest()
+                .all(|(_, h)| h.ledger.items.len() >= self.valid_items.len())
+    }
+
+    fn main_loop(&mut self) {
+        let deadline = self.scn.net.gst_ms + LIVENESS_BOUND_MS;
+        while let Some((at, ev)) = self.queue.pop() {
+            if at > deadline {
+                break;
+            }
+            self.now = at;
+            self.events += 1;
+            self.dispatch(ev);
+            if self.violation.is_some() || self.all_done() {
+                return;
+            }
+        }
+        if !self.all_done() {
+            let lagging: Vec<String> = self
+                .honest()
+                .map(|(r, h)| format!("r{r}:{}/{}", h.ledger.items.len(), self.valid_items.len()))
+                .collect();
+            self.fail(
+                "liveness",
+                format!(
+                    "items not executed everywhere {LIVENESS_BOUND_MS}ms after GST: {}",
+                    lagging.join(" ")
+                ),
+            );
+        }
+    }
+
+    fn fail(&mut self, property: &'static str, detail: String) {
+        if self.violation.is_none() {
+            self.trace
+                .record(format!("t={} VIOLATION {property}: {detail}", self.now));
+            self.violation = Some(Violation {
+                at_ms: self.now,
+                property,
+                detail,
+            });
+        }
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { to, from, msg } => {
+                if self.up[to as usize] {
+                    self.trace
+                        .record(format!("t={} r{to}<-r{from} {}", self.now, summary(&msg)));
+                    self.step_node(to, Event::Message(msg), Some(from), None);
+                }
+            }
+            Ev::Timer {
+                to,
+                engine,
+                timer,
+                gen,
+            } => {
+                if self.up[to as usize] && self.timers.get(&(to, engine, timer)) == Some(&gen) {
+                    self.trace
+                        .record(format!("t={} r{to} timer {timer:?}", self.now));
+                    self.step_node(to, Event::Timer(timer), None, Some(engine));
+                }
+            }
+            Ev::Submit { to, item } => {
+                if self.up[to as usize] {
+                    self.step_node(to, Event::Submit(item), None, None);
+                }
+            }
+            Ev::Crash(r) => self.crash(r),
+            Ev::Restart(r) => self.restart(r),
+            Ev::Transfer { to, entries } => {
+                if self.up[to as usize] {
+                    self.trace.record(format!(
+                        "t={} r{to} state transfer of {}",
+                        self.now,
+                        entries.len()
+                    ));
+                    self.step_node(to, Event::StateTransfer(entries), None, None);
+                }
+            }
+            Ev::Resubmit => {
+                // Clients retransmit what they have not seen executed (as PBFT clients do).
+                let missing: Vec<Vec<u8>> = self
+                    .valid_items
+                    .iter()
+                    .filter(|i| self.honest().any(|(_, h)| !h.ledger.items.contains(*i)))
+                    .cloned()
+                    .collect();
+                for item in missing {
+                    for to in 0..self.scn.n as u32 {
+                        let at = self.now + self.rng.gen_range(0..50);
+                        self.queue.push(
+                            at,
+                            Ev::Submit {
+                                to,
+                                item: item.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, r: u32) {
+        if let Node::Honest(h) = &mut self.nodes[r as usize] {
+            self.trace.record(format!("t={} r{r} CRASH", self.now));
+            h.engine = None;
+            self.up[r as usize] = false;
+            self.timers.retain(|(node, _, _), _| *node != r);
+        }
+    }
+
+    fn restart(&mut self, r: u32) {
+        let Node::Honest(h) = &mut self.nodes[r as usize] else {
+            return;
+        };
+        self.trace.record(format!("t={} r{r} RESTART", self.now));
+        let tip = (h.ledger.entries.len() as u64, h.ledger.state);
+        h.engine = Some(Replica::restore(
+            self.cfgs[r as usize].clone(),
+            self.keys[r as usize].clone(),
+            self.verifier.clone(),
+            h.persisted.clone(),
+            tip,
+        ));
+        self.up[r as usize] = true;
+        self.step_node(r, Event::Start, None, None);
+    }
+
+    fn step_node(&mut self, r: u32, event: Event, from: Option<u32>, timer_engine: Option<usize>) {
+        let now = self.now;
+        match &mut self.nodes[r as usize] {
+            Node::Honest(h) => {
+                let Some(engine) = h.engine.as_mut() else {
+                    return;
+                };
+                let actions = engine.handle(now, event, &h.ledger);
+                let log_len = engine.log_len();
+                if log_len > self.log_bound {
+                    self.fail(
+                        "bounded log",
+                        format!("r{r} holds {log_len} log entries, bound {}", self.log_bound),
+                    );
+                }
+                for a in actions {
+                    self.honest_action(r, a);
+                }
+            }
+            Node::Byzantine(b) => {
+                let outs = b.handle(now, event, from, timer_engine, &mut self.rng);
+                for o in outs {
+                    match o {
+                        Out::Send(to, m) => self.send(r, to, m),
+                        Out::SetTimer(e, t, at) => self.set_timer(r, e, t, at),
+                        Out::CancelTimer(e, t) => self.cancel_timer(r, e, t),
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, from: u32, to: u32, msg: v1::PbftMessage) {
+        if !self.up[from as usize] {
+            return;
+        }
+        for at in self.scn.net.deliveries(&mut self.rng, self.now, from, to) {
+            self.queue.push(
+                at,
+                Ev::Deliver {
+                    to,
+                    from,
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    fn set_timer(&mut self, r: u32, engine: usize, timer: Timer, at: u64) {
+        let gen = self.timers.entry((r, engine, timer)).or_insert(0);
+        *gen += 1;
+        let gen = *gen;
+        self.queue.push(
+            at.max(self.now),
+            Ev::Timer {
+                to: r,
+                engine,
+                timer,
+                gen,
+            },
+        );
+    }
+
+    fn cancel_timer(&mut self, r: u32, engine: usize, timer: Timer) {
+        if let Some(gen) = self.timers.get_mut(&(r, engine, timer)) {
+            *gen += 1;
+        }
+    }
+
+    fn honest_action(&mut self, r: u32, a: Action) {
+        match a {
+            Action::Persist(state) => {
+                if let Node::Honest(h) = &mut self.nodes[r as usize] {
+                    h.persisted = Some(*state);
+                }
+            }
+            Action::Broadcast(m) => {
+                for to in 0..self.scn.n as u32 {
+                    if to != r {
+                        self.send(r, to, m.clone());
+                    }
+                }
+            }
+            Action::Send { to, msg } => self.send(r, to, msg),
+            Action::SetTimer { timer, at_ms } => self.set_timer(r, 0, timer, at_ms),
+            Action::CancelTimer(t) => self.cancel_timer(r, 0, t),
+            Action::Commit { entry, digest, .. } => self.commit(r, entry, digest),
+            Action::RequestStateTransfer { from_seq, .. } => self.state_transfer(r, from_seq),
+        }
+    }
+
+    fn commit(&mut self, r: u32, entry: v1::CommittedBatch, digest: Hash32) {
+        let seq = entry.seq;
+        self.trace.record(format!(
+            "t={} r{r} EXECUTE s{seq} {}",
+            self.now,
+            hex4(digest.as_bytes())
+        ));
+        match self.decided.get(&seq) {
+            Some(d) if *d != digest => {
+                let d = *d;
+                return self.fail(
+                    "agreement",
+                    format!(
+                        "r{r} executed {digest} at seq {seq}, another honest replica executed {d}"
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                self.decided.insert(seq, digest);
+            }
+        }
+        let batch = entry.batch.clone().unwrap_or_default();
+        let mut problem = None;
+        let Node::Honest(h) = &mut self.nodes[r as usize] else {
+            return;
+        };
+        if seq != h.ledger.entries.len() as u64 + 1 {
+            problem = Some((
+                "order",
+                format!("r{r} executed seq {seq} after {}", h.ledger.entries.len()),
+            ));
+        }
+        for item in &batch.items {
+            if !self.valid_items.contains(item) {
+                problem = Some((
+                    "validity",
+                    format!(
+                        "r{r} executed {:?}, never submitted as valid",
+                        String::from_utf8_lossy(item)
+                    ),
+                ));
+            } else if !h.ledger.items.insert(item.clone()) {
+                problem = Some((
+                    "integrity",
+                    format!("r{r} executed {:?} twice", String::from_utf8_lossy(item)),
+                ));
+            }
+        }
+        h.ledger.state = chain_state_digest(&h.ledger.state, seq, &digest);
+        h.ledger.entries.push(entry);
+        if let Some((p, d)) = problem {
+            self.fail(p, d);
+        }
+    }
+
+    fn state_transfer(&mut self, r: u32, from_seq: u64) {
+        let peers: Vec<u32> = (0..self.scn.n as u32)
+            .filter(|p| *p != r && self.up[*p as usize])
+            .collect();
+        let Some(&peer) = peers.choose(&mut self.rng) else {
+            return;
+        };
+        let source: Vec<v1::CommittedBatch> = match &self.nodes[peer as usize] {
+            Node::Honest(h) => h
+                .ledger
+                .entries
+                .iter()
+                .skip(from_seq as usize - 1)
+                .take(64)
+                .cloned()
+                .collect(),
+            Node::Byzantine(_) => {
+                // A Byzantine peer answers with forged history: real entries with a swapped item.
+                let honest = self
+                    .honest()
+                    .map(|(_, h)| h)
+                    .max_by_key(|h| h.ledger.entries.len());
+                honest
+                    .map(|h| {
+                        h.ledger
+                            .entries
+                            .iter()
+                            .skip(from_seq as usize - 1)
+                            .take(64)
+                            .cloned()
+                            .map(|mut e| {
+                                if let Some(b) = e.batch.as_mut() {
+                                    b.items.push(b"forged".to_vec());
+                                }
+                                e
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+        };
+        let at = self.now + self.rng.gen_range(20..200);
+        self.trace.record(format!(
+            "t={} r{r} asks r{peer} for state from s{from_seq}",
+            self.now
+        ));
+        self.queue.push(
+            at,
+            Ev::Transfer {
+                to: r,
+                entries: source,
+            },
+        );
+    }
+}
