@@ -59,10 +59,9 @@ pub struct Replica<S, V> {
     early_pre_prepares: Vec<v1::PbftMessage>,
     consecutive_view_changes: u32,
     progress_armed: bool,
-    /// In a view change with nothing left to do: the view-change timer is not re-armed until new
-    /// work arrives (a caught-up replica does not keep escalating views alone).
-    view_change_idle: bool,
     transfer_target: Option<u64>,
+    /// Items executed during the current call, before the ledger has seen them.
+    applied_in_call: HashSet<Hash32>,
     helped: BTreeSet<(ReplicaId, u64)>,
     // Output of the current call.
     dirty: bool,
@@ -137,8 +136,8 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             early_pre_prepares: Vec::new(),
             consecutive_view_changes: 0,
             progress_armed: false,
-            view_change_idle: false,
             transfer_target: None,
+            applied_in_call: HashSet::new(),
             helped: BTreeSet::new(),
             dirty: false,
             effects: Vec::new(),
@@ -224,9 +223,12 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             Event::Message(m) => self.on_message(now_ms, m, app),
             Event::Submit(item) => self.on_submit(now_ms, item, app),
             Event::Timer(t) => self.on_timer(now_ms, t),
-            Event::StateTransfer(entries) => self.on_state_transfer(now_ms, entries),
+            Event::StateTransfer(entries) => self.on_state_transfer(now_ms, entries, app),
         }
-        // Any event may have made proposing possible (new work, a new view, a moved window).
+        // Execute whatever is committed in order, then propose if that became possible (new work,
+        // a new view, a moved window).
+        self.execute_ready(now_ms, app);
+        self.applied_in_call.clear();
         self.try_propose(now_ms, app);
         let mut out = std::mem::take(&mut self.effects);
         if std::mem::take(&mut self.dirty) {
@@ -383,10 +385,6 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             item,
             arrived_ms: now,
         });
-        if self.view_changing && std::mem::take(&mut self.view_change_idle) {
-            let at = now + self.view_change_timeout();
-            self.set_timer(Timer::ViewChange(self.view), at);
-        }
         self.update_progress_timer(now);
     }
 
@@ -404,10 +402,20 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                 if self.view_changing && self.view == v {
                     // Whatever the others committed meanwhile can be learnt without voting.
                     self.request_catch_up();
-                    if self.has_outstanding_work() {
+                    // Senders that asked for v or any later view all want to leave view v - 1.
+                    let supported: usize = self.view_changes.range(v..).map(|(_, m)| m.len()).sum();
+                    if supported >= self.cfg.quorum() && self.has_outstanding_work() {
                         self.start_view_change(now, v + 1);
                     } else {
-                        self.view_change_idle = true;
+                        // PBFT's liveness rule: move past v only once a quorum wanted v, so a
+                        // replica that timed out alone waits for the others instead of racing
+                        // ahead of them view after view.
+                        let at = now + self.view_change_timeout();
+                        self.set_timer(Timer::ViewChange(v), at);
+                        // Our view change may have been lost: say it again (same bytes).
+                        if let Some(vc) = self.last_view_change.clone() {
+                            self.broadcast(vc);
+                        }
                     }
                 }
             }
@@ -510,7 +518,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             self.next_seq = seq;
             self.dirty = true;
             self.broadcast(msg);
-            self.check_prepared(now, seq);
+            self.check_prepared(seq);
         }
         self.update_progress_timer(now);
     }
@@ -526,12 +534,8 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         }
         match m.kind.clone() {
             Some(Kind::PrePrepare(pp)) => self.on_pre_prepare(now, m, pp, app),
-            Some(Kind::Prepare(p)) => {
-                self.on_vote(now, m.replica, p.view, p.seq, &p.digest, m, true)
-            }
-            Some(Kind::Commit(c)) => {
-                self.on_vote(now, m.replica, c.view, c.seq, &c.digest, m, false)
-            }
+            Some(Kind::Prepare(p)) => self.on_vote(m.replica, p.view, p.seq, &p.digest, m, true),
+            Some(Kind::Commit(c)) => self.on_vote(m.replica, c.view, c.seq, &c.digest, m, false),
             Some(Kind::Checkpoint(c)) => self.on_checkpoint(now, m, c),
             Some(Kind::ViewChange(_)) => self.on_view_change(now, m),
             Some(Kind::NewView(_)) => self.on_new_view(now, m, app),
@@ -601,7 +605,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         if self.cfg.primary(view) != self.cfg.me {
             self.send_prepare(view, seq, digest);
         }
-        self.check_prepared(now, seq);
+        self.check_prepared(seq);
         self.update_progress_timer(now);
         true
     }
@@ -622,10 +626,8 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         self.broadcast(msg);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_vote(
         &mut self,
-        now: u64,
         from: ReplicaId,
         view: u64,
         seq: u64,
@@ -650,12 +652,12 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         };
         votes.entry((view, d)).or_default().insert(from, m);
         if !self.view_changing {
-            self.check_prepared(now, seq);
+            self.check_prepared(seq);
         }
     }
 
     /// Rule 5, then rule 6.
-    fn check_prepared(&mut self, now: u64, seq: u64) {
+    fn check_prepared(&mut self, seq: u64) {
         let view = self.view;
         let q = self.cfg.quorum();
         let primary = self.cfg.primary(view);
@@ -695,10 +697,10 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             self.record_own_vote(seq, &msg);
             self.broadcast(msg);
         }
-        self.check_committed(now, seq);
+        self.check_committed(seq);
     }
 
-    fn check_committed(&mut self, now: u64, seq: u64) {
+    fn check_committed(&mut self, seq: u64) {
         let q = self.cfg.quorum();
         let Some(slot) = self.slots.get_mut(&seq) else {
             return;
@@ -718,11 +720,10 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         }
         let cert: Vec<v1::PbftMessage> = commits.values().take(q).cloned().collect();
         slot.committed = Some((key.0, key.1, cert));
-        self.execute_ready(now);
     }
 
     /// Executes committed batches in sequence order (rule 6).
-    fn execute_ready(&mut self, now: u64) {
+    fn execute_ready(&mut self, now: u64, app: &impl Application) {
         let mut progressed = false;
         while let Some(slot) = self.slots.get(&(self.exec_seq + 1)) {
             let Some((view, digest, cert)) = &slot.committed else {
@@ -739,7 +740,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                 })
                 .collect();
             let (view, digest) = (*view, *digest);
-            self.apply(now, view, digest, batch, commits);
+            self.apply(now, view, digest, batch, commits, app);
             progressed = true;
         }
         if progressed {
@@ -754,10 +755,18 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         digest: Hash32,
         batch: v1::PbftBatch,
         commits: Vec<v1::IndexedSignature>,
+        app: &impl Application,
     ) {
         let seq = self.exec_seq + 1;
-        for item in &batch.items {
+        let mut repeats = Vec::new();
+        for (i, item) in batch.items.iter().enumerate() {
             let id = item_id(item);
+            // PBFT orders; it does not deduplicate across sequence numbers (a batch prepared in
+            // one view and lost in a view change can see its items re-proposed elsewhere, and a
+            // later new view may carry both). Execution is what makes an item happen once.
+            if app.already_executed(item) || !self.applied_in_call.insert(id) {
+                repeats.push(i as u32);
+            }
             self.in_flight.remove(&id);
             if self.pending_ids.remove(&id) {
                 self.pending.retain(|p| p.id != id);
@@ -776,6 +785,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             },
             digest,
             proposer: self.cfg.primary(view),
+            repeats,
         });
         if seq % self.cfg.checkpoint_interval == 0 {
             let msg = self.sign(
@@ -891,7 +901,12 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         }
     }
 
-    fn on_state_transfer(&mut self, now: u64, mut entries: Vec<v1::CommittedBatch>) {
+    fn on_state_transfer(
+        &mut self,
+        now: u64,
+        mut entries: Vec<v1::CommittedBatch>,
+        app: &impl Application,
+    ) {
         entries.sort_by_key(|e| e.seq);
         let mut progressed = false;
         for e in entries {
@@ -907,7 +922,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                 break;
             };
             let batch = e.batch.clone().expect("verified entries carry their batch");
-            self.apply(now, e.view, digest, batch, e.commits);
+            self.apply(now, e.view, digest, batch, e.commits, app);
             progressed = true;
         }
         if !progressed {
@@ -926,7 +941,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             self.transfer_target = None;
             self.cancel_timer(Timer::StateTransfer);
         }
-        self.execute_ready(now);
+        self.execute_ready(now, app);
         self.after_progress(now);
     }
 
@@ -939,7 +954,6 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         }
         self.view = target;
         self.view_changing = true;
-        self.view_change_idle = false;
         self.consecutive_view_changes = self.consecutive_view_changes.saturating_add(1);
         self.new_view_msg = None;
         self.early_pre_prepares.clear();
@@ -979,7 +993,24 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         self.broadcast(msg);
         let at = now + self.view_change_timeout();
         self.set_timer(Timer::ViewChange(target), at);
-        self.maybe_send_new_view(now);
+        if !self.maybe_join(now) {
+            self.maybe_send_new_view(now);
+        }
+    }
+
+    /// Join rule (rule 8): f+1 view changes for views above ours move us to the smallest of them.
+    fn maybe_join(&mut self, now: u64) -> bool {
+        let above: Vec<u64> = self
+            .view_changes
+            .range(self.view + 1..)
+            .flat_map(|(v, senders)| senders.keys().map(move |_| *v))
+            .collect();
+        if above.len() > self.cfg.f() {
+            let smallest = *above.iter().min().expect("non-empty");
+            self.start_view_change(now, smallest);
+            return true;
+        }
+        false
     }
 
     fn on_view_change(&mut self, now: u64, m: v1::PbftMessage) {
@@ -1000,17 +1031,9 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             .entry(target)
             .or_default()
             .insert(sender, (m, vc));
-        // Join rule: f+1 view changes for views above ours.
-        let above: Vec<u64> = self
-            .view_changes
-            .range(self.view + 1..)
-            .flat_map(|(v, senders)| senders.keys().map(move |_| *v))
-            .collect();
-        if above.len() > self.cfg.f() {
-            let smallest = *above.iter().min().expect("non-empty");
-            self.start_view_change(now, smallest);
+        if !self.maybe_join(now) {
+            self.maybe_send_new_view(now);
         }
-        self.maybe_send_new_view(now);
     }
 
     fn help_laggard(&mut self, to: ReplicaId, their_view: u64, their_stable: u64) {
@@ -1145,7 +1168,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             .map(|(s, _)| *s)
             .collect();
         for s in seqs {
-            self.check_prepared(now, s);
+            self.check_prepared(s);
         }
         self.update_progress_timer(now);
     }

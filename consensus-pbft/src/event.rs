@@ -53,10 +53,14 @@ pub enum Action {
     /// Execute this batch: it is committed at `entry.seq`, which is exactly one above the previous
     /// `Commit`. `entry` carries its commit certificate (verifiable with
     /// `medchain_proto::pbft::verify_committed_batch`); `proposer` is the primary that proposed it.
+    /// `repeats` lists the positions of items already executed earlier (or earlier in this batch):
+    /// the ledger must skip them, so every item takes effect exactly once. The rule is
+    /// deterministic, so every replica skips the same items.
     Commit {
         entry: v1::CommittedBatch,
         digest: Hash32,
         proposer: ReplicaId,
+        repeats: Vec<u32>,
     },
     /// Arm (or move) a timer to fire at `at_ms` (same clock as `now_ms`).
     SetTimer {

@@ -74,5 +74,14 @@ pub use engine::{chain_state_digest, Application, Replica};
 pub use event::{Action, Event, Timer};
 pub use persist::PersistedState;
 
+/// Why a view-change message would be refused (for diagnostics and the simulator's traces).
+pub fn check_view_change(
+    cfg: &Config,
+    verifier: &impl medchain_crypto::validators::Verifier,
+    msg: &medchain_proto::v1::PbftMessage,
+) -> Result<(), String> {
+    view_change::verify_view_change(cfg, verifier, msg).map(|_| ())
+}
+
 /// Index of a replica in the validator set.
 pub type ReplicaId = u32;

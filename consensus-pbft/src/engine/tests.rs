@@ -87,11 +87,18 @@ impl Net {
                     }
                 }
                 Action::Send { to, msg } => self.queue.push_back((to, msg)),
-                Action::Commit { entry, digest, .. } => {
+                Action::Commit {
+                    entry,
+                    digest,
+                    repeats,
+                    ..
+                } => {
                     let l = &mut self.ledgers[r as usize];
                     assert_eq!(entry.seq, l.committed.len() as u64 + 1, "in order");
-                    for i in &entry.batch.as_ref().unwrap().items {
-                        assert!(l.items.insert(i.clone()), "item committed twice");
+                    for (k, i) in entry.batch.as_ref().unwrap().items.iter().enumerate() {
+                        if !repeats.contains(&(k as u32)) {
+                            assert!(l.items.insert(i.clone()), "item committed twice");
+                        }
                     }
                     l.committed.push((entry.seq, digest, entry));
                 }

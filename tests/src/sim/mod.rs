@@ -52,6 +52,10 @@ impl Trace {
         }
     }
 
+    pub fn keeps_lines(&self) -> bool {
+        self.lines.is_some()
+    }
+
     pub fn hash(&self) -> String {
         self.hasher.finalize().to_hex().to_string()
     }

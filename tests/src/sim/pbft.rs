@@ -427,6 +427,15 @@ impl Sim<'_> {
                 if self.up[to as usize] {
                     self.trace
                         .record(format!("t={} r{to}<-r{from} {}", self.now, summary(&msg)));
+                    if matches!(msg.kind, Some(Kind::ViewChange(_))) && self.trace.keeps_lines() {
+                        let cfg = &self.cfgs[to as usize];
+                        if let Err(e) = medchain_pbft::check_view_change(cfg, &self.verifier, &msg)
+                        {
+                            let line =
+                                format!("t={} r{to} refuses that view change: {e}", self.now);
+                            self.trace.record(line);
+                        }
+                    }
                     self.step_node(to, Event::Message(msg), Some(from), None);
                 }
             }
@@ -586,6 +595,13 @@ impl Sim<'_> {
                 }
             }
             Action::Broadcast(m) => {
+                if matches!(m.kind, Some(Kind::ViewChange(_))) && self.trace.keeps_lines() {
+                    let cfg = &self.cfgs[r as usize];
+                    if let Err(e) = medchain_pbft::check_view_change(cfg, &self.verifier, &m) {
+                        let line = format!("t={} r{r} sent an invalid view change: {e}", self.now);
+                        self.trace.record(line);
+                    }
+                }
                 for to in 0..self.scn.n as u32 {
                     if to != r {
                         self.send(r, to, m.clone());
@@ -595,12 +611,17 @@ impl Sim<'_> {
             Action::Send { to, msg } => self.send(r, to, msg),
             Action::SetTimer { timer, at_ms } => self.set_timer(r, 0, timer, at_ms),
             Action::CancelTimer(t) => self.cancel_timer(r, 0, t),
-            Action::Commit { entry, digest, .. } => self.commit(r, entry, digest),
+            Action::Commit {
+                entry,
+                digest,
+                repeats,
+                ..
+            } => self.commit(r, entry, digest, repeats),
             Action::RequestStateTransfer { from_seq, .. } => self.state_transfer(r, from_seq),
         }
     }
 
-    fn commit(&mut self, r: u32, entry: v1::CommittedBatch, digest: Hash32) {
+    fn commit(&mut self, r: u32, entry: v1::CommittedBatch, digest: Hash32, repeats: Vec<u32>) {
         let seq = entry.seq;
         self.trace.record(format!(
             "t={} r{r} EXECUTE s{seq} {}",
@@ -633,7 +654,10 @@ impl Sim<'_> {
                 format!("r{r} executed seq {seq} after {}", h.ledger.entries.len()),
             ));
         }
-        for item in &batch.items {
+        for (i, item) in batch.items.iter().enumerate() {
+            if repeats.contains(&(i as u32)) {
+                continue;
+            }
             if !self.valid_items.contains(item) {
                 problem = Some((
                     "validity",
