@@ -787,7 +787,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             proposer: self.cfg.primary(view),
             repeats,
         });
-        if seq % self.cfg.checkpoint_interval == 0 {
+        if seq.is_multiple_of(self.cfg.checkpoint_interval) {
             let msg = self.sign(
                 Kind::Checkpoint(v1::Checkpoint {
                     seq,
@@ -816,7 +816,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
     // ---- rule 7: checkpoints ----
 
     fn on_checkpoint(&mut self, now: u64, m: v1::PbftMessage, c: v1::Checkpoint) {
-        if c.seq <= self.stable.seq || c.seq % self.cfg.checkpoint_interval != 0 {
+        if c.seq <= self.stable.seq || !c.seq.is_multiple_of(self.cfg.checkpoint_interval) {
             return;
         }
         let Ok(d) = digest_field(&c.state_digest) else {

@@ -65,6 +65,7 @@
 mod config;
 mod engine;
 mod event;
+pub mod local_cluster;
 mod log;
 mod persist;
 mod view_change;

@@ -3,10 +3,10 @@
 //! `info`. Logs go to stderr so that command output on stdout stays machine-readable.
 
 use clap::ValueEnum;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
-#[derive(Debug, Clone, Copy, ValueEnum, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]

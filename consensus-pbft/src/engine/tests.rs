@@ -1,145 +1,32 @@
 //! Unit tests of the core with a tiny, synchronous in-memory network (real k256 keys). The
 //! seeded fault simulator lives in the `medchain-tests` crate.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
-use medchain_crypto::validators::{EcdsaVerifier, ValidatorSet};
+use medchain_crypto::validators::EcdsaVerifier;
 use medchain_crypto::SigningKey;
 use medchain_proto::pbft::verify_committed_batch;
 
 use super::*;
+use crate::local_cluster::{test_config, test_keys, LocalCluster};
 
-#[derive(Default)]
-struct Ledger {
-    committed: Vec<(u64, Hash32, v1::CommittedBatch)>,
-    items: HashSet<Vec<u8>>,
+type Net = LocalCluster<EcdsaVerifier>;
+
+fn new_net(n: usize) -> Net {
+    LocalCluster::new(n, 3, 4, EcdsaVerifier)
 }
 
-impl Application for Ledger {
-    fn validate(&self, _seq: u64, batch: &v1::PbftBatch) -> Result<(), String> {
-        for i in &batch.items {
-            if i.starts_with(b"bad") {
-                return Err("invalid item".into());
-            }
-            if self.items.contains(i) {
-                return Err("already executed".into());
-            }
-        }
-        Ok(())
-    }
-    fn already_executed(&self, item: &[u8]) -> bool {
-        self.items.contains(item)
-    }
+fn config(_n: usize, me: u32, ks: &[SigningKey]) -> Config {
+    test_config(ks, me, 3, 4)
 }
 
 fn keys(n: usize) -> Vec<SigningKey> {
-    (1..=n)
-        .map(|i| {
-            let mut b = [0u8; 32];
-            b[31] = i as u8;
-            b[0] = 7;
-            SigningKey::from_bytes(&b).unwrap()
-        })
-        .collect()
-}
-
-struct Net {
-    replicas: Vec<Replica<SigningKey, EcdsaVerifier>>,
-    ledgers: Vec<Ledger>,
-    persisted: Vec<Option<PersistedState>>,
-    queue: VecDeque<(u32, v1::PbftMessage)>,
-    down: HashSet<u32>,
-    now: u64,
-}
-
-fn config(n: usize, me: u32, ks: &[SigningKey]) -> Config {
-    let set = ValidatorSet::new(ks.iter().map(|k| k.identity()).collect()).unwrap();
-    let mut c = Config::new("hospital-test", set, me, 3, 100, 4);
-    c.view_change_timeout_ms = 1_000;
-    let _ = n;
-    c
-}
-
-impl Net {
-    fn new(n: usize) -> Self {
-        let ks = keys(n);
-        let replicas = (0..n)
-            .map(|i| Replica::new(config(n, i as u32, &ks), ks[i].clone(), EcdsaVerifier))
-            .collect();
-        Net {
-            replicas,
-            ledgers: (0..n).map(|_| Ledger::default()).collect(),
-            persisted: vec![None; n],
-            queue: VecDeque::new(),
-            down: HashSet::new(),
-            now: 0,
-        }
-    }
-
-    fn apply(&mut self, r: u32, actions: Vec<Action>) {
-        let n = self.replicas.len() as u32;
-        for a in actions {
-            match a {
-                Action::Persist(s) => self.persisted[r as usize] = Some(*s),
-                Action::Broadcast(m) => {
-                    for to in (0..n).filter(|t| *t != r) {
-                        self.queue.push_back((to, m.clone()));
-                    }
-                }
-                Action::Send { to, msg } => self.queue.push_back((to, msg)),
-                Action::Commit {
-                    entry,
-                    digest,
-                    repeats,
-                    ..
-                } => {
-                    let l = &mut self.ledgers[r as usize];
-                    assert_eq!(entry.seq, l.committed.len() as u64 + 1, "in order");
-                    for (k, i) in entry.batch.as_ref().unwrap().items.iter().enumerate() {
-                        if !repeats.contains(&(k as u32)) {
-                            assert!(l.items.insert(i.clone()), "item committed twice");
-                        }
-                    }
-                    l.committed.push((entry.seq, digest, entry));
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn event(&mut self, r: u32, e: Event) {
-        if self.down.contains(&r) {
-            return;
-        }
-        let now = self.now;
-        let actions = self.replicas[r as usize].handle(now, e, &self.ledgers[r as usize]);
-        self.apply(r, actions);
-    }
-
-    fn run(&mut self) {
-        while let Some((to, m)) = self.queue.pop_front() {
-            self.event(to, Event::Message(m));
-        }
-    }
-
-    fn submit_all(&mut self, item: &[u8]) {
-        for r in 0..self.replicas.len() as u32 {
-            self.event(r, Event::Submit(item.to_vec()));
-        }
-        self.run();
-    }
-
-    fn fire(&mut self, t: Timer) {
-        for r in 0..self.replicas.len() as u32 {
-            self.event(r, Event::Timer(t));
-        }
-        self.run();
-    }
+    test_keys(n)
 }
 
 #[test]
 fn normal_case_commits_a_full_batch_with_a_verifiable_certificate() {
-    let mut net = Net::new(4);
+    let mut net = new_net(4);
     for i in 0..3 {
         net.submit_all(format!("tx{i}").as_bytes());
     }
@@ -163,7 +50,7 @@ fn normal_case_commits_a_full_batch_with_a_verifiable_certificate() {
 
 #[test]
 fn block_interval_flushes_a_partial_batch() {
-    let mut net = Net::new(4);
+    let mut net = new_net(4);
     net.submit_all(b"lonely");
     assert!(net.ledgers.iter().all(|l| l.committed.is_empty()));
     net.now = 100;
@@ -173,7 +60,7 @@ fn block_interval_flushes_a_partial_batch() {
 
 #[test]
 fn invalid_batch_is_not_prepared_and_leads_to_a_view_change() {
-    let mut net = Net::new(4);
+    let mut net = new_net(4);
     // Only the primary holds the bad item, so only it proposes it.
     net.event(0, Event::Submit(b"bad item".to_vec()));
     net.now = 100;
@@ -207,7 +94,7 @@ fn invalid_batch_is_not_prepared_and_leads_to_a_view_change() {
 
 #[test]
 fn view_change_preserves_a_prepared_batch() {
-    let mut net = Net::new(4);
+    let mut net = new_net(4);
     // Commits from the old primary's view are lost: everyone prepares, nobody commits.
     for i in 0..3 {
         for r in 0..4 {
@@ -237,7 +124,7 @@ fn view_change_preserves_a_prepared_batch() {
 
 #[test]
 fn checkpoints_bound_the_log() {
-    let mut net = Net::new(4);
+    let mut net = new_net(4);
     for i in 0..60 {
         net.submit_all(format!("item-{i}").as_bytes());
     }
@@ -254,7 +141,7 @@ fn checkpoints_bound_the_log() {
 
 #[test]
 fn restarted_replica_never_prepares_a_conflicting_digest() {
-    let mut net = Net::new(4);
+    let mut net = new_net(4);
     for i in 0..3 {
         net.submit_all(format!("a{i}").as_bytes());
     }
@@ -298,7 +185,7 @@ fn restarted_replica_never_prepares_a_conflicting_digest() {
 
 #[test]
 fn forged_and_foreign_messages_are_dropped() {
-    let mut net = Net::new(4);
+    let mut net = new_net(4);
     let ks = keys(4);
     let outsider = keys(5).pop().unwrap();
     let batch = v1::PbftBatch {
