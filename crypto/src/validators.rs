@@ -202,6 +202,19 @@ impl Certificate {
         threshold: usize,
         verifier: &impl Verifier,
     ) -> Result<(), CertificateError> {
+        self.verify_each(set, domain, threshold, verifier, |_| message.to_vec())
+    }
+
+    /// As [`Certificate::verify`], for certificates whose signers each signed their own message
+    /// (`message_of(index)`), such as consensus envelopes that name their sender.
+    pub fn verify_each(
+        &self,
+        set: &ValidatorSet,
+        domain: Domain,
+        threshold: usize,
+        verifier: &impl Verifier,
+        message_of: impl Fn(ValidatorIndex) -> Vec<u8>,
+    ) -> Result<(), CertificateError> {
         let mut seen = BTreeSet::new();
         for (index, sig) in &self.signatures {
             let member = set.get(*index).ok_or(CertificateError::UnknownSigner {
@@ -212,7 +225,7 @@ impl Certificate {
                 return Err(CertificateError::DuplicateSigner { index: *index });
             }
             verifier
-                .verify(member, domain, message, sig)
+                .verify(member, domain, &message_of(*index), sig)
                 .map_err(|_| CertificateError::BadSignature { index: *index })?;
         }
         if seen.len() < threshold {

@@ -8,7 +8,7 @@
 //! (chain, replica, view, seq, digest).
 
 use medchain_crypto::hash::domains;
-use medchain_crypto::validators::{Signer, ValidatorIndex, ValidatorSet, Verifier};
+use medchain_crypto::validators::{Certificate, Signer, ValidatorIndex, ValidatorSet, Verifier};
 use medchain_crypto::{Hash32, Signature};
 
 use crate::canonical::{Canonical, Hashed};
@@ -126,43 +126,19 @@ pub fn verify_commit_signatures(
             })?;
         signatures.push((c.validator, sig));
     }
-    // Each signer signed its own envelope (its index is inside), so verify one by one.
-    let mut seen = std::collections::BTreeSet::new();
-    for (index, sig) in &signatures {
-        let member = validators.get(*index).ok_or_else(|| ProtoError::Invalid {
+    // Each signer signed its own envelope (its index is inside it).
+    Certificate { signatures }
+        .verify_each(
+            validators,
+            domains::PBFT_MESSAGE,
+            validators.quorum(),
+            verifier,
+            |index| signing_bytes(&commit_envelope(chain_id, index, view, seq, digest)),
+        )
+        .map_err(|e| ProtoError::Invalid {
             kind: KIND,
-            reason: format!("signer index {index} is outside the validator set"),
-        })?;
-        if !seen.insert(*index) {
-            return Err(ProtoError::Invalid {
-                kind: KIND,
-                reason: format!("validator {index} signed twice"),
-            });
-        }
-        let envelope = commit_envelope(chain_id, *index, view, seq, digest);
-        verifier
-            .verify(
-                member,
-                domains::PBFT_MESSAGE,
-                &signing_bytes(&envelope),
-                sig,
-            )
-            .map_err(|_| ProtoError::Invalid {
-                kind: KIND,
-                reason: format!("signature of validator {index} does not verify"),
-            })?;
-    }
-    if seen.len() < validators.quorum() {
-        return Err(ProtoError::Invalid {
-            kind: KIND,
-            reason: format!(
-                "{} valid signatures, {} required",
-                seen.len(),
-                validators.quorum()
-            ),
-        });
-    }
-    Ok(())
+            reason: e.to_string(),
+        })
 }
 
 /// Verifies a committed batch and returns its digest.
