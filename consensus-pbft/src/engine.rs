@@ -1040,7 +1040,10 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         if !self.helped.insert((to, their_view)) {
             return;
         }
-        self.helped.retain(|(_, v)| *v + 2 * 8 >= their_view);
+        // Remember recent views only: a laggard is helped once per view it asks about.
+        const REMEMBERED_VIEWS: u64 = 16;
+        self.helped
+            .retain(|(_, v)| *v + REMEMBERED_VIEWS >= their_view);
         if their_stable < self.stable.seq {
             for m in self.stable.proof.clone() {
                 self.send(to, m);

@@ -238,11 +238,6 @@ impl Certificate {
     }
 }
 
-/// Digest of a message in a domain, for engines that sign digests of digests.
-pub fn signing_digest(domain: Domain, message: &[u8]) -> Hash32 {
-    crate::hash::digest(domain, message)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
