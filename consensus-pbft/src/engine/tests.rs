@@ -8,7 +8,7 @@ use medchain_crypto::SigningKey;
 use medchain_proto::pbft::verify_committed_batch;
 
 use super::*;
-use crate::local_cluster::{test_config, test_keys, LocalCluster};
+use crate::local_cluster::{self, test_config, test_keys, LocalCluster};
 
 type Net = LocalCluster<EcdsaVerifier>;
 
@@ -210,5 +210,112 @@ fn forged_and_foreign_messages_are_dropped() {
     for m in [forged, foreign] {
         let out = net.replicas[1].handle(0, Event::Message(m), &net.ledgers[1]);
         assert!(out.is_empty(), "{out:?}");
+    }
+}
+
+/// The shape of an action, for table-driven expectations.
+fn shape(a: &Action) -> String {
+    match a {
+        Action::Persist(_) => "persist".into(),
+        Action::Broadcast(m) | Action::Send { msg: m, .. } => {
+            let kind = match &m.kind {
+                Some(Kind::PrePrepare(_)) => "pre-prepare",
+                Some(Kind::Prepare(_)) => "prepare",
+                Some(Kind::Commit(_)) => "commit",
+                Some(Kind::Checkpoint(_)) => "checkpoint",
+                Some(Kind::ViewChange(_)) => "view-change",
+                Some(Kind::NewView(_)) => "new-view",
+                None => "empty",
+            };
+            format!("send:{kind}")
+        }
+        Action::Commit { entry, .. } => format!("execute:{}", entry.seq),
+        Action::SetTimer { timer, .. } => format!("set:{timer:?}"),
+        Action::CancelTimer(t) => format!("cancel:{t:?}"),
+        Action::RequestStateTransfer { from_seq, .. } => format!("transfer:{from_seq}"),
+    }
+}
+
+#[test]
+fn normal_case_at_a_backup_step_by_step() {
+    let ks = keys(4);
+    let batch = v1::PbftBatch {
+        timestamp_ms: 5,
+        items: vec![b"a".to_vec()],
+    };
+    let d = batch.digest();
+    let other = v1::PbftBatch {
+        timestamp_ms: 6,
+        items: vec![b"b".to_vec()],
+    };
+    let pp = |b: &v1::PbftBatch| {
+        sign(
+            &ks[0],
+            "hospital-test",
+            0,
+            Kind::PrePrepare(v1::PrePrepare {
+                view: 0,
+                seq: 1,
+                digest: b.digest().as_bytes().to_vec(),
+            }),
+            Some(b.clone()),
+        )
+    };
+    let prepare = |r: usize| {
+        sign(
+            &ks[r],
+            "hospital-test",
+            r as u32,
+            Kind::Prepare(vote(0, 1, &d)),
+            None,
+        )
+    };
+    let commit_from = |r: usize| {
+        sign(
+            &ks[r],
+            "hospital-test",
+            r as u32,
+            Kind::Commit(commit(0, 1, &d)),
+            None,
+        )
+    };
+    // (input, expected action shapes in order, executed seq afterwards)
+    let table: Vec<(Event, Vec<&str>, u64)> = vec![
+        (Event::Submit(b"a".to_vec()), vec!["set:Progress"], 0),
+        (Event::Submit(b"a".to_vec()), vec![], 0), // duplicate submission
+        (
+            Event::Message(pp(&batch)),
+            vec!["persist", "send:prepare"],
+            0,
+        ),
+        (
+            Event::Message(prepare(2)),
+            vec!["persist", "send:commit"],
+            0,
+        ), // primary + 1 + 2 = q
+        (Event::Message(prepare(3)), vec![], 0),
+        (Event::Message(prepare(3)), vec![], 0), // duplicate
+        (Event::Message(commit_from(2)), vec![], 0),
+        (
+            Event::Message(commit_from(3)),
+            vec!["execute:1", "cancel:Progress"],
+            1,
+        ),
+        (Event::Message(pp(&other)), vec![], 1), // conflicting pre-prepare: ignored
+        (Event::Message(commit_from(0)), vec![], 1),
+        (Event::Timer(Timer::Progress), vec![], 1), // nothing outstanding: no view change
+    ];
+    let ledger = local_cluster::MemoryLedger::default();
+    let mut replica = Replica::new(config(4, 1, &ks), ks[1].clone(), EcdsaVerifier);
+    for (i, (input, expected, executed)) in table.into_iter().enumerate() {
+        let out = replica.handle(0, input, &ledger);
+        let got: Vec<String> = out.iter().map(shape).collect();
+        assert_eq!(got, expected, "step {i}");
+        assert_eq!(replica.executed_seq(), executed, "step {i}");
+        assert_eq!(
+            (replica.view(), replica.is_view_changing()),
+            (0, false),
+            "step {i}"
+        );
     }
 }
