@@ -991,10 +991,26 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         }
         self.view_changes = self.view_changes.split_off(&target);
         self.broadcast(msg);
+        self.resend_checkpoints();
         let at = now + self.view_change_timeout();
         self.set_timer(Timer::ViewChange(target), at);
         if !self.maybe_join(now) {
             self.maybe_send_new_view(now);
+        }
+    }
+
+    /// Re-sends this replica's checkpoints above the stable one. A checkpoint is sent once when it
+    /// is taken; if those messages were lost, the stable checkpoint, and with it the window, would
+    /// never move and the primary could not propose again. Identical bytes, so harmless.
+    fn resend_checkpoints(&mut self) {
+        let me = self.cfg.me;
+        let mine: Vec<v1::PbftMessage> = self
+            .checkpoints
+            .range(self.stable.seq + 1..)
+            .filter_map(|(_, votes)| votes.get(&me).map(|(_, m)| m.clone()))
+            .collect();
+        for m in mine {
+            self.broadcast(m);
         }
     }
 
@@ -1130,6 +1146,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         self.view = v;
         self.view_changing = false;
         self.new_view_msg = Some(nv);
+        self.resend_checkpoints();
         self.dirty = true;
         self.view_changes = self.view_changes.split_off(&(v + 1));
         if plan.stable.seq > self.stable.seq {

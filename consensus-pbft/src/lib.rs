@@ -36,7 +36,8 @@
 //! 7. **Checkpoints.** After executing `s` with `s mod K = 0` a replica sends `Checkpoint(s, D)`,
 //!    `D` being the hash chain of all executed batch digests. `q` matching checkpoints make it
 //!    stable: the low watermark moves to `s` and all older log entries are discarded, so memory
-//!    stays bounded over an unbounded run.
+//!    stays bounded over an unbounded run. A replica re-sends its checkpoints above the stable one
+//!    whenever it starts or enters a view, so lost checkpoints cannot freeze the window.
 //! 8. **View change.** A backup with outstanding work (pending items or accepted, unexecuted
 //!    batches) that sees no execution for the progress timeout moves to view `v+1`: it stops
 //!    accepting messages of view `v` and sends `ViewChange(v+1)` with its stable checkpoint (and
