@@ -2,6 +2,8 @@
 //! `MEDCHAIN_LOG` (an `EnvFilter` directive such as `info` or `medchain_node=debug`), default
 //! `info`. Logs go to stderr so that command output on stdout stays machine-readable.
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -18,6 +20,7 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("MEDCHAIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Human => builder.try_init(),
