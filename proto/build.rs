@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "medchain/v1/types.proto",
         "medchain/v1/pbft.proto",
+        "medchain/v1/dpos.proto",
         "medchain/v1/p2p.proto",
     ];
     println!("cargo:rerun-if-changed=proto");

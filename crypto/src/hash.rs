@@ -75,6 +75,12 @@ pub mod domains {
     pub const PBFT_BATCH: Domain = Domain("medchain v1 pbft batch");
     pub const PBFT_ITEM: Domain = Domain("medchain v1 pbft item");
     pub const PBFT_STATE: Domain = Domain("medchain v1 pbft state");
+    pub const DPOS_MESSAGE: Domain = Domain("medchain v1 dpos message");
+    pub const DPOS_BLOCK_HEADER: Domain = Domain("medchain v1 dpos block header");
+    pub const DPOS_BLOCK_EXTRAS: Domain = Domain("medchain v1 dpos block extras");
+    pub const DPOS_EVIDENCE: Domain = Domain("medchain v1 dpos evidence");
+    pub const DPOS_ITEM: Domain = Domain("medchain v1 dpos item");
+    pub const DPOS_STATE: Domain = Domain("medchain v1 dpos chain state");
     pub const MERKLE_LEAF: Domain = Domain("medchain v1 merkle leaf");
     pub const MERKLE_NODE: Domain = Domain("medchain v1 merkle node");
     pub const MERKLE_EMPTY: Domain = Domain("medchain v1 merkle empty");

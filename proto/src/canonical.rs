@@ -124,6 +124,34 @@ canonical!(
     domains::PBFT_BATCH
 );
 canonical!(v1::PbftMessage, "pbft message", limits::PEER_MESSAGE);
+canonical!(
+    v1::DposBlockHeader,
+    "dpos block header",
+    limits::SMALL,
+    domains::DPOS_BLOCK_HEADER
+);
+canonical!(
+    v1::DposBlockExtras,
+    "dpos block extras",
+    limits::BLOCK,
+    domains::DPOS_BLOCK_EXTRAS
+);
+canonical!(
+    v1::DposEvidence,
+    "dpos evidence",
+    limits::BLOCK,
+    domains::DPOS_EVIDENCE
+);
+canonical!(v1::DposProposal, "dpos proposal", limits::SMALL);
+canonical!(v1::DposVote, "dpos vote", limits::SMALL);
+canonical!(v1::DposBlock, "dpos block", limits::BLOCK);
+canonical!(v1::DposMessage, "dpos message", limits::PEER_MESSAGE);
+canonical!(v1::DposFinalizedBlock, "dpos finalized block", limits::BLOCK);
+canonical!(
+    v1::DposFinalityCertificate,
+    "dpos finality certificate",
+    limits::SMALL
+);
 canonical!(v1::CommittedBatch, "committed batch", limits::BLOCK);
 canonical!(v1::Transaction, "transaction", limits::TRANSACTION);
 canonical!(v1::Block, "block", limits::BLOCK);

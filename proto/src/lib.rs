@@ -6,6 +6,7 @@
 //! networking, consensus or the node.
 
 pub mod canonical;
+pub mod dpos;
 pub mod error;
 pub mod ledger;
 pub mod pbft;
