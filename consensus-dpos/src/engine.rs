@@ -61,10 +61,12 @@ pub struct Engine<S, V> {
     valid: Option<(u64, Hash32)>,
     /// Blocks seen at this height that fit the chain, with their verdict.
     blocks: BTreeMap<Hash32, (v1::DposBlock, Verdict)>,
-    /// The first proposal of each round from that round's proposer.
-    proposals: BTreeMap<u64, (v1::DposProposal, Hash32)>,
-    prevotes: BTreeMap<u64, BTreeMap<u32, (v1::DposVote, VoteValue)>>,
-    precommits: BTreeMap<u64, BTreeMap<u32, (v1::DposVote, VoteValue)>>,
+    /// Proposals of each round from that round's proposer, first received first (more than one
+    /// only when the proposer equivocates; a few are kept so a block a quorum prevoted is known
+    /// whichever version arrived first).
+    proposals: BTreeMap<u64, Vec<(v1::DposProposal, Hash32)>>,
+    prevotes: Book,
+    precommits: Book,
     sent_proposals: BTreeMap<u64, v1::DposProposal>,
     sent_votes: BTreeMap<(u64, i32), v1::DposVote>,
     relayed: BTreeSet<u64>,
@@ -75,11 +77,21 @@ pub struct Engine<S, V> {
     evidence_pool: BTreeMap<Hash32, v1::DposEvidence>,
     future: Vec<(u32, v1::DposMessage)>,
     sync_outstanding: bool,
+    /// Peers that announced a final height above this node's, asked in turn.
+    sync_peers: BTreeSet<u32>,
+    last_sync_peer: u32,
     produce_at: Option<u64>,
+    broken_threshold: bool,
     dirty: bool,
     out_final: Vec<Action>,
     out: Vec<Action>,
 }
+
+/// Votes of one kind: round -> voter -> what it voted. A voter that votes twice differently in a
+/// round (a Byzantine double vote) keeps both, at most two: its vote counts toward either value,
+/// which is what a Byzantine voter can do anyway, and honest nodes that saw different halves still
+/// count the same quorum.
+type Book = BTreeMap<u64, BTreeMap<u32, Vec<(v1::DposVote, VoteValue)>>>;
 
 fn kind_of(k: DposVoteKind) -> i32 {
     k as i32
@@ -111,7 +123,10 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             evidence_pool: BTreeMap::new(),
             future: Vec::new(),
             sync_outstanding: false,
+            sync_peers: BTreeSet::new(),
+            last_sync_peer: 0,
             produce_at: None,
+            broken_threshold: false,
             dirty: false,
             out_final: Vec::new(),
             out: Vec::new(),
@@ -159,12 +174,17 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         e.locked = locked;
         e.valid = valid;
         for (prop, hash) in proposals {
-            e.proposals.insert(prop.round, (prop.clone(), hash));
+            e.proposals.entry(prop.round).or_default().push((prop.clone(), hash));
             e.sent_proposals.insert(prop.round, prop);
         }
+        let me = e.signer.identity();
         for bytes in &p.votes {
-            if let Ok(v) = v1::DposVote::decode_canonical(bytes) {
-                e.sent_votes.insert((v.round, v.kind), v);
+            let Ok(v) = v1::DposVote::decode_canonical(bytes) else {
+                continue;
+            };
+            if let Ok(value) = verify_vote(&v, &e.cfg.chain_id, &me, &e.verifier) {
+                e.sent_votes.insert((v.round, v.kind), v.clone());
+                e.record_vote(v, value);
             }
         }
         // Resume past the steps already voted in.
@@ -206,7 +226,16 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
     }
 
     fn quorum(&self) -> usize {
+        if self.broken_threshold {
+            return (self.chain.registry.atn().len() / 2).max(1);
+        }
         self.chain.quorum()
+    }
+
+    /// Makes this node finalize with half the auditors instead of more than two thirds. Only
+    /// for showing that the simulator's checkers catch what a wrong threshold breaks.
+    pub fn break_threshold_for_checker_tests(&mut self) {
+        self.broken_threshold = true;
     }
 
     /// Distinct auditors needed to be sure one of them is honest.
@@ -382,10 +411,24 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         }
     }
 
+    /// Asks for the missing final blocks, from each peer that claims to have them in turn, so a
+    /// peer that claims but does not serve (Byzantine) cannot stall catch-up.
     fn request_sync(&mut self, now: u64, peer: u32) {
-        if self.sync_outstanding || peer == self.cfg.me {
+        if peer == self.cfg.me {
             return;
         }
+        self.sync_peers.insert(peer);
+        if self.sync_outstanding {
+            return;
+        }
+        let peer = self
+            .sync_peers
+            .range(self.last_sync_peer + 1..)
+            .next()
+            .or_else(|| self.sync_peers.iter().next())
+            .copied()
+            .unwrap_or(peer);
+        self.last_sync_peer = peer;
         self.sync_outstanding = true;
         self.out.push(Action::RequestSync {
             from_height: self.chain.height + 1,
@@ -408,15 +451,15 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         let Ok(hash) = verify_proposal(&p, &self.cfg.chain_id, &identity, &self.verifier) else {
             return;
         };
-        if let Some((first, first_hash)) = self.proposals.get(&p.round) {
-            if *first_hash != hash {
-                let e = dpos_evidence::Kind::Equivocation(v1::DposEquivocation {
-                    first: Some(first.clone()),
-                    second: Some(p),
-                });
-                self.evidence_pool_insert(e);
+        if let Some(list) = self.proposals.get(&p.round) {
+            if list.iter().any(|(_, h)| *h == hash) || list.len() >= 4 {
+                return;
             }
-            return;
+            let e = dpos_evidence::Kind::Equivocation(v1::DposEquivocation {
+                first: Some(list[0].0.clone()),
+                second: Some(p.clone()),
+            });
+            self.evidence_pool_insert(e);
         }
         let Some(header) = &block.header else { return };
         if block_hash(header) != hash {
@@ -456,7 +499,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
                 Err(BlockFault::Unacceptable(_)) => return,
             }
         }
-        self.proposals.insert(p.round, (p.clone(), hash));
+        self.proposals.entry(p.round).or_default().push((p.clone(), hash));
         // Auditors relay proposals, so a representative that shows different blocks to
         // different nodes is seen doing it.
         if self.is_auditor() && self.relayed.insert(p.round) {
@@ -488,18 +531,24 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             DposVoteKind::Prevote => &mut self.prevotes,
             _ => &mut self.precommits,
         };
-        let round = book.entry(v.round).or_default();
-        if let Some((first, fv)) = round.get(&v.voter) {
-            if (fv.block, fv.rejected) != (value.block, value.rejected) {
-                let e = dpos_evidence::Kind::DoubleVote(v1::DposDoubleVote {
-                    first: Some(first.clone()),
-                    second: Some(v),
-                });
-                self.evidence_pool_insert(e);
-            }
+        let votes = book.entry(v.round).or_default().entry(v.voter).or_default();
+        if votes
+            .iter()
+            .any(|(_, fv)| (fv.block, fv.rejected) == (value.block, value.rejected))
+            || votes.len() >= 2
+        {
             return;
         }
-        round.insert(v.voter, (v.clone(), value));
+        let double = votes.first().map(|(first, _)| {
+            dpos_evidence::Kind::DoubleVote(v1::DposDoubleVote {
+                first: Some(first.clone()),
+                second: Some(v.clone()),
+            })
+        });
+        votes.push((v.clone(), value));
+        if let Some(e) = double {
+            self.evidence_pool_insert(e);
+        }
         // A vote for a block known invalid, or a rejection of one known valid.
         let target = value.block.or(value.rejected);
         if let Some(hash) = target {
@@ -517,7 +566,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
     }
 
     fn wrong_verdict(&self, vote: &v1::DposVote, hash: Hash32) -> Option<dpos_evidence::Kind> {
-        let (proposal, _) = self.proposals.values().find(|(_, h)| *h == hash)?;
+        let (proposal, _) = self.proposals.values().flatten().find(|(_, h)| *h == hash)?;
         let (block, _) = self.blocks.get(&hash)?;
         Some(dpos_evidence::Kind::WrongVerdict(v1::DposWrongVerdict {
             vote: Some(vote.clone()),
@@ -534,7 +583,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         let mut found = Vec::new();
         for book in [&self.prevotes, &self.precommits] {
             for votes in book.values() {
-                for (v, value) in votes.values() {
+                for (v, value) in votes.values().flatten() {
                     if value.block == Some(hash) || value.rejected == Some(hash) {
                         found.push((v.clone(), *value));
                     }
@@ -592,12 +641,17 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
 
     // ---- the protocol --------------------------------------------------------------------
 
-    fn count(book: &BTreeMap<u64, BTreeMap<u32, (v1::DposVote, VoteValue)>>, round: u64, hash: Option<Hash32>) -> usize {
-        book.get(&round)
-            .map_or(0, |m| m.values().filter(|(_, v)| v.block == hash).count())
+    /// Distinct voters with a vote for `hash` (nil when `None`) in `round`.
+    fn count(book: &Book, round: u64, hash: Option<Hash32>) -> usize {
+        book.get(&round).map_or(0, |m| {
+            m.values()
+                .filter(|votes| votes.iter().any(|(_, v)| v.block == hash))
+                .count()
+        })
     }
 
-    fn total(book: &BTreeMap<u64, BTreeMap<u32, (v1::DposVote, VoteValue)>>, round: u64) -> usize {
+    /// Distinct voters in `round`.
+    fn total(book: &Book, round: u64) -> usize {
         book.get(&round).map_or(0, |m| m.len())
     }
 
@@ -622,8 +676,9 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         // Decide: a block with precommits from a quorum in any round.
         let decided = self.precommits.iter().find_map(|(round, votes)| {
             let mut tally: BTreeMap<Hash32, usize> = BTreeMap::new();
-            for (_, v) in votes.values() {
-                if let Some(b) = v.block {
+            for voter in votes.values() {
+                let blocks: BTreeSet<Hash32> = voter.iter().filter_map(|(_, v)| v.block).collect();
+                for b in blocks {
                     *tally.entry(b).or_default() += 1;
                 }
             }
@@ -661,7 +716,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
 
         // Prevote on this round's proposal.
         if auditor && self.step == Step::Propose {
-            if let Some((p, hash)) = self.proposals.get(&r).cloned() {
+            if let Some((p, hash)) = self.proposals.get(&r).and_then(|l| l.first()).cloned() {
                 let valid = self.verdict_valid(&hash);
                 let invalid = !valid;
                 let vote = match pol_round(&p) {
@@ -683,23 +738,39 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             }
         }
 
-        // A quorum prevoted this round's proposal: lock and precommit (auditors), remember it as
-        // the valid block (everyone, so a representative can re-propose it).
-        if let Some((_, hash)) = self.proposals.get(&r).cloned() {
-            if self.verdict_valid(&hash)
-                && Self::count(&self.prevotes, r, Some(hash)) >= q
-                && self.valid != Some((r, hash))
-                && (!auditor || self.step >= Step::Prevote)
-            {
-                if auditor && self.step == Step::Prevote {
+        // A quorum prevoted this round's proposal: lock on it and precommit it.
+        if auditor && self.step == Step::Prevote {
+            let locking = self.proposals.get(&r).and_then(|l| {
+                l.iter().map(|(_, h)| *h).find(|h| {
+                    self.verdict_valid(h) && Self::count(&self.prevotes, r, Some(*h)) >= q
+                })
+            });
+            if let Some(hash) = locking {
+                {
                     self.locked = Some((r, hash));
+                    self.valid = Some((r, hash));
                     self.cast(DposVoteKind::Precommit, Some(hash), None);
                     self.step = Step::Precommit;
+                    return true;
                 }
-                self.valid = Some((r, hash));
-                self.dirty = true;
-                return true;
             }
+        }
+
+        // The latest block a quorum prevoted, in any round: what the next proposer re-proposes
+        // (everyone tracks it, so a representative that does not vote knows it too).
+        let newer = self.proposals.iter().rev().find_map(|(round, list)| {
+            let newer = self.valid.is_none_or(|(vr, _)| *round > vr);
+            list.iter().find_map(|(_, hash)| {
+                (newer
+                    && self.verdict_valid(hash)
+                    && Self::count(&self.prevotes, *round, Some(*hash)) >= q)
+                    .then_some((*round, *hash))
+            })
+        });
+        if let Some(v) = newer {
+            self.valid = Some(v);
+            self.dirty = true;
+            return true;
         }
 
         if auditor && self.step == Step::Prevote {
@@ -735,10 +806,12 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             .get(&round)
             .map(|m| {
                 m.iter()
-                    .filter(|(_, (_, v))| v.block == Some(hash))
-                    .map(|(i, (vote, _))| v1::IndexedSignature {
-                        validator: *i,
-                        signature: vote.signature.clone(),
+                    .filter_map(|(i, votes)| {
+                        let (vote, _) = votes.iter().find(|(_, v)| v.block == Some(hash))?;
+                        Some(v1::IndexedSignature {
+                            validator: *i,
+                            signature: vote.signature.clone(),
+                        })
                     })
                     .collect()
             })
@@ -799,9 +872,15 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             }
             (block, hash, None)
         };
+        if let Some(vr) = pol {
+            self.broadcast_pol(vr, hash);
+        }
         let p = sign_proposal(&self.signer, &self.cfg.chain_id, h, r, &hash, pol, self.cfg.me);
         self.sent_proposals.insert(r, p.clone());
-        self.proposals.entry(r).or_insert((p.clone(), hash));
+        let list = self.proposals.entry(r).or_default();
+        if list.is_empty() {
+            list.push((p.clone(), hash));
+        }
         self.dirty = true;
         self.out.push(Action::Broadcast(v1::DposMessage {
             kind: Some(Kind::Proposal(v1::DposProposalMessage {
@@ -949,6 +1028,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         self.sent_votes.clear();
         self.relayed.clear();
         self.armed.clear();
+        self.sync_peers.clear();
         self.dirty = true;
         self.enter_round(0, now, app);
         for (from, msg) in std::mem::take(&mut self.future) {
@@ -956,9 +1036,46 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         }
     }
 
+    /// Sends the prevotes that justify `hash` at round `vr` (a proof of lock), with the
+    /// proposal, so every node can check a re-proposal or unlock.
+    fn broadcast_pol(&mut self, vr: u64, hash: Hash32) {
+        let mut msgs = Vec::new();
+        let proposal = self
+            .proposals
+            .get(&vr)
+            .and_then(|l| l.iter().find(|(_, h)| *h == hash));
+        if let Some((p, h)) = proposal {
+            if let Some((block, _)) = self.blocks.get(h) {
+                msgs.push(Kind::Proposal(v1::DposProposalMessage {
+                    proposal: Some(p.clone()),
+                    block: Some(block.clone()),
+                }));
+            }
+        }
+        if let Some(votes) = self.prevotes.get(&vr) {
+            for (v, value) in votes.values().flatten() {
+                if value.block == Some(hash) {
+                    msgs.push(Kind::Vote(v.clone()));
+                }
+            }
+        }
+        for kind in msgs {
+            self.out.push(Action::Broadcast(v1::DposMessage { kind: Some(kind) }));
+        }
+    }
+
     /// Re-sends what this node signed in the current round and its latest proposal relay, and
     /// announces its final height: lost messages are recovered once the network delivers again.
+    /// A node that holds a lock or a valid block also re-sends its proof, so a proposer that
+    /// missed it learns what to re-propose and locked auditors can be unlocked.
     fn resend(&mut self) {
+        let mut proofs: Vec<(u64, Hash32)> = self.locked.into_iter().chain(self.valid).collect();
+        proofs.dedup();
+        for (vr, hash) in proofs {
+            if vr < self.round {
+                self.broadcast_pol(vr, hash);
+            }
+        }
         let r = self.round;
         let mut msgs = Vec::new();
         for ((round, _), v) in &self.sent_votes {
@@ -974,7 +1091,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             .map(|p| p.round)
             .or_else(|| (self.is_auditor() && self.proposals.contains_key(&r)).then_some(r));
         if let Some(round) = relay {
-            if let Some((p, hash)) = self.proposals.get(&round) {
+            if let Some((p, hash)) = self.proposals.get(&round).and_then(|l| l.first()) {
                 if let Some((block, _)) = self.blocks.get(hash) {
                     msgs.push(v1::DposMessage {
                         kind: Some(Kind::Proposal(v1::DposProposalMessage {

@@ -2,7 +2,11 @@
 //!
 //!     medchain-sim pbft --seeds N [--start S] [--n 4|7|10] [--threads T]
 //!     medchain-sim pbft --seed S [--trace] [--n N]
+//!     medchain-sim dpos --seeds N [--start S] [--large] [--threads T]
+//!     medchain-sim dpos --seed S [--trace] [--large]
 //!
+//! `--large` gives every dpos seed the 121-institution consortium (101 RPN + 20 ATN); without it
+//! one seed in 50 is large and the rest are small consortia.
 //! A failing seed prints its scenario and violation; replay it with `--seed S --trace`.
 
 use std::process::ExitCode;
@@ -18,6 +22,7 @@ struct Args {
     seed: Option<u64>,
     n: Option<usize>,
     trace: bool,
+    large: bool,
     threads: usize,
 }
 
@@ -25,7 +30,7 @@ fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let engine = it
         .next()
-        .ok_or("usage: medchain-sim pbft (--seeds N | --seed S [--trace])")?;
+        .ok_or("usage: medchain-sim pbft|dpos (--seeds N | --seed S [--trace])")?;
     let mut a = Args {
         engine,
         seeds: None,
@@ -33,6 +38,7 @@ fn parse() -> Result<Args, String> {
         seed: None,
         n: None,
         trace: false,
+        large: false,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     while let Some(flag) = it.next() {
@@ -49,12 +55,13 @@ fn parse() -> Result<Args, String> {
             "--n" => a.n = Some(value("--n")? as usize),
             "--threads" => a.threads = value("--threads")?.max(1) as usize,
             "--trace" => a.trace = true,
+            "--large" => a.large = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if a.engine != "pbft" {
+    if a.engine != "pbft" && a.engine != "dpos" {
         return Err(format!(
-            "unknown engine {:?}: this build simulates `pbft`",
+            "unknown engine {:?}: choose `pbft` or `dpos`",
             a.engine
         ));
     }
@@ -69,6 +76,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.engine == "dpos" {
+        return dpos_main(&args);
+    }
     if let Some(seed) = args.seed {
         let scn = Scenario::generate(seed, args.n);
         let out = run(&scn, args.trace);
@@ -129,6 +139,97 @@ fn main() -> ExitCode {
         by_n[0],
         by_n[1],
         by_n[2],
+        started.elapsed().as_secs_f64(),
+        failures.len(),
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!(": seeds {failures:?} (replay with --seed S --trace)")
+        }
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn dpos_main(args: &Args) -> ExitCode {
+    use medchain_tests::sim::dpos;
+    let large = args.large.then_some(true);
+    if let Some(seed) = args.seed {
+        let scn = dpos::Scenario::generate(seed, large);
+        let out = dpos::run(&scn, args.trace);
+        for line in &out.trace {
+            println!("{line}");
+        }
+        println!("{}", scn.describe());
+        println!(
+            "events {} virtual time {} ms height {} replaced {} trace {}",
+            out.events, out.end_ms, out.height, out.replaced, out.trace_hash
+        );
+        return match out.violation {
+            Some(v) => {
+                println!("VIOLATION: {v}");
+                ExitCode::FAILURE
+            }
+            None => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+        };
+    }
+    let count = args.seeds.unwrap_or(100);
+    // Wall-clock time of the whole run, for the report only; the simulation itself is virtual time.
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let next = AtomicU64::new(args.start);
+    let failures = Mutex::new(Vec::new());
+    let stats = Mutex::new((0u64, 0u64, 0u64, 0u64)); // large, heights, byzantine rpn, replaced
+    std::thread::scope(|s| {
+        for _ in 0..args.threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= args.start + count {
+                    break;
+                }
+                let scn = dpos::Scenario::generate(seed, large);
+                let out = dpos::run(&scn, false);
+                {
+                    let mut st = stats.lock().expect("not poisoned");
+                    st.0 += u64::from(scn.rpn == 101);
+                    st.1 += out.height;
+                    st.2 += scn
+                        .byzantine
+                        .iter()
+                        .filter(|(_, b)| {
+                            matches!(
+                                b,
+                                dpos::Behaviour::Silent
+                                    | dpos::Behaviour::Equivocator
+                                    | dpos::Behaviour::InvalidBlock
+                            )
+                        })
+                        .count() as u64;
+                    st.3 += out.replaced as u64;
+                }
+                if let Some(v) = out.violation {
+                    println!("FAIL {} -> {v}", scn.describe());
+                    failures.lock().expect("not poisoned").push(seed);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("not poisoned");
+    let st = stats.into_inner().expect("not poisoned");
+    println!(
+        "dpos: ran {count} seeds ({}..{}) of which {} with 121 institutions; {} final heights; {} of {} Byzantine representative roles replaced; in {:.1}s; {} violation(s){}",
+        args.start,
+        args.start + count,
+        st.0,
+        st.1,
+        st.3,
+        st.2,
         started.elapsed().as_secs_f64(),
         failures.len(),
         if failures.is_empty() {

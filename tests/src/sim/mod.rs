@@ -7,6 +7,7 @@
 //! seed is equal, which a test checks.
 
 pub mod byzantine;
+pub mod dpos;
 pub mod network;
 pub mod pbft;
 
