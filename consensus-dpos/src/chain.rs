@@ -36,6 +36,10 @@ pub struct ChainState {
     pub certifier_atn: Vec<u32>,
     pub certifier_rpn: Vec<u32>,
     pub registry: Registry,
+    /// Finality with half the auditors instead of more than two thirds. Never stored; only for
+    /// showing that the simulator's checkers catch what a wrong threshold breaks.
+    #[serde(skip)]
+    pub broken_threshold_for_checker_tests: bool,
 }
 
 /// Why a block was not accepted.
@@ -117,6 +121,7 @@ impl ChainState {
             certifier_atn: registry.atn().to_vec(),
             certifier_rpn: registry.rpn().to_vec(),
             registry,
+            broken_threshold_for_checker_tests: false,
         })
     }
 
@@ -126,7 +131,15 @@ impl ChainState {
 
     /// Votes needed to finalize the next block.
     pub fn quorum(&self) -> usize {
-        finality_threshold(self.registry.atn().len())
+        self.threshold(self.registry.atn().len())
+    }
+
+    fn threshold(&self, auditors: usize) -> usize {
+        if self.broken_threshold_for_checker_tests {
+            (auditors / 2).max(1)
+        } else {
+            finality_threshold(auditors)
+        }
     }
 
     /// A digest of the whole state: honest nodes at one height hold equal digests.
@@ -224,7 +237,7 @@ impl ChainState {
                     cert,
                     &self.chain_id,
                     &auditors,
-                    finality_threshold(self.certifier_atn.len()),
+                    self.threshold(self.certifier_atn.len()),
                     verifier,
                 ) {
                     return bad(format!("parent certificate: {e}"));
@@ -312,6 +325,7 @@ impl ChainState {
             certifier_atn: self.registry.atn().to_vec(),
             certifier_rpn: self.registry.rpn().to_vec(),
             registry: reg,
+            broken_threshold_for_checker_tests: self.broken_threshold_for_checker_tests,
         }
     }
 }

@@ -81,7 +81,6 @@ pub struct Engine<S, V> {
     sync_peers: BTreeSet<u32>,
     last_sync_peer: u32,
     produce_at: Option<u64>,
-    broken_threshold: bool,
     dirty: bool,
     out_final: Vec<Action>,
     out: Vec<Action>,
@@ -126,7 +125,6 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             sync_peers: BTreeSet::new(),
             last_sync_peer: 0,
             produce_at: None,
-            broken_threshold: false,
             dirty: false,
             out_final: Vec::new(),
             out: Vec::new(),
@@ -174,7 +172,10 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         e.locked = locked;
         e.valid = valid;
         for (prop, hash) in proposals {
-            e.proposals.entry(prop.round).or_default().push((prop.clone(), hash));
+            e.proposals
+                .entry(prop.round)
+                .or_default()
+                .push((prop.clone(), hash));
             e.sent_proposals.insert(prop.round, prop);
         }
         let me = e.signer.identity();
@@ -188,9 +189,14 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             }
         }
         // Resume past the steps already voted in.
-        if e.sent_votes.contains_key(&(e.round, kind_of(DposVoteKind::Precommit))) {
+        if e.sent_votes
+            .contains_key(&(e.round, kind_of(DposVoteKind::Precommit)))
+        {
             e.step = Step::Precommit;
-        } else if e.sent_votes.contains_key(&(e.round, kind_of(DposVoteKind::Prevote))) {
+        } else if e
+            .sent_votes
+            .contains_key(&(e.round, kind_of(DposVoteKind::Prevote)))
+        {
             e.step = Step::Prevote;
         }
         e
@@ -226,16 +232,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
     }
 
     fn quorum(&self) -> usize {
-        if self.broken_threshold {
-            return (self.chain.registry.atn().len() / 2).max(1);
-        }
         self.chain.quorum()
-    }
-
-    /// Makes this node finalize with half the auditors instead of more than two thirds. Only
-    /// for showing that the simulator's checkers catch what a wrong threshold breaks.
-    pub fn break_threshold_for_checker_tests(&mut self) {
-        self.broken_threshold = true;
     }
 
     /// Distinct auditors needed to be sure one of them is honest.
@@ -286,7 +283,11 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
                     (p.canonical_bytes(), block_bytes(&hash))
                 })
                 .collect(),
-            votes: self.sent_votes.values().map(|v| v.canonical_bytes()).collect(),
+            votes: self
+                .sent_votes
+                .values()
+                .map(|v| v.canonical_bytes())
+                .collect(),
         }
     }
 
@@ -295,7 +296,9 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
     }
 
     fn round_extra(&self, round: u64) -> u64 {
-        self.params().round_increment_ms.saturating_mul(round.min(1_000))
+        self.params()
+            .round_increment_ms
+            .saturating_mul(round.min(1_000))
     }
 
     // ---- inputs -------------------------------------------------------------------------
@@ -353,17 +356,23 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
     fn on_timer(&mut self, now: u64, t: Timer, app: &impl Application) {
         let h = self.height();
         match t {
-            Timer::Propose { height, round } if height == h && round == self.round => {
-                if self.step == Step::Propose && self.is_auditor() {
-                    self.cast(DposVoteKind::Prevote, None, None);
-                    self.step = Step::Prevote;
-                }
+            Timer::Propose { height, round }
+                if height == h
+                    && round == self.round
+                    && self.step == Step::Propose
+                    && self.is_auditor() =>
+            {
+                self.cast(DposVoteKind::Prevote, None, None);
+                self.step = Step::Prevote;
             }
-            Timer::Prevote { height, round } if height == h && round == self.round => {
-                if self.step == Step::Prevote && self.is_auditor() {
-                    self.cast(DposVoteKind::Precommit, None, None);
-                    self.step = Step::Precommit;
-                }
+            Timer::Prevote { height, round }
+                if height == h
+                    && round == self.round
+                    && self.step == Step::Prevote
+                    && self.is_auditor() =>
+            {
+                self.cast(DposVoteKind::Precommit, None, None);
+                self.step = Step::Precommit;
             }
             Timer::Precommit { height, round } if height == h && round == self.round => {
                 self.enter_round(round + 1, now, app);
@@ -481,7 +490,8 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
                 .check_block(&block, &self.cfg.params, app, &self.verifier)
             {
                 Ok(checked) => {
-                    self.blocks.insert(hash, (block.clone(), Verdict::Valid(checked)));
+                    self.blocks
+                        .insert(hash, (block.clone(), Verdict::Valid(checked)));
                 }
                 Err(BlockFault::Invalid(_)) => {
                     let content = v1::DposBlockContent {
@@ -499,7 +509,10 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
                 Err(BlockFault::Unacceptable(_)) => return,
             }
         }
-        self.proposals.entry(p.round).or_default().push((p.clone(), hash));
+        self.proposals
+            .entry(p.round)
+            .or_default()
+            .push((p.clone(), hash));
         // Auditors relay proposals, so a representative that shows different blocks to
         // different nodes is seen doing it.
         if self.is_auditor() && self.relayed.insert(p.round) {
@@ -566,7 +579,11 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
     }
 
     fn wrong_verdict(&self, vote: &v1::DposVote, hash: Hash32) -> Option<dpos_evidence::Kind> {
-        let (proposal, _) = self.proposals.values().flatten().find(|(_, h)| *h == hash)?;
+        let (proposal, _) = self
+            .proposals
+            .values()
+            .flatten()
+            .find(|(_, h)| *h == hash)?;
         let (block, _) = self.blocks.get(&hash)?;
         Some(dpos_evidence::Kind::WrongVerdict(v1::DposWrongVerdict {
             vote: Some(vote.clone()),
@@ -613,7 +630,12 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         }
     }
 
-    fn on_sync(&mut self, now: u64, mut blocks: Vec<v1::DposFinalizedBlock>, app: &impl Application) {
+    fn on_sync(
+        &mut self,
+        now: u64,
+        mut blocks: Vec<v1::DposFinalizedBlock>,
+        app: &impl Application,
+    ) {
         self.sync_outstanding = false;
         blocks.sort_by_key(|b| b.certificate.as_ref().map_or(0, |c| c.height));
         for fb in blocks {
@@ -721,9 +743,9 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
                 let invalid = !valid;
                 let vote = match pol_round(&p) {
                     None => Some(valid && self.locked.is_none_or(|(_, l)| l == hash)),
-                    Some(vr) if Self::count(&self.prevotes, vr, Some(hash)) >= q => Some(
-                        valid && self.locked.is_none_or(|(lr, l)| lr <= vr || l == hash),
-                    ),
+                    Some(vr) if Self::count(&self.prevotes, vr, Some(hash)) >= q => {
+                        Some(valid && self.locked.is_none_or(|(lr, l)| lr <= vr || l == hash))
+                    }
                     Some(_) => None,
                 };
                 if let Some(accept) = vote {
@@ -866,7 +888,8 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
                 .check_block(&block, &self.cfg.params, app, &self.verifier)
             {
                 Ok(checked) => {
-                    self.blocks.insert(hash, (block.clone(), Verdict::Valid(checked)));
+                    self.blocks
+                        .insert(hash, (block.clone(), Verdict::Valid(checked)));
                 }
                 Err(_) => return,
             }
@@ -875,7 +898,15 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         if let Some(vr) = pol {
             self.broadcast_pol(vr, hash);
         }
-        let p = sign_proposal(&self.signer, &self.cfg.chain_id, h, r, &hash, pol, self.cfg.me);
+        let p = sign_proposal(
+            &self.signer,
+            &self.cfg.chain_id,
+            h,
+            r,
+            &hash,
+            pol,
+            self.cfg.me,
+        );
         self.sent_proposals.insert(r, p.clone());
         let list = self.proposals.entry(r).or_default();
         if list.is_empty() {
@@ -1060,7 +1091,8 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             }
         }
         for kind in msgs {
-            self.out.push(Action::Broadcast(v1::DposMessage { kind: Some(kind) }));
+            self.out
+                .push(Action::Broadcast(v1::DposMessage { kind: Some(kind) }));
         }
     }
 

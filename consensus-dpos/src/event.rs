@@ -25,13 +25,17 @@ pub enum Timer {
 
 /// An input.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // inputs are moved once, never stored in bulk
 pub enum Event {
     /// The node starts (first start or after [`crate::Engine::restore`]).
     Start,
     /// A message from the network. `from` is the sending institution as authenticated by the
     /// transport; it is used only to choose whom to ask for missing blocks. Nothing in the message
     /// is trusted: signatures and certificates are checked.
-    Message { from: u32, msg: v1::DposMessage },
+    Message {
+        from: u32,
+        msg: v1::DposMessage,
+    },
     /// An item (a canonical consortium transaction) the node has checked and wants ordered.
     Submit(Vec<u8>),
     Timer(Timer),

@@ -108,8 +108,8 @@ pub fn verify_evidence(
                 return Err("the vote and the proposal are for different heights".into());
             }
             let valid = content_valid(&x.content, &hash, p.height)?;
-            let wrong = (value.block == Some(hash) && !valid)
-                || (value.rejected == Some(hash) && valid);
+            let wrong =
+                (value.block == Some(hash) && !valid) || (value.rejected == Some(hash) && valid);
             if !wrong {
                 return Err("the vote agrees with the block's validity".into());
             }

@@ -143,7 +143,10 @@ impl Params {
             return bad("rpn_size", "at least 1 representative is needed");
         }
         if self.atn_size == 0 {
-            return bad("atn_size", "at least 1 auditor is needed (4 or more tolerate a fault)");
+            return bad(
+                "atn_size",
+                "at least 1 auditor is needed (4 or more tolerate a fault)",
+            );
         }
         if self.epoch_slots == 0 {
             return bad("epoch_slots", "an epoch needs at least 1 slot");
@@ -152,11 +155,17 @@ impl Params {
             return bad("max_block_items", "a block must hold at least 1 item");
         }
         if self.slot_ms == 0 || self.vote_timeout_ms == 0 || self.resend_ms == 0 {
-            return bad("slot_ms", "slot_ms, vote_timeout_ms and resend_ms must be above 0");
+            return bad(
+                "slot_ms",
+                "slot_ms, vote_timeout_ms and resend_ms must be above 0",
+            );
         }
         let c = &self.credit;
         if c.threshold > c.max_credit {
-            return bad("credit.threshold", "the threshold must not exceed max_credit");
+            return bad(
+                "credit.threshold",
+                "the threshold must not exceed max_credit",
+            );
         }
         Ok(())
     }

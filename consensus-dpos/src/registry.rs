@@ -199,7 +199,12 @@ impl Registry {
         let ranking = self.ranking(rules);
         let r = self.rpn_size.min(ranking.len().saturating_sub(1)).max(1);
         let mut rpn: Vec<u32> = ranking.iter().take(r).copied().collect();
-        let atn: Vec<u32> = ranking.iter().skip(r).take(self.atn_size).copied().collect();
+        let atn: Vec<u32> = ranking
+            .iter()
+            .skip(r)
+            .take(self.atn_size)
+            .copied()
+            .collect();
         let epoch = self.epoch.to_be_bytes();
         rpn.sort_by_key(|i| {
             digest_parts(
@@ -221,11 +226,8 @@ impl Registry {
     /// Adds `amount`, checked and clamped to `max_credit`.
     pub fn reward(&mut self, index: u32, amount: u64, rules: &CreditRules) {
         if let Some(x) = self.institutions.get_mut(index as usize) {
-            x.credit = x
-                .credit
-                .checked_add(amount)
-                .unwrap_or(u64::MAX)
-                .min(rules.max_credit);
+            // Saturates instead of wrapping, then clamps: credit never wraps around.
+            x.credit = x.credit.saturating_add(amount).min(rules.max_credit);
         }
     }
 
@@ -279,13 +281,23 @@ impl Registry {
                 self.rpn[pos] = a;
             }
         }
-        let fallen: Vec<u32> = self.rpn.iter().copied().filter(|m| !self.eligible(*m, rules)).collect();
+        let fallen: Vec<u32> = self
+            .rpn
+            .iter()
+            .copied()
+            .filter(|m| !self.eligible(*m, rules))
+            .collect();
         for m in fallen {
             if self.rpn.len() > 1 {
                 self.rpn.retain(|x| *x != m);
             }
         }
-        let keep: Vec<u32> = self.atn.iter().copied().filter(|a| self.eligible(*a, rules)).collect();
+        let keep: Vec<u32> = self
+            .atn
+            .iter()
+            .copied()
+            .filter(|a| self.eligible(*a, rules))
+            .collect();
         let mut atn = keep;
         for candidate in self.ranking(rules) {
             if atn.len() >= self.atn_size {
@@ -338,7 +350,10 @@ impl Registry {
     }
 
     fn rank_cmp(&self, a: u32, b: u32) -> std::cmp::Ordering {
-        let (x, y) = (&self.institutions[a as usize], &self.institutions[b as usize]);
+        let (x, y) = (
+            &self.institutions[a as usize],
+            &self.institutions[b as usize],
+        );
         y.credit
             .cmp(&x.credit)
             .then_with(|| x.identity.as_bytes().cmp(y.identity.as_bytes()))
@@ -399,7 +414,9 @@ mod tests {
                 .enumerate()
                 .map(|(i, (s, willing))| InstitutionSpec {
                     name: format!("inst{i}"),
-                    identity: SigningKey::from_bytes(&[i as u8 + 1; 32]).unwrap().identity(),
+                    identity: SigningKey::from_bytes(&[i as u8 + 1; 32])
+                        .unwrap()
+                        .identity(),
                     rating: *s,
                     scale: *s,
                     strength: *s,
@@ -447,7 +464,10 @@ mod tests {
             threshold: 1_000,
             ..CreditRules::default()
         });
-        let ids: Vec<_> = ranking.iter().map(|i| *r.identity(*i).unwrap().as_bytes()).collect();
+        let ids: Vec<_> = ranking
+            .iter()
+            .map(|i| *r.identity(*i).unwrap().as_bytes())
+            .collect();
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);
@@ -455,14 +475,22 @@ mod tests {
 
     #[test]
     fn a_fallen_representative_is_replaced_by_the_best_auditor() {
-        let g = genesis(&[(90, true), (80, true), (60, true), (50, true), (40, true)], 2, 2);
+        let g = genesis(
+            &[(90, true), (80, true), (60, true), (50, true), (40, true)],
+            2,
+            2,
+        );
         let rules = g.params.credit.clone();
         let mut r = Registry::genesis(&g).unwrap();
         assert_eq!(r.atn(), &[2, 3]);
         let pos = r.rpn().iter().position(|x| *x == 1).unwrap();
         r.penalize(1, Offence::Equivocation, &rules);
         r.replace_fallen(&rules);
-        assert_eq!(r.rpn()[pos], 2, "the top auditor takes the vacancy in place");
+        assert_eq!(
+            r.rpn()[pos],
+            2,
+            "the top auditor takes the vacancy in place"
+        );
         assert_eq!(r.atn(), &[3, 4], "auditors refilled from the ranking");
         assert!(r.institutions()[1].expelled);
         // Expelled institutions are not re-elected, even with credit restored.
@@ -500,9 +528,15 @@ mod tests {
     fn genesis_refuses_bad_scores_and_too_few_members() {
         let mut g = genesis(&[(90, true), (80, true)], 1, 1);
         g.institutions[0].rating = 101;
-        assert!(Registry::genesis(&g).unwrap_err().to_string().contains("0..=100"));
+        assert!(Registry::genesis(&g)
+            .unwrap_err()
+            .to_string()
+            .contains("0..=100"));
         let g = genesis(&[(90, true), (80, false)], 1, 1);
-        assert!(Registry::genesis(&g).unwrap_err().to_string().contains("at least 2"));
+        assert!(Registry::genesis(&g)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 2"));
     }
 
     #[test]

@@ -146,7 +146,11 @@ canonical!(v1::DposProposal, "dpos proposal", limits::SMALL);
 canonical!(v1::DposVote, "dpos vote", limits::SMALL);
 canonical!(v1::DposBlock, "dpos block", limits::BLOCK);
 canonical!(v1::DposMessage, "dpos message", limits::PEER_MESSAGE);
-canonical!(v1::DposFinalizedBlock, "dpos finalized block", limits::BLOCK);
+canonical!(
+    v1::DposFinalizedBlock,
+    "dpos finalized block",
+    limits::BLOCK
+);
 canonical!(
     v1::DposFinalityCertificate,
     "dpos finality certificate",

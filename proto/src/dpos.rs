@@ -96,7 +96,9 @@ pub fn unsigned_vote(
         height,
         round,
         kind: kind as i32,
-        block_hash: block_hash.map(|h| h.as_bytes().to_vec()).unwrap_or_default(),
+        block_hash: block_hash
+            .map(|h| h.as_bytes().to_vec())
+            .unwrap_or_default(),
         rejected: rejected.map(|h| h.as_bytes().to_vec()).unwrap_or_default(),
         voter,
         signature: Vec::new(),
@@ -181,13 +183,21 @@ pub struct VoteValue {
     pub rejected: Option<Hash32>,
 }
 
-fn optional_hash(kind: &'static str, field: &'static str, bytes: &[u8]) -> Result<Option<Hash32>, ProtoError> {
+fn optional_hash(
+    kind: &'static str,
+    field: &'static str,
+    bytes: &[u8],
+) -> Result<Option<Hash32>, ProtoError> {
     if bytes.is_empty() {
         return Ok(None);
     }
     Hash32::from_slice(bytes)
         .map(Some)
-        .map_err(|source| ProtoError::InvalidField { kind, field, source })
+        .map_err(|source| ProtoError::InvalidField {
+            kind,
+            field,
+            source,
+        })
 }
 
 /// Checks a vote's chain, form and signature by `signer` (the identity of institution `v.voter`).
@@ -242,11 +252,17 @@ pub fn verify_certificate(
         let Some((_, identity)) = auditors.iter().find(|(i, _)| *i == s.validator) else {
             return Err(invalid(
                 KIND,
-                format!("signer {} is not an auditor at height {}", s.validator, cert.height),
+                format!(
+                    "signer {} is not an auditor at height {}",
+                    s.validator, cert.height
+                ),
             ));
         };
         if !seen.insert(s.validator) {
-            return Err(invalid(KIND, format!("signer {} appears twice", s.validator)));
+            return Err(invalid(
+                KIND,
+                format!("signer {} appears twice", s.validator),
+            ));
         }
         let vote = unsigned_vote(
             chain_id,
@@ -257,7 +273,13 @@ pub fn verify_certificate(
             None,
             s.validator,
         );
-        check_signature(KIND, identity, &vote_signing_bytes(&vote), &s.signature, verifier)?;
+        check_signature(
+            KIND,
+            identity,
+            &vote_signing_bytes(&vote),
+            &s.signature,
+            verifier,
+        )?;
     }
     if seen.len() < threshold {
         return Err(invalid(
@@ -299,7 +321,10 @@ mod tests {
     fn proposals_and_votes_bind_chain_and_signer() {
         let h = Hash32::from_slice(&[7; 32]).unwrap();
         let p = sign_proposal(&key(0), "c", 3, 1, &h, Some(0), 0);
-        assert_eq!(verify_proposal(&p, "c", &key(0).identity(), &EcdsaVerifier).unwrap(), h);
+        assert_eq!(
+            verify_proposal(&p, "c", &key(0).identity(), &EcdsaVerifier).unwrap(),
+            h
+        );
         assert!(verify_proposal(&p, "other", &key(0).identity(), &EcdsaVerifier).is_err());
         assert!(verify_proposal(&p, "c", &key(1).identity(), &EcdsaVerifier).is_err());
         let mut moved = p.clone();
@@ -322,7 +347,8 @@ mod tests {
     #[test]
     fn certificates_need_distinct_auditors_over_the_threshold() {
         let h = Hash32::from_slice(&[9; 32]).unwrap();
-        let auditors: Vec<(u32, Identity)> = (0..4).map(|i| (10 + i, key(i as u8).identity())).collect();
+        let auditors: Vec<(u32, Identity)> =
+            (0..4).map(|i| (10 + i, key(i as u8).identity())).collect();
         let sig = |i: u32| {
             let v = sign_vote(
                 &key((i - 10) as u8),
@@ -339,7 +365,10 @@ mod tests {
             block_hash: h.as_bytes().to_vec(),
             precommits: vec![sig(10), sig(11), sig(12)],
         };
-        assert_eq!(verify_certificate(&cert, "c", &auditors, 3, &EcdsaVerifier).unwrap(), h);
+        assert_eq!(
+            verify_certificate(&cert, "c", &auditors, 3, &EcdsaVerifier).unwrap(),
+            h
+        );
         cert.precommits[2] = sig(11);
         assert!(verify_certificate(&cert, "c", &auditors, 3, &EcdsaVerifier)
             .unwrap_err()

@@ -304,7 +304,7 @@ struct NodeState {
 
 #[derive(Debug)]
 enum Wire {
-    Dpos(v1::DposMessage),
+    Dpos(Box<v1::DposMessage>),
     SyncRequest(u64),
     SyncResponse(Vec<v1::DposFinalizedBlock>),
 }
@@ -367,8 +367,16 @@ fn summary(m: &v1::DposMessage) -> String {
             v.height,
             v.round,
             v.voter,
-            if v.block_hash.is_empty() { "nil".into() } else { hex4(&v.block_hash) },
-            if v.rejected.is_empty() { String::new() } else { format!(" reject {}", hex4(&v.rejected)) }
+            if v.block_hash.is_empty() {
+                "nil".into()
+            } else {
+                hex4(&v.block_hash)
+            },
+            if v.rejected.is_empty() {
+                String::new()
+            } else {
+                format!(" reject {}", hex4(&v.rejected))
+            }
         ),
         Some(Kind::Status(s)) => format!("Status(h{})", s.height),
         None => "Empty".into(),
@@ -377,12 +385,8 @@ fn summary(m: &v1::DposMessage) -> String {
 
 impl Sim<'_> {
     fn record(&mut self, line: impl FnOnce() -> String) {
-        if self.trace.keeps_lines() {
-            let l = format!("{:>7} {}", self.now, line());
-            self.trace.record(l);
-        } else {
-            self.trace.record(line());
-        }
+        let l = line();
+        self.trace.record_at(self.now, l);
     }
 
     fn fail(&mut self, property: &'static str, detail: String) {
@@ -415,7 +419,7 @@ impl Sim<'_> {
     fn broadcast(&mut self, from: u32, msg: &v1::DposMessage) {
         for to in 0..self.scn.n() as u32 {
             if to != from {
-                self.send(from, to, Wire::Dpos(msg.clone()));
+                self.send(from, to, Wire::Dpos(Box::new(msg.clone())));
             }
         }
     }
@@ -449,14 +453,15 @@ impl Sim<'_> {
             }
             Action::Send { to, msg } => {
                 if behaviour != Some(Behaviour::Silent) {
-                    self.send(i, to, Wire::Dpos(msg));
+                    self.send(i, to, Wire::Dpos(Box::new(msg)));
                 }
             }
             Action::SetTimer { timer, at_ms } => {
                 self.gen += 1;
                 self.timers.insert((i, timer), self.gen);
                 let gen = self.gen;
-                self.queue.push(at_ms.max(self.now), Ev::Timer { to: i, timer, gen });
+                self.queue
+                    .push(at_ms.max(self.now), Ev::Timer { to: i, timer, gen });
             }
             Action::RequestSync { from_height, peer } => {
                 self.record(|| format!("i{i} sync-request h{from_height} from i{peer}"));
@@ -474,7 +479,10 @@ impl Sim<'_> {
         let honest = node.behaviour.is_none();
         if height != node.chain.len() as u64 + 1 {
             let have = node.chain.len();
-            self.fail("integrity", format!("i{i} finalized height {height} after {have}"));
+            self.fail(
+                "integrity",
+                format!("i{i} finalized height {height} after {have}"),
+            );
             return;
         }
         node.chain.push(fb);
@@ -555,7 +563,9 @@ impl Sim<'_> {
                 let mut block = pm.block.clone().unwrap_or_default();
                 let mut header = block.header.clone().unwrap_or_default();
                 if behaviour == Behaviour::InvalidBlock {
-                    block.items.push(format!("forged:{}:{}", p.height, p.round).into_bytes());
+                    block
+                        .items
+                        .push(format!("forged:{}:{}", p.height, p.round).into_bytes());
                 } else {
                     header.timestamp_ms += 1;
                 }
@@ -583,10 +593,10 @@ impl Sim<'_> {
                     self.broadcast(i, &twin);
                 } else {
                     for to in half_a {
-                        self.send(i, to, Wire::Dpos(msg.clone()));
+                        self.send(i, to, Wire::Dpos(Box::new(msg.clone())));
                     }
                     for to in half_b {
-                        self.send(i, to, Wire::Dpos(twin.clone()));
+                        self.send(i, to, Wire::Dpos(Box::new(twin.clone())));
                     }
                 }
             }
@@ -615,10 +625,10 @@ impl Sim<'_> {
                     kind: Some(Kind::Vote(sign_vote(&key, other))),
                 };
                 for to in half_a {
-                    self.send(i, to, Wire::Dpos(msg.clone()));
+                    self.send(i, to, Wire::Dpos(Box::new(msg.clone())));
                 }
                 for to in half_b {
-                    self.send(i, to, Wire::Dpos(other.clone()));
+                    self.send(i, to, Wire::Dpos(Box::new(other.clone())));
                 }
             }
             _ => self.broadcast(i, &msg),
@@ -639,7 +649,7 @@ impl Sim<'_> {
         match wire {
             Wire::Dpos(msg) => {
                 self.record(|| format!("i{to} <- i{from} {}", summary(&msg)));
-                self.handle(to, Event::Message { from, msg });
+                self.handle(to, Event::Message { from, msg: *msg });
             }
             Wire::SyncRequest(h) => {
                 // Byzantine nodes do not serve blocks.
@@ -686,7 +696,8 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
         })
         .collect();
     let genesis = scn.genesis(&keys);
-    let state = ChainState::genesis(&genesis).expect("simulated genesis is valid");
+    let mut state = ChainState::genesis(&genesis).expect("simulated genesis is valid");
+    state.broken_threshold_for_checker_tests = scn.broken_threshold;
     let verifier = CachingVerifier::new(1 << 20);
     let byz: BTreeMap<u32, Behaviour> = scn.byzantine.iter().copied().collect();
     let params = scn.params.clone();
@@ -697,10 +708,12 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
                 me: i,
                 params: params.clone(),
             };
-            let mut engine = Engine::new(cfg, keys[i as usize].clone(), verifier.clone(), state.clone());
-            if scn.broken_threshold {
-                engine.break_threshold_for_checker_tests();
-            }
+            let engine = Engine::new(
+                cfg,
+                keys[i as usize].clone(),
+                verifier.clone(),
+                state.clone(),
+            );
             NodeState {
                 engine: Some(engine),
                 chain: Vec::new(),
@@ -736,7 +749,13 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
         let at = sim.rng.gen_range(0..scn.net.gst_ms + 5_000);
         sim.items.push(item.clone());
         for to in 0..n as u32 {
-            sim.queue.push(at, Ev::Submit { to, item: item.clone() });
+            sim.queue.push(
+                at,
+                Ev::Submit {
+                    to,
+                    item: item.clone(),
+                },
+            );
         }
     }
     for (r, at, back) in &scn.crashes {
@@ -829,7 +848,11 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
             .iter()
             .map(|i| {
                 let node = &sim.nodes[*i as usize];
-                let m = sim.items.iter().filter(|x| !node.finals.contains(*x)).count();
+                let m = sim
+                    .items
+                    .iter()
+                    .filter(|x| !node.finals.contains(*x))
+                    .count();
                 format!("i{i}:h{} missing {m}", node.chain.len())
             })
             .collect();

@@ -53,6 +53,17 @@ impl Trace {
         }
     }
 
+    /// Records one line stamped with its virtual time; the stamp is hashed as a number, and the
+    /// line is formatted with it only when lines are kept.
+    pub fn record_at(&mut self, at_ms: u64, line: String) {
+        self.hasher.update(&at_ms.to_be_bytes());
+        self.hasher.update(line.as_bytes());
+        self.hasher.update(b"\n");
+        if let Some(lines) = &mut self.lines {
+            lines.push(format!("{at_ms:>7} {line}"));
+        }
+    }
+
     pub fn keeps_lines(&self) -> bool {
         self.lines.is_some()
     }
