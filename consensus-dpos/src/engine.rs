@@ -450,6 +450,13 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         let (Some(p), Some(block)) = (msg.proposal, msg.block) else {
             return;
         };
+        // Relays and re-sends repeat proposals: skip one already held before checking it again.
+        if self.proposals.get(&p.round).is_some_and(|l| {
+            l.iter()
+                .any(|(q, _)| q.signature == p.signature && q.block_hash == p.block_hash)
+        }) {
+            return;
+        }
         let expected = self.chain.registry.proposer(p.height, p.round);
         if p.proposer != expected || p.round > self.round + MAX_ROUNDS_AHEAD {
             return;
@@ -529,6 +536,18 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
     fn on_vote(&mut self, v: v1::DposVote) {
         if !self.chain.registry.is_auditor(v.voter) || v.round > self.round + MAX_ROUNDS_AHEAD {
             return;
+        }
+        let book = if v.kind == DposVoteKind::Prevote as i32 {
+            &self.prevotes
+        } else {
+            &self.precommits
+        };
+        let held = book
+            .get(&v.round)
+            .and_then(|m| m.get(&v.voter))
+            .is_some_and(|votes| votes.iter().any(|(x, _)| x.signature == v.signature));
+        if held {
+            return; // a re-sent vote
         }
         let Some(identity) = self.chain.registry.identity(v.voter).copied() else {
             return;
@@ -1142,5 +1161,159 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         for m in msgs {
             self.out.push(Action::Broadcast(m));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use medchain_crypto::validators::EcdsaVerifier;
+
+    use crate::local_cluster::{test_params, LocalCluster};
+    use crate::{Event, Params};
+
+    fn hashes(c: &LocalCluster<EcdsaVerifier>, i: usize) -> Vec<Vec<u8>> {
+        c.ledgers[i]
+            .blocks
+            .iter()
+            .map(|b| {
+                medchain_proto::dpos::block_hash(b.block.as_ref().unwrap().header.as_ref().unwrap())
+                    .as_bytes()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_small_consortium_finalizes_items_with_identical_chains_and_credit() {
+        let mut c = LocalCluster::new(4, 3, 0, test_params(), EcdsaVerifier);
+        c.start();
+        for k in 0..20 {
+            c.submit_all(format!("slip {k}").as_bytes());
+        }
+        let mut guard = 0;
+        while c.ledgers.iter().any(|l| l.items.len() < 20) {
+            assert!(c.fire_next(), "stalled");
+            guard += 1;
+            assert!(guard < 10_000);
+        }
+        for i in 1..c.engines.len() {
+            assert_eq!(hashes(&c, 0), hashes(&c, i), "node {i} chain");
+            assert_eq!(c.ledgers[0].state.digest(), c.ledgers[i].state.digest());
+        }
+        // Every block's producer earned credit, every certificate has more than 2/3 of 3.
+        let rules = &c.ledgers[0].state.registry;
+        for b in &c.ledgers[0].blocks {
+            assert!(b.certificate.as_ref().unwrap().precommits.len() >= 3);
+            let producer = b.block.as_ref().unwrap().header.as_ref().unwrap().producer;
+            assert!(rules.rpn().contains(&producer));
+        }
+        let first = &c.ledgers[0].blocks[0];
+        let producer = first
+            .block
+            .as_ref()
+            .unwrap()
+            .header
+            .as_ref()
+            .unwrap()
+            .producer;
+        let start = crate::ChainState::genesis(&crate::local_cluster::test_genesis(
+            &c.keys,
+            4,
+            3,
+            test_params(),
+        ))
+        .unwrap();
+        assert!(
+            c.ledgers[0].state.registry.credit(producer) > start.registry.credit(producer),
+            "producing earns credit"
+        );
+    }
+
+    #[test]
+    fn a_silent_representative_is_charged_and_replaced_by_the_best_auditor() {
+        let mut params = test_params();
+        params.credit.missed_slot_penalty = 100_000; // one missed slot drops it below threshold
+        let mut c = LocalCluster::new(4, 3, 2, params, EcdsaVerifier);
+        let silent = c.ledgers[0].state.registry.proposer(1, 0);
+        let best_auditor = c.ledgers[0].state.registry.atn()[0];
+        c.crash(silent);
+        c.start();
+        for k in 0..12 {
+            c.submit_all(format!("slip {k}").as_bytes());
+            assert!(c.run_until_height(k / 3 + 1, 1_000_000));
+        }
+        assert!(c.run_until_height(3, 1_000_000));
+        let reg = &c.ledgers[0].state.registry;
+        assert!(!reg.rpn().contains(&silent), "still a representative");
+        assert!(
+            reg.rpn().contains(&best_auditor),
+            "the best auditor took its place"
+        );
+        assert_eq!(reg.atn().len(), 3, "auditors refilled from the spares");
+        assert_eq!(reg.credit(silent), Some(0));
+    }
+
+    #[test]
+    fn a_restarted_auditor_signs_nothing_new_for_what_it_voted() {
+        let mut c = LocalCluster::new(4, 4, 0, test_params(), EcdsaVerifier);
+        let auditor = c.ledgers[0].state.registry.atn()[0];
+        // Two of four auditors are down, so nothing becomes final and the height stays open.
+        let atn = c.ledgers[0].state.registry.atn().to_vec();
+        c.crash(atn[1]);
+        c.crash(atn[2]);
+        c.start();
+        c.submit_all(b"slip");
+        let mut guard = 0;
+        while c.ledgers[auditor as usize]
+            .persisted
+            .as_ref()
+            .is_none_or(|p| p.votes.is_empty())
+        {
+            assert!(c.fire_next() && guard < 1_000, "the auditor never voted");
+            guard += 1;
+        }
+        assert!(c.ledgers[auditor as usize].blocks.is_empty());
+        let before = c.ledgers[auditor as usize].persisted.clone().unwrap();
+        c.crash(auditor);
+        c.restart(auditor);
+        let after = c.ledgers[auditor as usize].persisted.clone().unwrap();
+        for v in &before.votes {
+            assert!(
+                after.votes.contains(v),
+                "a vote was forgotten across the restart"
+            );
+        }
+        // Its re-sent votes are byte-identical to the persisted ones.
+        let actions =
+            c.engines[auditor as usize].handle(c.now, Event::Start, &c.ledgers[auditor as usize]);
+        for a in actions {
+            if let crate::Action::Broadcast(m) = a {
+                if let Some(medchain_proto::v1::dpos_message::Kind::Vote(v)) = m.kind {
+                    use medchain_proto::canonical::Canonical;
+                    assert!(
+                        after.votes.contains(&v.canonical_bytes()),
+                        "a new vote was signed"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn epochs_reelect_and_reshuffle() {
+        let params = Params {
+            epoch_slots: 3,
+            ..test_params()
+        };
+        let mut c = LocalCluster::new(4, 3, 0, params, EcdsaVerifier);
+        c.start();
+        for k in 0..8 {
+            c.submit_all(format!("slip {k}").as_bytes());
+            assert!(c.run_until_height(k + 1, 1_000_000));
+        }
+        let reg = &c.ledgers[0].state.registry;
+        assert!(reg.epoch >= 2, "epoch {}", reg.epoch);
+        assert_eq!(reg.rpn().len(), 4);
+        assert_eq!(reg.atn().len(), 3);
     }
 }

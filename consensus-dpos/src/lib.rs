@@ -79,6 +79,7 @@ mod chain;
 mod engine;
 mod event;
 mod evidence;
+pub mod local_cluster;
 mod params;
 mod persist;
 mod registry;
