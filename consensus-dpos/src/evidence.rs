@@ -148,3 +148,173 @@ pub fn verify_evidence(
     }
     Ok(checked)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local_cluster::{test_genesis, test_keys, test_params, MemoryLedger};
+    use medchain_crypto::validators::EcdsaVerifier;
+    use medchain_proto::dpos::{items_root, sign_proposal, sign_vote, unsigned_vote};
+    use medchain_proto::v1::dpos_evidence::Kind;
+
+    fn setup() -> (Vec<medchain_crypto::SigningKey>, ChainState, MemoryLedger) {
+        let keys = test_keys(7);
+        let state = ChainState::genesis(&test_genesis(&keys, 4, 3, test_params())).unwrap();
+        let ledger = MemoryLedger {
+            blocks: Vec::new(),
+            state: state.clone(),
+            items: Default::default(),
+            persisted: None,
+        };
+        (keys, state, ledger)
+    }
+
+    fn content(items: &[&[u8]]) -> v1::DposBlockContent {
+        let items: Vec<Vec<u8>> = items.iter().map(|i| i.to_vec()).collect();
+        v1::DposBlockContent {
+            header: Some(v1::DposBlockHeader {
+                chain_id: "consortium-test".into(),
+                height: 1,
+                parent_hash: vec![0; 32],
+                timestamp_ms: 5,
+                producer: 0,
+                items_root: items_root(&items).as_bytes().to_vec(),
+                item_count: items.len() as u32,
+                extras_digest: vec![0; 32],
+            }),
+            items,
+        }
+    }
+
+    fn propose(
+        keys: &[medchain_crypto::SigningKey],
+        who: u32,
+        c: &v1::DposBlockContent,
+    ) -> v1::DposProposal {
+        let hash = block_hash(c.header.as_ref().unwrap());
+        sign_proposal(
+            &keys[who as usize],
+            "consortium-test",
+            1,
+            0,
+            &hash,
+            None,
+            who,
+        )
+    }
+
+    fn check(e: Kind, state: &ChainState, app: &MemoryLedger) -> Result<CheckedEvidence, String> {
+        let p = test_params();
+        verify_evidence(
+            &v1::DposEvidence { kind: Some(e) },
+            state,
+            1,
+            &p,
+            app,
+            &EcdsaVerifier,
+        )
+    }
+
+    #[test]
+    fn equivocation_needs_two_signed_blocks_for_one_slot() {
+        let (keys, state, app) = setup();
+        let a = propose(&keys, 2, &content(&[b"x"]));
+        let b = propose(&keys, 2, &content(&[b"y"]));
+        let e = |first: &v1::DposProposal, second: &v1::DposProposal| {
+            Kind::Equivocation(v1::DposEquivocation {
+                first: Some(first.clone()),
+                second: Some(second.clone()),
+            })
+        };
+        let ok = check(e(&a, &b), &state, &app).unwrap();
+        assert_eq!((ok.offender, ok.offence), (2, Offence::Equivocation));
+        assert!(check(e(&a, &a), &state, &app)
+            .unwrap_err()
+            .contains("same block"));
+        let other = propose(&keys, 3, &content(&[b"y"]));
+        assert!(check(e(&a, &other), &state, &app).is_err());
+        let mut forged = b.clone();
+        forged.signature[10] ^= 1;
+        assert!(check(e(&a, &forged), &state, &app).is_err());
+    }
+
+    #[test]
+    fn invalid_block_evidence_is_judged_by_content() {
+        let (keys, state, app) = setup();
+        let bad = content(&[b"bad item"]);
+        let e = |c: &v1::DposBlockContent| {
+            Kind::InvalidBlock(v1::DposInvalidBlock {
+                proposal: Some(propose(&keys, 1, c)),
+                content: Some(c.clone()),
+            })
+        };
+        assert_eq!(
+            check(e(&bad), &state, &app).unwrap().offence,
+            Offence::InvalidBlock
+        );
+        let good = content(&[b"fine"]);
+        assert!(check(e(&good), &state, &app).unwrap_err().contains("valid"));
+    }
+
+    #[test]
+    fn wrong_verdicts_are_votes_against_the_content() {
+        let (keys, state, app) = setup();
+        let good = content(&[b"fine"]);
+        let bad = content(&[b"bad"]);
+        let auditor = state.registry.atn()[0];
+        let vote = |c: &v1::DposBlockContent, reject: bool| {
+            let hash = block_hash(c.header.as_ref().unwrap());
+            let (block, rejected) = if reject {
+                (None, Some(&hash))
+            } else {
+                (Some(&hash), None)
+            };
+            sign_vote(
+                &keys[auditor as usize],
+                unsigned_vote(
+                    "consortium-test",
+                    1,
+                    0,
+                    v1::DposVoteKind::Prevote,
+                    block,
+                    rejected,
+                    auditor,
+                ),
+            )
+        };
+        let e = |c: &v1::DposBlockContent, reject: bool| {
+            Kind::WrongVerdict(v1::DposWrongVerdict {
+                vote: Some(vote(c, reject)),
+                proposal: Some(propose(&keys, 1, c)),
+                content: Some(c.clone()),
+            })
+        };
+        assert_eq!(
+            check(e(&bad, false), &state, &app).unwrap().offender,
+            auditor
+        );
+        assert_eq!(
+            check(e(&good, true), &state, &app).unwrap().offence,
+            Offence::WrongVerdict
+        );
+        assert!(check(e(&good, false), &state, &app).is_err());
+        assert!(check(e(&bad, true), &state, &app).is_err());
+    }
+
+    #[test]
+    fn old_evidence_is_refused() {
+        let (keys, state, app) = setup();
+        let a = propose(&keys, 2, &content(&[b"x"]));
+        let b = propose(&keys, 2, &content(&[b"y"]));
+        let e = v1::DposEvidence {
+            kind: Some(Kind::Equivocation(v1::DposEquivocation {
+                first: Some(a),
+                second: Some(b),
+            })),
+        };
+        let p = test_params();
+        let late = 1 + p.evidence_max_age + 1;
+        let err = verify_evidence(&e, &state, late, &p, &app, &EcdsaVerifier).unwrap_err();
+        assert!(err.contains("max age"), "{err}");
+    }
+}
