@@ -332,8 +332,8 @@ struct Sim<'a> {
     gen: u64,
     decided: BTreeMap<u64, (Hash32, Hash32)>,
     rpn_after: BTreeMap<u64, Vec<u32>>,
-    /// Byzantine misbehaviour as representative: (institution) -> heights, after GST.
-    strikes: BTreeMap<u32, Vec<u64>>,
+    /// Byzantine misbehaviour as representative after GST: institution -> (height, round).
+    strikes: BTreeMap<u32, Vec<(u64, u64)>>,
     items: Vec<Vec<u8>>,
     submitted: BTreeSet<Vec<u8>>,
     trace: Trace,
@@ -551,8 +551,8 @@ impl Sim<'_> {
         match (&msg.kind, behaviour) {
             (_, Behaviour::Silent) => {
                 if let Some(Kind::Proposal(p)) = &msg.kind {
-                    if p.proposal.as_ref().is_some_and(|p| p.proposer == i) {
-                        self.strike(i);
+                    if let Some(p) = p.proposal.as_ref().filter(|p| p.proposer == i) {
+                        self.strike(i, p.height, p.round);
                     }
                 }
             }
@@ -569,6 +569,9 @@ impl Sim<'_> {
                 } else {
                     header.timestamp_ms += 1;
                 }
+                // A fresh block of its own (a re-proposal of someone else's block would carry
+                // that producer and be ignored, not judged).
+                header.producer = i;
                 header.items_root = items_root(&block.items).as_bytes().to_vec();
                 header.item_count = block.items.len() as u32;
                 header.extras_digest = extras_digest(block.extras.as_ref()).as_bytes().to_vec();
@@ -588,7 +591,7 @@ impl Sim<'_> {
                         block: Some(block),
                     })),
                 };
-                self.strike(i);
+                self.strike(i, p.height, p.round);
                 if behaviour == Behaviour::InvalidBlock {
                     self.broadcast(i, &twin);
                 } else {
@@ -635,13 +638,14 @@ impl Sim<'_> {
         }
     }
 
-    fn strike(&mut self, i: u32) {
+    /// Records a misbehaviour as the proposer of (height, round) after GST, once per slot (a
+    /// re-sent proposal is the same misbehaviour).
+    fn strike(&mut self, i: u32, height: u64, round: u64) {
         if self.now >= self.scn.net.gst_ms {
-            let h = self.nodes[i as usize]
-                .engine
-                .as_ref()
-                .map_or(0, |e| e.position().0);
-            self.strikes.entry(i).or_default().push(h);
+            let slots = self.strikes.entry(i).or_default();
+            if !slots.contains(&(height, round)) {
+                slots.push((height, round));
+            }
         }
     }
 
@@ -883,7 +887,7 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
         if strikes.len() < need {
             continue;
         }
-        let h = strikes[need - 1] + REPLACEMENT_BOUND_HEIGHTS;
+        let h = strikes[need - 1].0 + REPLACEMENT_BOUND_HEIGHTS;
         if let Some(rpn) = sim.rpn_after.get(&h) {
             if rpn.contains(who) && sim.violation.is_none() {
                 sim.fail(
