@@ -254,6 +254,8 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             Event::Sync(blocks) => self.on_sync(now_ms, blocks, app),
         }
         self.progress(now_ms, app);
+        // A full block (or evidence) makes work due at once, not at a timer.
+        self.maybe_propose(now_ms, app);
         self.arm_work_timers(now_ms);
         let mut actions = std::mem::take(&mut self.out_final);
         if std::mem::take(&mut self.dirty) {
