@@ -708,10 +708,11 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         if slot.committed.is_some() {
             return;
         }
-        let Some((v, d, _, _)) = &slot.prepared else {
+        let Some((v, d, pre_prepare, _)) = &slot.prepared else {
             return;
         };
         let key = (*v, *d);
+        let proposal_signature = pre_prepare.signature.clone();
         let Some(commits) = slot.commits.get(&key) else {
             return;
         };
@@ -719,14 +720,14 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             return;
         }
         let cert: Vec<v1::PbftMessage> = commits.values().take(q).cloned().collect();
-        slot.committed = Some((key.0, key.1, cert));
+        slot.committed = Some((key.0, key.1, cert, proposal_signature));
     }
 
     /// Executes committed batches in sequence order (rule 6).
     fn execute_ready(&mut self, now: u64, app: &impl Application) {
         let mut progressed = false;
         while let Some(slot) = self.slots.get(&(self.exec_seq + 1)) {
-            let Some((view, digest, cert)) = &slot.committed else {
+            let Some((view, digest, cert, proposal_signature)) = &slot.committed else {
                 break;
             };
             let Some(batch) = slot.batches.get(digest).cloned() else {
@@ -739,8 +740,15 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                     signature: m.signature.clone(),
                 })
                 .collect();
-            let (view, digest) = (*view, *digest);
-            self.apply(now, view, digest, batch, commits, app);
+            let entry = v1::CommittedBatch {
+                seq: self.exec_seq + 1,
+                view: *view,
+                batch: Some(batch),
+                commits,
+                proposal_signature: proposal_signature.clone(),
+            };
+            let digest = *digest;
+            self.apply(now, digest, entry, app);
             progressed = true;
         }
         if progressed {
@@ -748,18 +756,19 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         }
     }
 
+    /// Executes `entry` (committed at the next sequence number, batch present).
     fn apply(
         &mut self,
         now: u64,
-        view: u64,
         digest: Hash32,
-        batch: v1::PbftBatch,
-        commits: Vec<v1::IndexedSignature>,
+        entry: v1::CommittedBatch,
         app: &impl Application,
     ) {
         let seq = self.exec_seq + 1;
+        let view = entry.view;
         let mut repeats = Vec::new();
-        for (i, item) in batch.items.iter().enumerate() {
+        let items = entry.batch.as_ref().map_or(&[][..], |b| &b.items[..]);
+        for (i, item) in items.iter().enumerate() {
             let id = item_id(item);
             // PBFT orders; it does not deduplicate across sequence numbers (a batch prepared in
             // one view and lost in a view change can see its items re-proposed elsewhere, and a
@@ -777,12 +786,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         self.next_seq = self.next_seq.max(seq);
         self.consecutive_view_changes = 0;
         self.effects.push(Action::Commit {
-            entry: v1::CommittedBatch {
-                seq,
-                view,
-                batch: Some(batch),
-                commits,
-            },
+            entry,
             digest,
             proposer: self.cfg.primary(view),
             repeats,
@@ -921,8 +925,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             ) else {
                 break;
             };
-            let batch = e.batch.clone().expect("verified entries carry their batch");
-            self.apply(now, e.view, digest, batch, e.commits, app);
+            self.apply(now, digest, e, app);
             progressed = true;
         }
         if !progressed {

@@ -23,8 +23,9 @@ pub struct Slot {
     pub prepared: Option<(u64, Hash32, v1::PbftMessage, Vec<v1::PbftMessage>)>,
     pub sent_prepare: Option<(u64, Hash32)>,
     pub sent_commit: Option<(u64, Hash32)>,
-    /// Committed here: (view, digest, the commit messages of the certificate).
-    pub committed: Option<(u64, Hash32, Vec<v1::PbftMessage>)>,
+    /// Committed here: (view, digest, the commit messages of the certificate, the signature of
+    /// the pre-prepare that proposed it).
+    pub committed: Option<(u64, Hash32, Vec<v1::PbftMessage>, Vec<u8>)>,
 }
 
 impl Slot {

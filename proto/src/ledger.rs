@@ -4,7 +4,7 @@
 
 use medchain_crypto::hash::domains;
 use medchain_crypto::merkle;
-use medchain_crypto::validators::{EcdsaVerifier, ValidatorSet};
+use medchain_crypto::validators::{ValidatorSet, Verifier};
 use medchain_crypto::{Hash32, Identity, Signature, SigningKey};
 
 use crate::canonical::{Canonical, Hashed};
@@ -212,31 +212,67 @@ pub fn transactions_root(transactions: &[v1::Transaction]) -> Hash32 {
     merkle::root(&leaves)
 }
 
-/// Builds and signs a block (without commit certificate).
-pub fn make_block(
-    creator: &SigningKey,
+/// The private block of a committed PBFT batch. Every replica derives the same block from the
+/// same committed batch: height = sequence number, timestamp from the batch, creator = the primary
+/// of the committing view, creator signature = that primary's signature on its PrePrepare, and the
+/// commit certificate. Items must be canonical transactions.
+pub fn private_block(
     chain_id: &str,
-    height: u64,
+    validators: &ValidatorSet,
+    committed: &v1::CommittedBatch,
     previous_hash: Hash32,
-    timestamp_ms: u64,
-    transactions: Vec<v1::Transaction>,
-) -> v1::Block {
+) -> Result<v1::Block, ProtoError> {
+    const KIND: &str = "committed batch";
+    let batch = committed.batch.as_ref().ok_or(ProtoError::MissingField {
+        kind: KIND,
+        field: "batch",
+    })?;
+    let creator = validators
+        .get(crate::pbft::primary(committed.view, validators))
+        .ok_or_else(|| ProtoError::Invalid {
+            kind: KIND,
+            reason: "empty validator set".into(),
+        })?;
+    let transactions = batch
+        .items
+        .iter()
+        .map(|b| v1::Transaction::decode_canonical(b))
+        .collect::<Result<Vec<_>, _>>()?;
     let header = v1::BlockHeader {
         chain_id: chain_id.to_string(),
-        height,
+        height: committed.seq,
         previous_hash: previous_hash.as_bytes().to_vec(),
-        timestamp_ms,
-        creator: creator.identity().as_bytes().to_vec(),
+        timestamp_ms: batch.timestamp_ms,
+        creator: creator.as_bytes().to_vec(),
         merkle_root: transactions_root(&transactions).as_bytes().to_vec(),
         transaction_count: transactions.len() as u32,
     };
-    let creator_signature = creator.sign_digest(&header.digest());
-    v1::Block {
+    Ok(v1::Block {
         header: Some(header),
-        creator_signature: creator_signature.as_bytes().to_vec(),
+        creator_signature: committed.proposal_signature.clone(),
         transactions,
-        commit: None,
-    }
+        commit: Some(v1::CommitCertificate {
+            height: committed.seq,
+            view: committed.view,
+            payload_digest: batch.digest().as_bytes().to_vec(),
+            signatures: committed.commits.clone(),
+        }),
+    })
+}
+
+/// The committed batch a stored private block came from (for state transfer and block sync).
+pub fn committed_batch_of(block: &v1::Block) -> Result<v1::CommittedBatch, ProtoError> {
+    let cert = block.commit.as_ref().ok_or(ProtoError::MissingField {
+        kind: "block",
+        field: "commit",
+    })?;
+    Ok(v1::CommittedBatch {
+        seq: header(block)?.height,
+        view: cert.view,
+        batch: Some(block_batch(block)?),
+        commits: cert.signatures.clone(),
+        proposal_signature: block.creator_signature.clone(),
+    })
 }
 
 /// The block hash: the digest of its header.
@@ -251,13 +287,16 @@ fn header(block: &v1::Block) -> Result<&v1::BlockHeader, ProtoError> {
     })
 }
 
-/// Checks a block's internal consistency: the Merkle root and count match the transactions, and the
-/// creator's signature verifies. Transactions are checked one by one with [`verify_transaction`].
+/// Checks a block's internal consistency without knowing the validator set: field lengths, the
+/// Merkle root and count match the transactions, and the commit certificate is present and bound
+/// to this block (its height and the digest of the block's batch). Signatures, which need the
+/// validator set, are checked by [`verify_private_block`].
 pub fn verify_block_structure(block: &v1::Block) -> Result<Hash32, ProtoError> {
     const KIND: &str = "block";
     let header = header(block)?;
-    let creator = identity(KIND, "header.creator", &header.creator)?;
+    identity(KIND, "header.creator", &header.creator)?;
     hash(KIND, "header.previous_hash", &header.previous_hash)?;
+    signature(KIND, "creator_signature", &block.creator_signature)?;
     if header.transaction_count as usize != block.transactions.len() {
         return Err(ProtoError::Invalid {
             kind: KIND,
@@ -275,16 +314,19 @@ pub fn verify_block_structure(block: &v1::Block) -> Result<Hash32, ProtoError> {
             reason: "Merkle root does not match the transactions".into(),
         });
     }
-    let block_hash = header.digest();
-    let sig = signature(KIND, "creator_signature", &block.creator_signature)?;
-    creator
-        .verify_digest(&block_hash, &sig)
-        .map_err(|source| ProtoError::InvalidField {
-            kind: KIND,
-            field: "creator_signature",
-            source,
-        })?;
-    Ok(block_hash)
+    let cert = block.commit.as_ref().ok_or(ProtoError::MissingField {
+        kind: KIND,
+        field: "commit",
+    })?;
+    if cert.height != header.height
+        || cert.payload_digest != block_batch(block)?.digest().as_bytes()
+    {
+        return Err(ProtoError::Invalid {
+            kind: "commit certificate",
+            reason: "certificate is for another block".into(),
+        });
+    }
+    Ok(header.digest())
 }
 
 /// The PBFT batch a private block was agreed as: its timestamp and its transactions' canonical
@@ -300,34 +342,105 @@ pub fn block_batch(block: &v1::Block) -> Result<v1::PbftBatch, ProtoError> {
     })
 }
 
-/// Checks that `block` carries a commit certificate from a quorum of `validators`: each signer's
-/// PBFT Commit for this block's batch at its height.
-pub fn verify_commit_certificate(
+/// Fully verifies a private block against the chain's validator set: its structure, a quorum's
+/// commit signatures for its batch, that its creator is the primary of the committing view, and
+/// the creator's signature on the PrePrepare that proposed it. This is what block sync, light
+/// clients and the bridge rely on.
+pub fn verify_private_block(
     block: &v1::Block,
     validators: &ValidatorSet,
-) -> Result<(), ProtoError> {
-    const KIND: &str = "commit certificate";
+    verifier: &impl Verifier,
+) -> Result<Hash32, ProtoError> {
+    let hash = verify_block_structure(block)?;
     let header = header(block)?;
-    let cert = block.commit.as_ref().ok_or(ProtoError::MissingField {
-        kind: "block",
-        field: "commit",
-    })?;
-    let digest = block_batch(block)?.digest();
-    if cert.payload_digest != digest.as_bytes() || cert.height != header.height {
+    let committed = committed_batch_of(block)?;
+    let creator = validators.get(crate::pbft::primary(committed.view, validators));
+    if creator.map(|c| c.as_bytes().to_vec()) != Some(header.creator.clone()) {
         return Err(ProtoError::Invalid {
-            kind: KIND,
-            reason: "certificate is for another block".into(),
+            kind: "block",
+            reason: format!(
+                "creator is not the primary of view {} (replica {})",
+                committed.view,
+                crate::pbft::primary(committed.view, validators)
+            ),
         });
     }
-    crate::pbft::verify_commit_signatures(
-        &header.chain_id,
-        cert.view,
-        cert.height,
-        &digest,
-        &cert.signatures,
-        validators,
-        &EcdsaVerifier,
-    )
+    crate::pbft::verify_committed_batch(&committed, &header.chain_id, validators, verifier)?;
+    Ok(hash)
+}
+
+/// Signs a committed batch as a validator set would: the primary of `view` signs the PrePrepare
+/// and a quorum signs Commits. For tests and tools that need real certified blocks without
+/// running consensus.
+pub fn sign_committed_batch(
+    keys: &[SigningKey],
+    chain_id: &str,
+    seq: u64,
+    view: u64,
+    batch: v1::PbftBatch,
+) -> v1::CommittedBatch {
+    use crate::v1::pbft_message::Kind;
+    let n = keys.len();
+    let quorum = ValidatorSet::new(keys.iter().map(|k| k.identity()).collect())
+        .map(|s| s.quorum())
+        .unwrap_or(n);
+    let digest = batch.digest();
+    let primary = (view % n as u64) as usize;
+    let pre_prepare = crate::pbft::sign(
+        &keys[primary],
+        chain_id,
+        primary as u32,
+        Kind::PrePrepare(v1::PrePrepare {
+            view,
+            seq,
+            digest: digest.as_bytes().to_vec(),
+        }),
+        None,
+    );
+    let commits = (0..quorum)
+        .map(|i| v1::IndexedSignature {
+            validator: i as u32,
+            signature: crate::pbft::sign(
+                &keys[i],
+                chain_id,
+                i as u32,
+                Kind::Commit(v1::Commit {
+                    view,
+                    seq,
+                    digest: digest.as_bytes().to_vec(),
+                }),
+                None,
+            )
+            .signature,
+        })
+        .collect();
+    v1::CommittedBatch {
+        seq,
+        view,
+        batch: Some(batch),
+        commits,
+        proposal_signature: pre_prepare.signature,
+    }
+}
+
+/// A certified private block at `height` holding `transactions`, signed by `keys` (the whole
+/// validator set, in genesis order), for tests and tools.
+pub fn make_block(
+    keys: &[SigningKey],
+    chain_id: &str,
+    height: u64,
+    previous_hash: Hash32,
+    timestamp_ms: u64,
+    transactions: Vec<v1::Transaction>,
+) -> v1::Block {
+    let batch = v1::PbftBatch {
+        timestamp_ms,
+        items: transactions.iter().map(|t| t.canonical_bytes()).collect(),
+    };
+    let set =
+        ValidatorSet::new(keys.iter().map(|k| k.identity()).collect()).expect("distinct test keys");
+    let committed = sign_committed_batch(keys, chain_id, height, 0, batch);
+    private_block(chain_id, &set, &committed, previous_hash).expect("canonical transactions")
 }
 
 #[cfg(test)]

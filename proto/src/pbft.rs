@@ -162,7 +162,68 @@ pub fn verify_committed_batch(
         validators,
         verifier,
     )?;
+    verify_proposal_signature(
+        chain_id,
+        entry.view,
+        entry.seq,
+        &digest,
+        &entry.proposal_signature,
+        validators,
+        verifier,
+    )?;
     Ok(digest)
+}
+
+/// The primary of `view` among `validators` (the PBFT rule: view mod n).
+pub fn primary(view: u64, validators: &ValidatorSet) -> ValidatorIndex {
+    (view % validators.len() as u64) as ValidatorIndex
+}
+
+/// Checks that `signature` is the primary of `view`'s signature on PrePrepare(view, seq, digest):
+/// the creator signature of a private block.
+pub fn verify_proposal_signature(
+    chain_id: &str,
+    view: u64,
+    seq: u64,
+    digest: &Hash32,
+    signature: &[u8],
+    validators: &ValidatorSet,
+    verifier: &impl Verifier,
+) -> Result<(), ProtoError> {
+    const KIND: &str = "proposal signature";
+    let index = primary(view, validators);
+    let signer = validators.get(index).ok_or_else(|| ProtoError::Invalid {
+        kind: KIND,
+        reason: "empty validator set".into(),
+    })?;
+    let envelope = v1::PbftMessage {
+        chain_id: chain_id.to_string(),
+        replica: index,
+        kind: Some(Kind::PrePrepare(v1::PrePrepare {
+            view,
+            seq,
+            digest: digest.as_bytes().to_vec(),
+        })),
+        signature: Vec::new(),
+        batch: None,
+    };
+    let sig = Signature::from_slice(signature).map_err(|source| ProtoError::InvalidField {
+        kind: KIND,
+        field: "proposal_signature",
+        source,
+    })?;
+    verifier
+        .verify(
+            signer,
+            domains::PBFT_MESSAGE,
+            &signing_bytes(&envelope),
+            &sig,
+        )
+        .map_err(|source| ProtoError::InvalidField {
+            kind: KIND,
+            field: "proposal_signature",
+            source,
+        })
 }
 
 /// The digest identifying one item (for de-duplication of pending work).

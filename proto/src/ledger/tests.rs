@@ -1,6 +1,7 @@
 use super::*;
 use crate::canonical::{decode_peer_message, limits, peer_message};
 use crate::v1::transaction_body::Payload;
+use medchain_crypto::validators::EcdsaVerifier;
 use proptest::prelude::*;
 use prost::Message;
 
@@ -102,56 +103,61 @@ fn block_structure_and_certificate() {
     let keys: Vec<SigningKey> = (1..=4).map(key).collect();
     let set = ValidatorSet::new(keys.iter().map(|k| k.identity()).collect()).unwrap();
     let txs = vec![tx(&keys[0], 1), tx(&keys[1], 1)];
-    let mut block = make_block(&keys[0], "hospital-a", 1, Hash32::ZERO, 5, txs);
+    let block = make_block(&keys, "hospital-a", 1, Hash32::ZERO, 5, txs);
     let h = verify_block_structure(&block).unwrap();
     assert_eq!(h, block_hash(&block).unwrap());
-
-    let digest = block_batch(&block).unwrap().digest();
-    let sigs = (0..3)
-        .map(|i| {
-            let commit = crate::pbft::sign(
-                &keys[i],
-                "hospital-a",
-                i as u32,
-                v1::pbft_message::Kind::Commit(v1::Commit {
-                    view: 0,
-                    seq: 1,
-                    digest: digest.as_bytes().to_vec(),
-                }),
-                None,
-            );
-            v1::IndexedSignature {
-                validator: i as u32,
-                signature: commit.signature,
-            }
-        })
-        .collect();
-    block.commit = Some(v1::CommitCertificate {
-        height: 1,
-        view: 0,
-        payload_digest: digest.as_bytes().to_vec(),
-        signatures: sigs,
-    });
-    verify_commit_certificate(&block, &set).unwrap();
+    assert_eq!(
+        verify_private_block(&block, &set, &EcdsaVerifier).unwrap(),
+        h
+    );
+    // The block round-trips through its committed batch (what state transfer carries).
+    let committed = committed_batch_of(&block).unwrap();
+    assert_eq!(
+        private_block("hospital-a", &set, &committed, Hash32::ZERO).unwrap(),
+        block
+    );
 
     let mut short = block.clone();
     short.commit.as_mut().unwrap().signatures.pop();
-    let e = verify_commit_certificate(&short, &set)
+    let e = verify_private_block(&short, &set, &EcdsaVerifier)
         .unwrap_err()
         .to_string();
     assert!(e.contains("2 valid signatures, 3 required"), "{e}");
 
     let mut wrong_view = block.clone();
     wrong_view.commit.as_mut().unwrap().view = 1;
-    assert!(verify_commit_certificate(&wrong_view, &set).is_err());
+    assert!(verify_private_block(&wrong_view, &set, &EcdsaVerifier).is_err());
+
+    // The creator must be the primary of the view and its pre-prepare signature must verify.
+    let mut other_creator = block.clone();
+    other_creator.header.as_mut().unwrap().creator = keys[1].identity().as_bytes().to_vec();
+    let e = verify_private_block(&other_creator, &set, &EcdsaVerifier)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("primary of view 0"), "{e}");
+    let mut bad_sig = block.clone();
+    bad_sig.creator_signature = keys[0]
+        .sign_digest(&block_hash(&block).unwrap())
+        .as_bytes()
+        .to_vec();
+    let e = verify_private_block(&bad_sig, &set, &EcdsaVerifier)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("proposal_signature"), "{e}");
 
     let mut dropped_tx = block.clone();
     dropped_tx.transactions.pop();
     assert!(verify_block_structure(&dropped_tx).is_err());
 
-    let mut swapped = block;
+    let mut swapped = block.clone();
     swapped.transactions.swap(0, 1);
     assert!(verify_block_structure(&swapped).is_err());
+
+    // Changing the header's timestamp unbinds the certificate.
+    let mut retimed = block;
+    retimed.header.as_mut().unwrap().timestamp_ms += 1;
+    let e = verify_block_structure(&retimed).unwrap_err().to_string();
+    assert!(e.contains("another block"), "{e}");
 }
 
 #[test]

@@ -3,6 +3,11 @@ use medchain_crypto::hash::domains;
 use medchain_crypto::SigningKey;
 use medchain_proto::ledger::{make_block, make_private_slip, sign_transaction};
 
+/// The test chain's four validators.
+fn validators() -> Vec<SigningKey> {
+    (11..=14).map(key).collect()
+}
+
 pub(crate) fn key(n: u8) -> SigningKey {
     let mut b = [0u8; 32];
     b[31] = n;
@@ -43,7 +48,7 @@ fn next_block(store: &Store, txs: Vec<v1::Transaction>) -> v1::Block {
         Some(t) => (t.height + 1, t.hash),
         None => (1, Hash32::ZERO),
     };
-    make_block(&key(1), "h", height, parent, height, txs)
+    make_block(&validators(), "h", height, parent, height, txs)
 }
 
 #[test]
@@ -96,7 +101,7 @@ fn refuses_gaps_forks_and_invalid_blocks() {
     store.commit_block(&b1, &[]).unwrap();
 
     let gap = make_block(
-        &key(1),
+        &validators(),
         "h",
         3,
         store.tip().unwrap().unwrap().hash,
@@ -110,7 +115,7 @@ fn refuses_gaps_forks_and_invalid_blocks() {
             got: 3
         })
     ));
-    let fork = make_block(&key(1), "h", 2, Hash32([7; 32]), 2, vec![]);
+    let fork = make_block(&validators(), "h", 2, Hash32([7; 32]), 2, vec![]);
     assert!(matches!(
         store.commit_block(&fork, &[]),
         Err(StoreError::WrongParent { height: 2, .. })
