@@ -9,5 +9,8 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod ledger;
 pub mod logging;
+pub mod mempool;
+pub mod net;
 pub mod password;

@@ -156,11 +156,15 @@ impl Store {
     ///
     /// The block must extend the tip (next height, previous hash = tip hash) and be internally
     /// consistent; its slips are indexed by ID and by patient. `state` holds chain-state writes
-    /// (`None` deletes the key) computed by executing the block.
+    /// (`None` deletes the key) computed by executing the block. `skipped` lists the positions of
+    /// transactions the ledger did not execute (repeats of earlier ones, which consensus may order
+    /// twice): they stay in the block, whose certificate covers them, but are not indexed, so an
+    /// index always points at a transaction's first, effective occurrence.
     pub fn commit_block(
         &self,
         block: &v1::Block,
         state: &[(Vec<u8>, Option<Vec<u8>>)],
+        skipped: &[u32],
     ) -> Result<ChainTip, StoreError> {
         let hash = verify_block_structure(block)?;
         let header = block
@@ -200,6 +204,9 @@ impl Store {
         );
         for (i, tx) in block.transactions.iter().enumerate() {
             let index = i as u32;
+            if skipped.contains(&index) {
+                continue;
+            }
             let location = location_value(height, index);
             let Some(body) = tx.body.as_ref() else {
                 continue;

@@ -61,10 +61,12 @@ fn commit_and_read_back() {
     let t2 = slip_tx(&doctor, &patient, 2);
     let b1 = next_block(&store, vec![t1.clone()]);
     let tip1 = store
-        .commit_block(&b1, &[(b"k".to_vec(), Some(b"v".to_vec()))])
+        .commit_block(&b1, &[(b"k".to_vec(), Some(b"v".to_vec()))], &[])
         .unwrap();
     let b2 = next_block(&store, vec![t2.clone()]);
-    let tip2 = store.commit_block(&b2, &[(b"k".to_vec(), None)]).unwrap();
+    let tip2 = store
+        .commit_block(&b2, &[(b"k".to_vec(), None)], &[])
+        .unwrap();
     assert_eq!(tip2.height, 2);
     assert_eq!(store.tip().unwrap(), Some(tip2));
     assert_eq!(store.block(1).unwrap().unwrap(), b1);
@@ -98,7 +100,7 @@ fn refuses_gaps_forks_and_invalid_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let b1 = next_block(&store, vec![]);
-    store.commit_block(&b1, &[]).unwrap();
+    store.commit_block(&b1, &[], &[]).unwrap();
 
     let gap = make_block(
         &validators(),
@@ -109,7 +111,7 @@ fn refuses_gaps_forks_and_invalid_blocks() {
         vec![],
     );
     assert!(matches!(
-        store.commit_block(&gap, &[]),
+        store.commit_block(&gap, &[], &[]),
         Err(StoreError::NotNextHeight {
             expected: 2,
             got: 3
@@ -117,13 +119,13 @@ fn refuses_gaps_forks_and_invalid_blocks() {
     ));
     let fork = make_block(&validators(), "h", 2, Hash32([7; 32]), 2, vec![]);
     assert!(matches!(
-        store.commit_block(&fork, &[]),
+        store.commit_block(&fork, &[], &[]),
         Err(StoreError::WrongParent { height: 2, .. })
     ));
     let mut forged = next_block(&store, vec![]);
     forged.header.as_mut().unwrap().timestamp_ms += 1;
     assert!(matches!(
-        store.commit_block(&forged, &[]),
+        store.commit_block(&forged, &[], &[]),
         Err(StoreError::InvalidBlock(_))
     ));
     assert_eq!(
@@ -200,7 +202,7 @@ fn crash_child_helper() {
             format!("height-{height}").into_bytes(),
             Some(vec![1u8; 512]),
         )];
-        store.commit_block(&block, &state).unwrap();
+        store.commit_block(&block, &state, &[]).unwrap();
         println!("committed {height}");
     }
 }
