@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use medchain_crypto::keys::KeyMaterial;
 use medchain_crypto::keystore::{self, KdfParams, Protection};
 
-use crate::cli::{Cli, Command, ConfigCommand, InitArgs, KeygenArgs, PasswordArgs};
+use crate::cli::{
+    BenchArgs, Cli, Command, ConfigCommand, InitArgs, KeygenArgs, PasswordArgs, RunArgs,
+};
 use crate::config::{self, ChainParams, Genesis, GenesisValidator, NodeMode};
 use crate::password;
 
@@ -15,6 +17,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Keygen(args) => keygen(args),
         Command::Init(args) => init(args),
+        Command::Run(args) => run_node(args),
+        Command::Bench(args) => bench(args),
         Command::Config(ConfigCommand::Check { home }) => config_check(&home),
     }
 }
@@ -71,55 +75,39 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn init(args: InitArgs) -> Result<()> {
-    let home = &args.home;
-    if home.exists()
-        && std::fs::read_dir(home)
-            .with_context(|| format!("reading {}", home.display()))?
+fn ensure_empty(dir: &Path, flag: &str) -> Result<()> {
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
             .next()
             .is_some()
     {
         bail!(
-            "{} already exists and is not empty; choose another --home or move it away",
-            home.display()
+            "{} already exists and is not empty; choose another {flag} or move it away",
+            dir.display()
         );
     }
-    let development = args.development || args.password.insecure_plaintext;
-    let mode: NodeMode = args.mode.into();
-    let key_rel = Path::new("keys/node.key");
-    let keys = write_new_key(&home.join(key_rel), &args.password)?;
-    let identity = keys.signing_key().identity();
+    Ok(())
+}
 
-    let params = if development {
-        ChainParams {
-            block_interval_ms: 2_000,
-            checkpoint_interval: 20,
-            ..ChainParams::default()
-        }
-    } else {
-        ChainParams::default()
-    };
-    let genesis = Genesis {
-        chain_id: args.chain_id.clone(),
-        kind: mode,
-        genesis_time_ms: now_ms(),
-        params,
-        validators: vec![GenesisValidator {
-            name: args.name.clone(),
-            identity,
-            address: args.p2p_listen.clone(),
-        }],
-    };
-    let genesis_text = format!(
-        "# Genesis of chain {:?}: identical on every node of the chain.\n\
-         # This template lists only this node. Add one [[validators]] entry per replica\n\
-         # (each made with `medchain keygen`); a private (PBFT) chain needs at least 4.\n\n{}",
-        args.chain_id,
-        toml::to_string_pretty(&genesis).context("serialising genesis")?
+fn write_genesis(home: &Path, genesis: &Genesis, note: &str) -> Result<()> {
+    let text = format!(
+        "# Genesis of chain {:?}: identical on every node of the chain.\n{note}\n\n{}",
+        genesis.chain_id,
+        toml::to_string_pretty(genesis).context("serialising genesis")?
     );
-    std::fs::write(home.join("genesis.toml"), genesis_text)
-        .with_context(|| format!("writing {}", home.join("genesis.toml").display()))?;
+    let path = home.join("genesis.toml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
 
+fn write_config(
+    home: &Path,
+    mode: NodeMode,
+    development: bool,
+    key_rel: &Path,
+    p2p: &str,
+    api: &str,
+) -> Result<()> {
     let config_text = format!(
         r#"# medchain node configuration. Relative paths are relative to this folder.
 
@@ -133,9 +121,9 @@ key_file = "{key}"
 data_dir = "data"
 
 [network]
-# libp2p listen address.
+# libp2p listen address. Peers are dialed at the addresses listed in genesis.
 listen = "{p2p}"
-# Other nodes to dial at start-up (multiaddrs).
+# Other nodes to dial at start-up (multiaddrs), besides the validators in genesis.
 bootstrap = []
 
 [api]
@@ -149,12 +137,61 @@ format = "human"
 level = "info"
 "#,
         key = key_rel.display(),
-        p2p = args.p2p_listen,
-        api = args.api_listen,
     );
-    std::fs::write(home.join(config::CONFIG_FILE), config_text)
-        .with_context(|| format!("writing {}", home.join(config::CONFIG_FILE).display()))?;
+    let path = home.join(config::CONFIG_FILE);
+    std::fs::write(&path, config_text).with_context(|| format!("writing {}", path.display()))
+}
 
+fn dev_params() -> ChainParams {
+    ChainParams {
+        block_interval_ms: 1_000,
+        checkpoint_interval: 20,
+        ..ChainParams::default()
+    }
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    if let Some(n) = args.devnet {
+        let out = args.out.clone().context("--devnet needs --out DIR")?;
+        return init_devnet(n, &out, &args);
+    }
+    let home = args.home.clone().context("--home DIR is required")?;
+    let home = &home;
+    ensure_empty(home, "--home")?;
+    let development = args.development || args.password.insecure_plaintext;
+    let mode: NodeMode = args.mode.into();
+    let key_rel = Path::new("keys/node.key");
+    let keys = write_new_key(&home.join(key_rel), &args.password)?;
+    let identity = keys.signing_key().identity();
+    let genesis = Genesis {
+        chain_id: args.chain_id.clone(),
+        kind: mode,
+        genesis_time_ms: now_ms(),
+        params: if development {
+            dev_params()
+        } else {
+            ChainParams::default()
+        },
+        validators: vec![GenesisValidator {
+            name: args.name.clone(),
+            identity,
+            address: args.p2p_listen.clone(),
+        }],
+    };
+    write_genesis(
+        home,
+        &genesis,
+        "# This template lists only this node. Add one [[validators]] entry per replica\n\
+         # (each made with `medchain keygen`); a private (PBFT) chain needs at least 4.",
+    )?;
+    write_config(
+        home,
+        mode,
+        development,
+        key_rel,
+        &args.p2p_listen,
+        &args.api_listen,
+    )?;
     println!("initialised {} node in {}", mode, home.display());
     println!("identity:  {identity}");
     println!("config:    {}", home.join(config::CONFIG_FILE).display());
@@ -164,6 +201,176 @@ level = "info"
     );
     println!("key:       {}", home.join(key_rel).display());
     Ok(())
+}
+
+/// N home folders of a local private network on 127.0.0.1 with one shared genesis.
+fn init_devnet(n: usize, out: &Path, args: &InitArgs) -> Result<()> {
+    if n < 4 {
+        bail!("--devnet {n}: a PBFT network needs at least 4 nodes to tolerate one fault");
+    }
+    if n > 64 {
+        bail!("--devnet {n}: at most 64 nodes on one machine");
+    }
+    let last = args.base_port as usize + 100 + n;
+    if last > u16::MAX as usize {
+        bail!(
+            "--base-port {} leaves no room for {n} nodes",
+            args.base_port
+        );
+    }
+    ensure_empty(out, "--out")?;
+    let key_rel = Path::new("keys/node.key");
+    let plaintext = PasswordArgs {
+        password_file: None,
+        insecure_plaintext: true,
+    };
+    let mut validators = Vec::new();
+    let mut apis = Vec::new();
+    for i in 0..n {
+        let home = out.join(format!("node{i}"));
+        let keys = write_new_key(&home.join(key_rel), &plaintext)?;
+        let p2p = format!("/ip4/127.0.0.1/tcp/{}", args.base_port as usize + i);
+        let api = format!("127.0.0.1:{}", args.base_port as usize + 100 + i);
+        write_config(&home, NodeMode::Private, true, key_rel, &p2p, &api)?;
+        validators.push(GenesisValidator {
+            name: format!("node{i}"),
+            identity: keys.signing_key().identity(),
+            address: p2p,
+        });
+        apis.push(api);
+    }
+    let genesis = Genesis {
+        chain_id: args.chain_id.clone(),
+        kind: NodeMode::Private,
+        genesis_time_ms: now_ms(),
+        params: dev_params(),
+        validators,
+    };
+    for i in 0..n {
+        write_genesis(
+            &out.join(format!("node{i}")),
+            &genesis,
+            "# Local development network made by `medchain init --devnet`.",
+        )?;
+    }
+    for i in 0..n {
+        config::load(&out.join(format!("node{i}")))
+            .with_context(|| format!("checking the generated node{i}"))?;
+    }
+    println!(
+        "devnet of {n} private-chain nodes (chain {:?}) in {}",
+        args.chain_id,
+        out.display()
+    );
+    for (i, api) in apis.iter().enumerate() {
+        println!(
+            "  node{i}: medchain run --home {}   (API http://{api})",
+            out.join(format!("node{i}")).display()
+        );
+    }
+    println!("keys are UNENCRYPTED (development only)");
+    Ok(())
+}
+
+fn run_node(args: RunArgs) -> Result<()> {
+    let loaded = config::load(&args.home)?;
+    if loaded.config.mode != NodeMode::Private {
+        bail!(
+            "{}: consortium mode cannot run yet: the consortium node (DPoS over the network) is not built; run a private-chain node (mode = \"private\")",
+            args.home.display()
+        );
+    }
+    let key_path = loaded.key_path();
+    let password = if keystore::is_plaintext(&key_path)? {
+        None
+    } else {
+        Some(password::obtain(args.password_file.as_deref(), false)?)
+    };
+    let keys = keystore::read_key_file(&key_path, password.as_ref().map(|p| p.as_str()))
+        .with_context(|| format!("reading the node key {}", key_path.display()))?;
+    let api_addr: std::net::SocketAddr = loaded.config.api.listen.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (handle, core) = crate::private_node::start(&loaded, keys.signing_key())?;
+        let api = tokio::spawn(crate::api::serve(api_addr, handle));
+        tokio::select! {
+            r = core => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.context("the replica stopped")),
+                Err(e) => Err(anyhow::anyhow!("the replica task failed: {e}")),
+            },
+            r = api => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("the API task failed: {e}")),
+            },
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                Ok(())
+            }
+        }
+    })
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = runtime.block_on(crate::bench::run(crate::bench::BenchConfig {
+        devnet: args.home.clone(),
+        clients: args.clients,
+        transactions: args.transactions,
+        rate: args.rate,
+        timeout: std::time::Duration::from_secs(args.timeout_secs),
+    }))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "submitted {} from {} clients{}: accepted {}, refused {}",
+            report.submitted,
+            args.clients,
+            if args.rate > 0.0 {
+                format!(" at {} tx/s offered", args.rate)
+            } else {
+                String::new()
+            },
+            report.accepted,
+            report.refused
+        );
+        for r in &report.refusals {
+            println!("  refused: {r}");
+        }
+        println!(
+            "committed {} in {:.2} s: {:.0} tx/s",
+            report.committed, report.seconds, report.tps
+        );
+        println!(
+            "commit latency (sent -> in a block on node 0): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            report.p50_ms, report.p99_ms, report.max_ms
+        );
+    }
+    if report.committed < report.accepted {
+        bail!(
+            "{} accepted transactions were not committed within {} s",
+            report.accepted - report.committed,
+            args.timeout_secs
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 fn config_check(home: &Path) -> Result<()> {

@@ -21,6 +21,8 @@ use medchain_storage::{ChainTip, Store};
 
 /// Chain-state key of the PBFT execution point: (sequence, execution digest).
 pub const EXEC_KEY: &[u8] = b"pbft/exec";
+/// Chain-state key of the number of transactions that took effect (u64 big-endian).
+pub const COMMITTED_KEY: &[u8] = b"stats/committed";
 
 /// Why a transaction is not acceptable.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -225,6 +227,15 @@ impl PrivateLedger {
             state.push((key, Some(id.as_bytes().to_vec())));
             effective.push(id);
         }
+        let before = self
+            .store
+            .chain_state(COMMITTED_KEY)
+            .map_err(storage)?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let total = before + effective.len() as u64;
+        state.push((COMMITTED_KEY.to_vec(), Some(total.to_be_bytes().to_vec())));
         let mut exec = committed.seq.to_be_bytes().to_vec();
         exec.extend_from_slice(exec_digest.as_bytes());
         state.push((EXEC_KEY.to_vec(), Some(exec)));

@@ -6,11 +6,15 @@
 //! and clap. `anyhow` is used only in the command handlers (the binary's edge); the configuration
 //! module has typed errors.
 
+pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod http_client;
 pub mod ledger;
 pub mod logging;
 pub mod mempool;
 pub mod net;
 pub mod password;
+pub mod private_node;

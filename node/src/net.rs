@@ -167,6 +167,7 @@ pub enum NetCommand {
 /// What the network task tells the node. Every message comes from an admitted validator, already
 /// size-checked and decoded strictly; nothing else about it is trusted.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // events are moved once through a channel
 pub enum NetEvent {
     Message {
         from: u32,
@@ -357,16 +358,14 @@ async fn run(
                             }
                         }
                     }
-                    SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
-                        if num_established == 0 {
-                            connected.remove(&peer_id);
-                            if let Some(p) = by_peer.get(&peer_id) {
-                                tracing::warn!(peer = %p.name, %peer_id, "disconnected; will redial");
-                                if let Some(d) = dialers.get_mut(&peer_id) {
-                                    d.next_at = tokio::time::Instant::now() + d.backoff;
-                                }
-                                let _ = events.send(NetEvent::Disconnected(p.index)).await;
+                    SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                        connected.remove(&peer_id);
+                        if let Some(p) = by_peer.get(&peer_id) {
+                            tracing::warn!(peer = %p.name, %peer_id, "disconnected; will redial");
+                            if let Some(d) = dialers.get_mut(&peer_id) {
+                                d.next_at = tokio::time::Instant::now() + d.backoff;
                             }
+                            let _ = events.send(NetEvent::Disconnected(p.index)).await;
                         }
                     }
                     SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {

@@ -1,0 +1,245 @@
+//! The client API: HTTP/JSON (axum), described in `docs/api/openapi.yaml`.
+//!
+//! Why HTTP/JSON and not gRPC: hospital integration engines, web clients and operators' tools all
+//! speak HTTP and JSON natively (curl works), and the payloads that matter are already canonical
+//! protobuf bytes signed on the client, which travel hex-encoded inside JSON untouched. gRPC would
+//! add an HTTP/2 stack and generated stubs on every client for no gain in what is signed.
+//!
+//! Errors are JSON `{"error": "..."}` with a status that says what to do: 400 for a malformed or
+//! invalid transaction (fix it), 409 for a replay (it is already there), 503 when the mempool is full
+//! (retry later), 404 for unknown objects.
+
+use std::net::SocketAddr;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use medchain_crypto::Hash32;
+use medchain_proto::canonical::{limits, Canonical, Hashed};
+use medchain_proto::ledger::{block_hash, verify_private_slip};
+use medchain_proto::v1;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::ledger::TxError;
+use crate::mempool::MempoolError;
+use crate::private_node::{NodeHandle, SubmitError};
+
+/// A client's transaction: the hex of its canonical protobuf bytes.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SubmitRequest {
+    pub transaction: String,
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn parse_hash(text: &str, what: &str) -> Result<Hash32, ApiError> {
+    Hash32::from_hex(text).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be 64 hex characters"),
+        )
+    })
+}
+
+/// The API's routes.
+pub fn router(node: NodeHandle) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/status", get(status))
+        .route("/v1/transactions", post(submit))
+        .route("/v1/transactions/{id}", get(transaction))
+        .route("/v1/blocks/latest", get(latest_block))
+        .route("/v1/blocks/{height}", get(block))
+        .route("/v1/slips/{id}", get(slip))
+        // Hex doubles the bytes; allow a maximal transaction plus JSON framing.
+        .layer(DefaultBodyLimit::max(limits::TRANSACTION * 2 + 1_024))
+        .with_state(node)
+}
+
+/// Serves the API until the task is dropped.
+pub async fn serve(addr: SocketAddr, node: NodeHandle) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the client API: {e} (is another node using it? change [api] listen)"))?;
+    tracing::info!(%addr, "client API listening");
+    axum::serve(listener, router(node)).await?;
+    Ok(())
+}
+
+async fn status(State(node): State<NodeHandle>) -> Json<Value> {
+    Json(serde_json::to_value(&*node.status.borrow()).unwrap_or(Value::Null))
+}
+
+async fn submit(
+    State(node): State<NodeHandle>,
+    Json(req): Json<SubmitRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let bytes = hex::decode(req.transaction.trim()).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "`transaction` must be the hex of the transaction's canonical protobuf bytes".into(),
+        )
+    })?;
+    if bytes.len() > limits::TRANSACTION {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "transaction of {} bytes is over the {}-byte limit",
+                bytes.len(),
+                limits::TRANSACTION
+            ),
+        ));
+    }
+    match node.submit(bytes).await {
+        Ok(id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": id.to_hex(), "status": "pending" })),
+        )),
+        Err(e) => {
+            let code = match &e {
+                SubmitError::Tx(TxError::AlreadyCommitted { .. } | TxError::NonceUsed { .. })
+                | SubmitError::Mempool(MempoolError::Duplicate(_)) => StatusCode::CONFLICT,
+                SubmitError::Mempool(MempoolError::Full { .. }) | SubmitError::Closed => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                SubmitError::Tx(TxError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+                SubmitError::Tx(_) => StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError(code, e.to_string()))
+        }
+    }
+}
+
+async fn transaction(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_hash(&id, "transaction id")?;
+    let loc = node
+        .store
+        .transaction_location(&id)
+        .map_err(internal)?
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("transaction {} is not committed", id.to_hex()),
+            )
+        })?;
+    let block = node
+        .store
+        .block(loc.height)
+        .map_err(internal)?
+        .ok_or_else(|| internal("indexed block missing"))?;
+    let tx = block
+        .transactions
+        .get(loc.index as usize)
+        .ok_or_else(|| internal("indexed transaction missing"))?;
+    Ok(Json(json!({
+        "id": id.to_hex(),
+        "height": loc.height,
+        "index": loc.index,
+        "block_hash": block_hash(&block).map_err(internal)?.to_hex(),
+        "transaction": hex::encode(tx.canonical_bytes()),
+    })))
+}
+
+fn block_json(block: &v1::Block) -> Result<Value, ApiError> {
+    let header = block.header.clone().unwrap_or_default();
+    let cert = block.commit.clone().unwrap_or_default();
+    let ids: Vec<String> = block
+        .transactions
+        .iter()
+        .filter_map(|t| t.body.as_ref().map(|b| b.digest().to_hex()))
+        .collect();
+    Ok(json!({
+        "height": header.height,
+        "hash": block_hash(block).map_err(internal)?.to_hex(),
+        "previous_hash": hex::encode(&header.previous_hash),
+        "timestamp_ms": header.timestamp_ms,
+        "creator": medchain_crypto::Identity::from_bytes(&header.creator).map(|i| i.to_string()).unwrap_or_default(),
+        "merkle_root": hex::encode(&header.merkle_root),
+        "transaction_count": header.transaction_count,
+        "transactions": ids,
+        "commit": {
+            "view": cert.view,
+            "signers": cert.signatures.iter().map(|s| s.validator).collect::<Vec<_>>(),
+        },
+        "block": hex::encode(block.canonical_bytes()),
+    }))
+}
+
+async fn block(
+    State(node): State<NodeHandle>,
+    Path(height): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let height: u64 = height.parse().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "height must be a number (or `latest`)".into(),
+        )
+    })?;
+    let b = node.store.block(height).map_err(internal)?.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no block at height {height}"),
+        )
+    })?;
+    Ok(Json(block_json(&b)?))
+}
+
+async fn latest_block(State(node): State<NodeHandle>) -> Result<Json<Value>, ApiError> {
+    let tip = node
+        .store
+        .tip()
+        .map_err(internal)?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no block committed yet".into()))?;
+    let b = node
+        .store
+        .block(tip.height)
+        .map_err(internal)?
+        .ok_or_else(|| internal("tip block missing"))?;
+    Ok(Json(block_json(&b)?))
+}
+
+async fn slip(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_hash(&id, "slip id")?;
+    let (loc, slip) = node.store.slip(&id).map_err(internal)?.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("slip {} is not committed", id.to_hex()),
+        )
+    })?;
+    let parties = verify_private_slip(&slip).map_err(internal)?;
+    let content = slip.content.clone().unwrap_or_default();
+    Ok(Json(json!({
+        "slip_id": id.to_hex(),
+        "height": loc.height,
+        "index": loc.index,
+        "timestamp_ms": content.timestamp_ms,
+        "record_type": content.record_type,
+        "summary": content.summary,
+        "doctor": parties.doctor.to_string(),
+        "patient": parties.patient.to_string(),
+        "record_hash": parties.record_hash.to_hex(),
+        "encrypted_address": hex::encode(&content.encrypted_address),
+        "encrypted_keywords": content.encrypted_keywords.iter().map(hex::encode).collect::<Vec<_>>(),
+        "patient_confirmed": !slip.patient_signature.is_empty(),
+        "slip": hex::encode(prost::Message::encode_to_vec(&slip)),
+    })))
+}

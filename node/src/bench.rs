@@ -1,0 +1,299 @@
+//! `medchain bench`: drives a running private network with signed record-write transactions from
+//! several concurrent clients and reports what was submitted and committed, throughput and commit
+//! latency.
+//!
+//! Each transaction is a private slip signed by its doctor (the client's key), so a node verifies
+//! two signatures per transaction (the envelope and the slip). Transactions are built and signed
+//! before the clock starts. Client `c` sends to node `c mod n`. Commit time is when the block
+//! holding the transaction is first seen on node 0 (polled every 20 ms); latency is from the
+//! moment the client sent it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use medchain_crypto::hash::domains;
+use medchain_crypto::SigningKey;
+use medchain_proto::canonical::{Canonical, Hashed};
+use medchain_proto::ledger::{make_private_slip, sign_transaction};
+use medchain_proto::v1;
+use tokio::time::Instant;
+
+use crate::config;
+use crate::http_client::HttpClient;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub devnet: PathBuf,
+    pub clients: usize,
+    pub transactions: usize,
+    /// Offered load in transactions per second over all clients; 0 sends as fast as accepted.
+    pub rate: f64,
+    pub timeout: Duration,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub submitted: usize,
+    pub accepted: usize,
+    pub refused: usize,
+    pub committed: usize,
+    pub seconds: f64,
+    pub tps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub refusals: Vec<String>,
+}
+
+fn client_key(seed: u64, c: usize) -> SigningKey {
+    let d = medchain_crypto::digest(
+        domains::DERIVE_SIGNING_KEY,
+        &[seed.to_be_bytes(), (c as u64).to_be_bytes()].concat(),
+    );
+    SigningKey::from_bytes(d.as_bytes())
+        .expect("a digest is a valid scalar with overwhelming probability")
+}
+
+/// A signed record-write transaction (a private slip) of `doctor` with `nonce`.
+pub fn slip_transaction(
+    chain_id: &str,
+    doctor: &SigningKey,
+    nonce: u64,
+    now_ms: u64,
+) -> v1::Transaction {
+    let patient = client_key(nonce ^ 0x5eed, 0).identity();
+    let record_hash = medchain_crypto::digest(domains::RECORD_CONTENT, &nonce.to_be_bytes());
+    let slip = make_private_slip(
+        doctor,
+        v1::SlipContent {
+            timestamp_ms: now_ms,
+            record_type: "Observation".into(),
+            summary: format!("bench record {nonce}"),
+            doctor: doctor.identity().as_bytes().to_vec(),
+            patient: patient.as_bytes().to_vec(),
+            record_hash: record_hash.as_bytes().to_vec(),
+            encrypted_address: vec![0xA5; 48],
+            encrypted_keywords: vec![vec![0x5A; 64]],
+            replaces: vec![],
+        },
+    );
+    sign_transaction(
+        doctor,
+        v1::TransactionBody {
+            chain_id: chain_id.to_string(),
+            signer: vec![],
+            nonce,
+            timestamp_ms: now_ms,
+            payload: Some(v1::transaction_body::Payload::PrivateSlip(slip)),
+        },
+    )
+}
+
+fn devnet_nodes(dir: &Path) -> Result<(String, Vec<SocketAddr>)> {
+    let mut homes: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading devnet folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(config::CONFIG_FILE).exists())
+        .collect();
+    homes.sort();
+    if homes.is_empty() {
+        bail!(
+            "{} holds no node home folders (make one with `medchain init --devnet 4 --out {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let mut chain = String::new();
+    let mut apis = Vec::new();
+    for h in homes {
+        let loaded = config::load(&h)?;
+        chain = loaded.genesis.chain_id.clone();
+        apis.push(loaded.config.api.listen.parse()?);
+    }
+    Ok((chain, apis))
+}
+
+#[allow(clippy::disallowed_methods)] // wall-clock timestamps of the generated transactions
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the benchmark against a running devnet.
+pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
+    let (chain_id, apis) = devnet_nodes(&cfg.devnet)?;
+    let clients = cfg.clients.max(1);
+    let seed = now_ms();
+    // Build and sign everything first.
+    let per_client = cfg.transactions.div_ceil(clients);
+    let work: Vec<Vec<(String, String)>> = {
+        let chain_id = chain_id.clone();
+        let total = cfg.transactions;
+        tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            (0..clients)
+                .map(|c| {
+                    let key = client_key(seed, c + 1);
+                    (0..per_client)
+                        .filter(|k| c * per_client + k < total)
+                        .map(|k| {
+                            let tx = slip_transaction(&chain_id, &key, k as u64 + 1, now);
+                            let id = tx.body.as_ref().expect("built with a body").digest().to_hex();
+                            let body = serde_json::json!({ "transaction": hex::encode(tx.canonical_bytes()) }).to_string();
+                            (id, body)
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .await?
+    };
+    let start_height = {
+        let mut c = HttpClient::new(apis[0]);
+        let (_, body) = c.request("GET", "/v1/status", None).await?;
+        let v: serde_json::Value = serde_json::from_str(&body).context("status JSON")?;
+        v["height"].as_u64().unwrap_or(0)
+    };
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let committed_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let refusals: Arc<Mutex<Vec<String>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t0 = Instant::now();
+
+    // Poller: records when each transaction's block appears on node 0.
+    let poller = {
+        let committed_at = committed_at.clone();
+        let done = done.clone();
+        let api = apis[0];
+        tokio::spawn(async move {
+            let mut c = HttpClient::new(api);
+            let mut next = start_height + 1;
+            loop {
+                match c.request("GET", &format!("/v1/blocks/{next}"), None).await {
+                    Ok((200, body)) => {
+                        let now = Instant::now();
+                        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                        let mut m = committed_at.lock().expect("not poisoned");
+                        for id in v["transactions"].as_array().into_iter().flatten() {
+                            if let Some(id) = id.as_str() {
+                                m.entry(id.to_string()).or_insert(now);
+                            }
+                        }
+                        next += 1;
+                        continue;
+                    }
+                    _ => {
+                        if done.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut tasks = Vec::new();
+    let interval = if cfg.rate > 0.0 {
+        Some(Duration::from_secs_f64(clients as f64 / cfg.rate))
+    } else {
+        None
+    };
+    for (c, txs) in work.into_iter().enumerate() {
+        let api = apis[c % apis.len()];
+        let sent_at = sent_at.clone();
+        let refusals = refusals.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = HttpClient::new(api);
+            let mut accepted = 0usize;
+            let mut next_send = Instant::now();
+            for (id, body) in txs {
+                if let Some(iv) = interval {
+                    tokio::time::sleep_until(next_send).await;
+                    next_send += iv;
+                }
+                let sent = Instant::now();
+                match client
+                    .request("POST", "/v1/transactions", Some(&body))
+                    .await
+                {
+                    Ok((202, _)) => {
+                        sent_at.lock().expect("not poisoned").insert(id, sent);
+                        accepted += 1;
+                    }
+                    Ok((code, body)) => refusals
+                        .lock()
+                        .expect("not poisoned")
+                        .push(format!("{code}: {body}")),
+                    Err(e) => refusals.lock().expect("not poisoned").push(e.to_string()),
+                }
+            }
+            accepted
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += t.await?;
+    }
+    // Wait for the accepted transactions to commit.
+    let deadline = Instant::now() + cfg.timeout;
+    loop {
+        let committed = {
+            let s = sent_at.lock().expect("not poisoned");
+            let c = committed_at.lock().expect("not poisoned");
+            s.keys().filter(|k| c.contains_key(*k)).count()
+        };
+        if committed >= accepted || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = poller.await;
+    let sent = sent_at.lock().expect("not poisoned").clone();
+    let committed = committed_at.lock().expect("not poisoned").clone();
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut last = t0;
+    for (id, s) in &sent {
+        if let Some(c) = committed.get(id) {
+            latencies.push(c.duration_since(*s).as_secs_f64() * 1000.0);
+            last = last.max(*c);
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        if latencies.is_empty() {
+            0.0
+        } else {
+            latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+        }
+    };
+    let seconds = last.duration_since(t0).as_secs_f64();
+    let refusals = refusals.lock().expect("not poisoned").clone();
+    let mut reasons: Vec<String> = refusals.iter().take(5).cloned().collect();
+    reasons.dedup();
+    Ok(BenchReport {
+        submitted: cfg.transactions,
+        accepted,
+        refused: refusals.len(),
+        committed: latencies.len(),
+        seconds,
+        tps: if seconds > 0.0 {
+            latencies.len() as f64 / seconds
+        } else {
+            0.0
+        },
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+        refusals: reasons,
+    })
+}
