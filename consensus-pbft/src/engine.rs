@@ -492,6 +492,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             let batch = v1::PbftBatch {
                 timestamp_ms: now,
                 items: candidates.iter().map(|p| p.item.clone()).collect(),
+                proposer: self.cfg.me,
             };
             let ids: Vec<Hash32> = candidates.iter().map(|p| p.id).collect();
             let digest = batch.digest();
@@ -552,6 +553,11 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         app: &impl Application,
     ) {
         if m.replica != self.cfg.primary(pp.view) {
+            return;
+        }
+        // A fresh batch names the primary that built it (re-proposals in a new view keep their
+        // original proposer and arrive through the new-view message instead).
+        if m.batch.as_ref().is_some_and(|b| b.proposer != m.replica) {
             return;
         }
         if self.view_changing && pp.view == self.view {

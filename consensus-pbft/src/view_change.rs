@@ -18,6 +18,7 @@ pub fn null_batch() -> v1::PbftBatch {
     v1::PbftBatch {
         timestamp_ms: 0,
         items: Vec::new(),
+        proposer: 0,
     }
 }
 

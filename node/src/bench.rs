@@ -4,8 +4,9 @@
 //!
 //! Each transaction is a private slip signed by its doctor (the client's key), so a node verifies
 //! two signatures per transaction (the envelope and the slip). Transactions are built and signed
-//! before the clock starts. Client `c` sends to node `c mod n`. Commit time is when the block
-//! holding the transaction is first seen on node 0 (polled every 20 ms); latency is from the
+//! before the clock starts. Client `c` sends to the `c mod n`-th node that answers. Commit time is
+//! when the block holding the transaction is first seen on the first answering node (polled every
+//! 20 ms); latency is from the
 //! moment the client sent it.
 
 use std::collections::HashMap;
@@ -129,7 +130,17 @@ fn now_ms() -> u64 {
 
 /// Runs the benchmark against a running devnet.
 pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
-    let (chain_id, apis) = devnet_nodes(&cfg.devnet)?;
+    let (chain_id, all) = devnet_nodes(&cfg.devnet)?;
+    // Only the nodes that answer take part (a node may be down on purpose).
+    let mut apis = Vec::new();
+    for a in all {
+        if HttpClient::new(a).request("GET", "/v1/status", None).await.is_ok() {
+            apis.push(a);
+        }
+    }
+    if apis.is_empty() {
+        bail!("no node of {} answers on its API; start them with `medchain run`", cfg.devnet.display());
+    }
     let clients = cfg.clients.max(1);
     let seed = now_ms();
     // Build and sign everything first.

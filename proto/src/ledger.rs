@@ -212,10 +212,12 @@ pub fn transactions_root(transactions: &[v1::Transaction]) -> Hash32 {
     merkle::root(&leaves)
 }
 
-/// The private block of a committed PBFT batch. Every replica derives the same block from the
-/// same committed batch: height = sequence number, timestamp from the batch, creator = the primary
-/// of the committing view, creator signature = that primary's signature on its PrePrepare, and the
-/// commit certificate. Items must be canonical transactions.
+/// The private block of a committed PBFT batch. Every replica derives the same header (so the
+/// same block hash) from the same committed batch: height = sequence number, timestamp and
+/// creator (the primary that built the batch) from the batch. The body carries the proof of
+/// finality, which may differ between replicas that saw the batch commit in different views:
+/// `creator_signature` is the committing view's primary's signature on its PrePrepare (the
+/// proposal), `commit` the quorum's Commit signatures. Items must be canonical transactions.
 pub fn private_block(
     chain_id: &str,
     validators: &ValidatorSet,
@@ -228,10 +230,14 @@ pub fn private_block(
         field: "batch",
     })?;
     let creator = validators
-        .get(crate::pbft::primary(committed.view, validators))
+        .get(batch.proposer)
         .ok_or_else(|| ProtoError::Invalid {
             kind: KIND,
-            reason: "empty validator set".into(),
+            reason: format!(
+                "proposer {} is outside the validator set of {}",
+                batch.proposer,
+                validators.len()
+            ),
         })?;
     let transactions = batch
         .items
@@ -256,6 +262,7 @@ pub fn private_block(
             view: committed.view,
             payload_digest: batch.digest().as_bytes().to_vec(),
             signatures: committed.commits.clone(),
+            proposer: batch.proposer,
         }),
     })
 }
@@ -329,10 +336,13 @@ pub fn verify_block_structure(block: &v1::Block) -> Result<Hash32, ProtoError> {
     Ok(header.digest())
 }
 
-/// The PBFT batch a private block was agreed as: its timestamp and its transactions' canonical
-/// bytes. The header (height, previous hash, Merkle root) is derived from it at commit.
+/// The PBFT batch a private block was agreed as: its timestamp, its transactions' canonical bytes
+/// and its proposer's index (kept in the certificate). The header (height, previous hash, Merkle
+/// root, creator) is derived from it at commit.
 pub fn block_batch(block: &v1::Block) -> Result<v1::PbftBatch, ProtoError> {
+    let proposer = block.commit.as_ref().map_or(0, |c| c.proposer);
     Ok(v1::PbftBatch {
+        proposer,
         timestamp_ms: header(block)?.timestamp_ms,
         items: block
             .transactions
@@ -343,8 +353,8 @@ pub fn block_batch(block: &v1::Block) -> Result<v1::PbftBatch, ProtoError> {
 }
 
 /// Fully verifies a private block against the chain's validator set: its structure, a quorum's
-/// commit signatures for its batch, that its creator is the primary of the committing view, and
-/// the creator's signature on the PrePrepare that proposed it. This is what block sync, light
+/// commit signatures for its batch, that its creator is the validator that built the batch, and
+/// the committing view's primary's signature on the PrePrepare that proposed it. This is what block sync, light
 /// clients and the bridge rely on.
 pub fn verify_private_block(
     block: &v1::Block,
@@ -354,15 +364,12 @@ pub fn verify_private_block(
     let hash = verify_block_structure(block)?;
     let header = header(block)?;
     let committed = committed_batch_of(block)?;
-    let creator = validators.get(crate::pbft::primary(committed.view, validators));
+    let proposer = block.commit.as_ref().map_or(0, |c| c.proposer);
+    let creator = validators.get(proposer);
     if creator.map(|c| c.as_bytes().to_vec()) != Some(header.creator.clone()) {
         return Err(ProtoError::Invalid {
             kind: "block",
-            reason: format!(
-                "creator is not the primary of view {} (replica {})",
-                committed.view,
-                crate::pbft::primary(committed.view, validators)
-            ),
+            reason: format!("creator is not validator {proposer}, the batch's proposer"),
         });
     }
     crate::pbft::verify_committed_batch(&committed, &header.chain_id, validators, verifier)?;
@@ -436,6 +443,7 @@ pub fn make_block(
     let batch = v1::PbftBatch {
         timestamp_ms,
         items: transactions.iter().map(|t| t.canonical_bytes()).collect(),
+        proposer: 0,
     };
     let set =
         ValidatorSet::new(keys.iter().map(|k| k.identity()).collect()).expect("distinct test keys");

@@ -163,6 +163,7 @@ fn restarted_replica_never_prepares_a_conflicting_digest() {
     let other = v1::PbftBatch {
         timestamp_ms: 9,
         items: vec![b"evil".to_vec()],
+        proposer: 0,
     };
     let pp = sign(
         &ks[0],
@@ -191,6 +192,7 @@ fn forged_and_foreign_messages_are_dropped() {
     let batch = v1::PbftBatch {
         timestamp_ms: 1,
         items: vec![b"z".to_vec()],
+        proposer: 0,
     };
     let kind = Kind::PrePrepare(v1::PrePrepare {
         view: 0,
@@ -242,11 +244,13 @@ fn normal_case_at_a_backup_step_by_step() {
     let batch = v1::PbftBatch {
         timestamp_ms: 5,
         items: vec![b"a".to_vec()],
+        proposer: 0,
     };
     let d = batch.digest();
     let other = v1::PbftBatch {
         timestamp_ms: 6,
         items: vec![b"b".to_vec()],
+        proposer: 0,
     };
     let pp = |b: &v1::PbftBatch| {
         sign(

@@ -134,7 +134,7 @@ fn block_structure_and_certificate() {
     let e = verify_private_block(&other_creator, &set, &EcdsaVerifier)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("primary of view 0"), "{e}");
+    assert!(e.contains("batch's proposer"), "{e}");
     let mut bad_sig = block.clone();
     bad_sig.creator_signature = keys[0]
         .sign_digest(&block_hash(&block).unwrap())
