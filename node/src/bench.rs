@@ -134,12 +134,19 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     // Only the nodes that answer take part (a node may be down on purpose).
     let mut apis = Vec::new();
     for a in all {
-        if HttpClient::new(a).request("GET", "/v1/status", None).await.is_ok() {
+        if HttpClient::new(a)
+            .request("GET", "/v1/status", None)
+            .await
+            .is_ok()
+        {
             apis.push(a);
         }
     }
     if apis.is_empty() {
-        bail!("no node of {} answers on its API; start them with `medchain run`", cfg.devnet.display());
+        bail!(
+            "no node of {} answers on its API; start them with `medchain run`",
+            cfg.devnet.display()
+        );
     }
     let clients = cfg.clients.max(1);
     let seed = now_ms();

@@ -4,6 +4,7 @@
 //! It drives the binary as a separate process and must not link the node's internals, so that the
 //! tests see exactly what an operator sees.
 
+pub mod devnet;
 pub mod sim;
 
 use std::path::PathBuf;

@@ -1,0 +1,199 @@
+//! A local network of real `medchain run` processes for end-to-end tests: made with
+//! `medchain init --devnet`, driven over the HTTP API, killed with SIGKILL and restarted.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use medchain_crypto::hash::domains;
+use medchain_crypto::SigningKey;
+use medchain_proto::canonical::{Canonical, Hashed};
+use medchain_proto::ledger::{make_private_slip, sign_transaction};
+use medchain_proto::v1;
+use serde_json::Value;
+
+use crate::medchain_bin;
+
+/// One `GET`/`POST` over a fresh connection; returns (status, body). `None` if unreachable.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// A signed record-write transaction (private slip) of `doctor` with `nonce`.
+pub fn slip_tx(chain_id: &str, doctor: &SigningKey, nonce: u64) -> v1::Transaction {
+    let patient = SigningKey::from_bytes(&[7; 32]).expect("valid").identity();
+    let slip = make_private_slip(
+        doctor,
+        v1::SlipContent {
+            timestamp_ms: 1_700_000_000_000 + nonce,
+            record_type: "Observation".into(),
+            summary: format!("e2e record {nonce}"),
+            doctor: doctor.identity().as_bytes().to_vec(),
+            patient: patient.as_bytes().to_vec(),
+            record_hash: medchain_crypto::digest(domains::RECORD_CONTENT, &nonce.to_be_bytes())
+                .as_bytes()
+                .to_vec(),
+            encrypted_address: vec![1; 32],
+            encrypted_keywords: vec![vec![2; 48]],
+            replaces: vec![],
+        },
+    );
+    sign_transaction(
+        doctor,
+        v1::TransactionBody {
+            chain_id: chain_id.into(),
+            signer: vec![],
+            nonce,
+            timestamp_ms: 1_700_000_000_000 + nonce,
+            payload: Some(v1::transaction_body::Payload::PrivateSlip(slip)),
+        },
+    )
+}
+
+/// The id (hex) of a transaction.
+pub fn tx_id(tx: &v1::Transaction) -> String {
+    tx.body.as_ref().expect("body").digest().to_hex()
+}
+
+/// The JSON body the API takes.
+pub fn submit_body(tx: &v1::Transaction) -> String {
+    serde_json::json!({ "transaction": hex::encode(tx.canonical_bytes()) }).to_string()
+}
+
+/// Nodes of a local network.
+#[derive(Debug)]
+pub struct Devnet {
+    pub dir: PathBuf,
+    pub apis: Vec<String>,
+    children: Vec<Option<Child>>,
+}
+
+impl Devnet {
+    /// `medchain init --devnet n` into `dir` with ports from `base_port`.
+    pub fn init(dir: &Path, n: usize, base_port: u16) -> Devnet {
+        let out = Command::new(medchain_bin())
+            .args(["init", "--devnet", &n.to_string(), "--out"])
+            .arg(dir)
+            .args(["--base-port", &base_port.to_string()])
+            .output()
+            .expect("medchain runs");
+        assert!(
+            out.status.success(),
+            "init --devnet failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Devnet {
+            dir: dir.to_path_buf(),
+            apis: (0..n)
+                .map(|i| format!("127.0.0.1:{}", base_port as usize + 100 + i))
+                .collect(),
+            children: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    pub fn home(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{i}"))
+    }
+
+    /// Starts node `i` (appending its logs to `node{i}.log`).
+    pub fn start(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node{i}.log")))
+            .expect("log file");
+        let child = Command::new(medchain_bin())
+            .args(["run", "--home"])
+            .arg(self.home(i))
+            .env("MEDCHAIN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("medchain run starts");
+        self.children[i] = Some(child);
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node{i}.log"))).unwrap_or_default()
+    }
+
+    pub fn status(&self, i: usize) -> Option<Value> {
+        let (code, body) = http(&self.apis[i], "GET", "/v1/status", None)?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    pub fn height(&self, i: usize) -> u64 {
+        self.status(i)
+            .and_then(|s| s["height"].as_u64())
+            .unwrap_or(0)
+    }
+
+    pub fn committed(&self, i: usize) -> u64 {
+        self.status(i)
+            .and_then(|s| s["committed_transactions"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Posts a transaction to node `i`; returns (status, body).
+    pub fn submit(&self, i: usize, tx: &v1::Transaction) -> (u16, String) {
+        http(
+            &self.apis[i],
+            "POST",
+            "/v1/transactions",
+            Some(&submit_body(tx)),
+        )
+        .unwrap_or((0, "unreachable".into()))
+    }
+
+    pub fn block_hash(&self, i: usize, height: u64) -> Option<String> {
+        let (code, body) = http(&self.apis[i], "GET", &format!("/v1/blocks/{height}"), None)?;
+        if code != 200 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["hash"].as_str().map(str::to_string)
+    }
+
+    /// Polls `cond` every 200 ms for up to `secs` seconds (a test waiting on real processes).
+    #[allow(clippy::disallowed_methods)]
+    pub fn wait(&self, secs: u64, mut cond: impl FnMut(&Devnet) -> bool) -> bool {
+        for _ in 0..secs * 5 {
+            if cond(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        cond(self)
+    }
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
