@@ -222,7 +222,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             Event::Start => self.on_start(now_ms),
             Event::Message(m) => self.on_message(now_ms, m, app),
             Event::Submit(item) => self.on_submit(now_ms, item, app),
-            Event::Timer(t) => self.on_timer(now_ms, t),
+            Event::Timer(t) => self.on_timer(now_ms, t, app),
             Event::StateTransfer(entries) => self.on_state_transfer(now_ms, entries, app),
         }
         // Execute whatever is committed in order, then propose if that became possible (new work,
@@ -388,11 +388,15 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         self.update_progress_timer(now);
     }
 
-    fn on_timer(&mut self, now: u64, timer: Timer) {
+    fn on_timer(&mut self, now: u64, timer: Timer, app: &impl Application) {
         match timer {
             Timer::Batch => {}
             Timer::Progress => {
                 self.progress_armed = false;
+                // Items the ledger has since executed (or can never execute, such as a second
+                // transaction with an already used nonce) are not outstanding work: drop them
+                // before blaming the primary.
+                self.drop_executed_pending(app);
                 if !self.view_changing && self.has_outstanding_work() {
                     self.request_catch_up();
                     self.start_view_change(now, self.view + 1);
@@ -452,11 +456,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
 
     // ---- rule 3: proposing ----
 
-    fn try_propose(&mut self, now: u64, app: &impl Application) {
-        if self.view_changing || self.cfg.primary(self.view) != self.cfg.me {
-            return;
-        }
-        // Drop items the ledger already executed (e.g. a late duplicate submission).
+    fn drop_executed_pending(&mut self, app: &impl Application) {
         let executed: Vec<Hash32> = self
             .pending
             .iter()
@@ -470,6 +470,14 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                 self.pending_ids.remove(id);
             }
         }
+    }
+
+    fn try_propose(&mut self, now: u64, app: &impl Application) {
+        if self.view_changing || self.cfg.primary(self.view) != self.cfg.me {
+            return;
+        }
+        // Drop items the ledger already executed (e.g. a late duplicate submission).
+        self.drop_executed_pending(app);
         loop {
             let seq = self.next_seq + 1;
             if !self.in_window(seq) {

@@ -524,9 +524,21 @@ impl Core {
             }
         }
         self.status.committed_transactions += effective.len() as u64;
+        // Pending transactions that can no longer take effect (their nonce was used by another
+        // transaction) leave the mempool, so it cannot fill with dead entries.
+        let stale: Vec<Hash32> = self
+            .mempool
+            .iter()
+            .take(1_024)
+            .filter(|(_, bytes)| self.ledger.is_committed(bytes))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.mempool.remove(&id);
+        }
         self.status.height = tip.height;
         self.status.tip_hash = tip.hash.to_hex();
-        self.status.view = entry.view;
+        self.status.view = self.replica.view();
         self.status.primary = (entry.view % self.validators as u64) as u32;
         if let Some((_, target)) = self.status.catching_up {
             if tip.height >= target {
