@@ -263,3 +263,74 @@ impl medchain_pbft::Application for PrivateLedger {
         self.is_committed(item)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medchain_crypto::SigningKey;
+    use medchain_proto::ledger::sign_committed_batch;
+
+    fn keys() -> Vec<SigningKey> {
+        (1..=4u8)
+            .map(|i| SigningKey::from_bytes(&[i; 32]).unwrap())
+            .collect()
+    }
+
+    fn tx(chain: &str, nonce: u64, summary: &str) -> Vec<u8> {
+        let doctor = SigningKey::from_bytes(&[9; 32]).unwrap();
+        let mut t = crate::bench::slip_transaction(chain, &doctor, nonce, 5);
+        if let Some(v1::transaction_body::Payload::PrivateSlip(s)) =
+            t.body.as_mut().and_then(|b| b.payload.as_mut())
+        {
+            s.content.as_mut().unwrap().summary = summary.into();
+            *s = medchain_proto::ledger::make_private_slip(&doctor, s.content.clone().unwrap());
+        }
+        let t = sign_transaction_again(&doctor, t);
+        t.canonical_bytes()
+    }
+
+    fn sign_transaction_again(k: &SigningKey, t: v1::Transaction) -> v1::Transaction {
+        medchain_proto::ledger::sign_transaction(k, t.body.unwrap())
+    }
+
+    #[test]
+    fn replays_and_reused_nonces_are_refused_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let ks = keys();
+        let set = ValidatorSet::new(ks.iter().map(|k| k.identity()).collect()).unwrap();
+        let ledger = PrivateLedger::new(store, "h".into(), set);
+        let a = tx("h", 1, "a");
+        let same_nonce = tx("h", 1, "b");
+        assert!(ledger.check(&a).is_ok());
+        assert!(matches!(
+            ledger.check(&tx("other", 1, "a")),
+            Err(TxError::WrongChain { .. })
+        ));
+        let mut bad = a.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(ledger.check(&bad).is_err());
+
+        // Both with nonce 1 in one batch: only the first takes effect.
+        let batch = v1::PbftBatch {
+            timestamp_ms: 7,
+            items: vec![a.clone(), same_nonce.clone()],
+            proposer: 0,
+        };
+        let committed = sign_committed_batch(&ks, "h", 1, 0, batch);
+        let (tip, effective) = ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
+        assert_eq!(tip.height, 1);
+        assert_eq!(effective.len(), 1);
+        assert!(matches!(
+            ledger.check(&a),
+            Err(TxError::AlreadyCommitted { height: 1, .. })
+        ));
+        assert!(matches!(
+            ledger.check(&same_nonce),
+            Err(TxError::NonceUsed { nonce: 1, .. })
+        ));
+        assert!(ledger.is_committed(&same_nonce));
+        assert_eq!(ledger.exec_point().unwrap().0, 1);
+    }
+}

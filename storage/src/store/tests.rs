@@ -303,3 +303,34 @@ fn sigkill_mid_commit_leaves_whole_blocks() {
         );
     }
 }
+
+#[test]
+fn skipped_repeats_keep_the_first_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (doctor, patient) = (key(2), key(3));
+    let t1 = slip_tx(&doctor, &patient, 1);
+    let b1 = next_block(&store, vec![t1.clone()]);
+    store.commit_block(&b1, &[], &[]).unwrap();
+    // Consensus ordered t1 again at height 2; the ledger skips it, so its index stays at height 1.
+    let t2 = slip_tx(&doctor, &patient, 2);
+    let b2 = next_block(&store, vec![t1.clone(), t2.clone()]);
+    store.commit_block(&b2, &[], &[0]).unwrap();
+    let id1 = t1.body.as_ref().unwrap().digest();
+    let id2 = t2.body.as_ref().unwrap().digest();
+    assert_eq!(
+        store.transaction_location(&id1).unwrap(),
+        Some(TxLocation {
+            height: 1,
+            index: 0
+        })
+    );
+    assert_eq!(
+        store.transaction_location(&id2).unwrap(),
+        Some(TxLocation {
+            height: 2,
+            index: 1
+        })
+    );
+    assert_eq!(store.block(2).unwrap().unwrap().transactions.len(), 2);
+}
