@@ -456,6 +456,8 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
 
     // ---- rule 3: proposing ----
 
+    /// Drops pending items the ledger has executed (a lookup per item: only on the progress
+    /// timeout, not on every proposal).
     fn drop_executed_pending(&mut self, app: &impl Application) {
         let executed: Vec<Hash32> = self
             .pending
@@ -476,19 +478,35 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         if self.view_changing || self.cfg.primary(self.view) != self.cfg.me {
             return;
         }
-        // Drop items the ledger already executed (e.g. a late duplicate submission).
-        self.drop_executed_pending(app);
         loop {
             let seq = self.next_seq + 1;
             if !self.in_window(seq) {
                 break;
             }
+            // Items the ledger executed meanwhile are skipped (and dropped below); the check is
+            // lazy, so only as many items as a batch needs are looked up.
+            let mut executed = Vec::new();
             let candidates: Vec<&PendingItem> = self
                 .pending
                 .iter()
                 .filter(|p| !self.in_flight.contains_key(&p.id))
+                .filter(|p| {
+                    let done = app.already_executed(&p.item);
+                    if done {
+                        executed.push(p.id);
+                    }
+                    !done
+                })
                 .take(self.cfg.max_batch)
                 .collect();
+            if !executed.is_empty() {
+                let gone: HashSet<Hash32> = executed.into_iter().collect();
+                self.pending.retain(|p| !gone.contains(&p.id));
+                for id in &gone {
+                    self.pending_ids.remove(id);
+                }
+                continue;
+            }
             let Some(oldest) = candidates.first() else {
                 break;
             };

@@ -130,23 +130,8 @@ pub struct SlipParties {
 /// and the patient's confirmation (if present) verifies over the slip ID.
 pub fn verify_private_slip(slip: &v1::PrivateSlip) -> Result<SlipParties, ProtoError> {
     const KIND: &str = "private slip";
-    let content = slip.content.as_ref().ok_or(ProtoError::MissingField {
-        kind: KIND,
-        field: "content",
-    })?;
-    let doctor = identity(KIND, "content.doctor", &content.doctor)?;
-    let patient = identity(KIND, "content.patient", &content.patient)?;
-    let record_hash = hash(KIND, "content.record_hash", &content.record_hash)?;
-    if !content.replaces.is_empty() {
-        hash(KIND, "content.replaces", &content.replaces)?;
-    }
-    let slip_id = content.digest();
-    if slip.slip_id != slip_id.as_bytes() {
-        return Err(ProtoError::Invalid {
-            kind: KIND,
-            reason: format!("slip_id is not the digest of the content (expected {slip_id})"),
-        });
-    }
+    let parties = slip_parties(slip)?;
+    let (slip_id, doctor, patient) = (parties.slip_id, parties.doctor, parties.patient);
     let doctor_sig = signature(KIND, "doctor_signature", &slip.doctor_signature)?;
     doctor
         .verify_digest(&slip_id, &doctor_sig)
@@ -164,6 +149,31 @@ pub fn verify_private_slip(slip: &v1::PrivateSlip) -> Result<SlipParties, ProtoE
                 field: "patient_signature",
                 source,
             })?;
+    }
+    Ok(parties)
+}
+
+/// The parties of a private slip and its well-formedness (ID = digest of the content, identities
+/// and hashes parse), without checking signatures: for indexing slips of blocks whose
+/// transactions were verified when they were accepted.
+pub fn slip_parties(slip: &v1::PrivateSlip) -> Result<SlipParties, ProtoError> {
+    const KIND: &str = "private slip";
+    let content = slip.content.as_ref().ok_or(ProtoError::MissingField {
+        kind: KIND,
+        field: "content",
+    })?;
+    let doctor = identity(KIND, "content.doctor", &content.doctor)?;
+    let patient = identity(KIND, "content.patient", &content.patient)?;
+    let record_hash = hash(KIND, "content.record_hash", &content.record_hash)?;
+    if !content.replaces.is_empty() {
+        hash(KIND, "content.replaces", &content.replaces)?;
+    }
+    let slip_id = content.digest();
+    if slip.slip_id != slip_id.as_bytes() {
+        return Err(ProtoError::Invalid {
+            kind: KIND,
+            reason: format!("slip_id is not the digest of the content (expected {slip_id})"),
+        });
     }
     Ok(SlipParties {
         slip_id,

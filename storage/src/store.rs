@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use medchain_crypto::Hash32;
-use medchain_proto::ledger::{verify_block_structure, verify_private_slip};
+use medchain_proto::ledger::{slip_parties, verify_block_structure};
 use medchain_proto::v1::{self, transaction_body::Payload};
 use medchain_proto::{Canonical, Hashed};
 use rocksdb::{
@@ -213,7 +213,8 @@ impl Store {
             };
             batch.put_cf(self.cf(CF_TRANSACTIONS), body.digest().as_bytes(), location);
             if let Some(Payload::PrivateSlip(slip)) = &body.payload {
-                let parties = verify_private_slip(slip)?;
+                // The node verified every signature when it accepted the transaction.
+                let parties = slip_parties(slip)?;
                 batch.put_cf(self.cf(CF_SLIPS), parties.slip_id.as_bytes(), location);
                 batch.put_cf(
                     self.cf(CF_PATIENT_INDEX),
