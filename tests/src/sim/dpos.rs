@@ -24,7 +24,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::network::{NetConfig, Queue};
+use super::network::{crash_schedule, partitions, NetConfig, Queue};
 use super::{Trace, Violation};
 
 /// After GST every item must be final everywhere within this much virtual time.
@@ -148,24 +148,12 @@ impl Scenario {
         let gst = rng.gen_range(6_000..=25_000);
         let honest: Vec<u32> = (0..n as u32).filter(|i| !taken.contains(i)).collect();
         let crash_count = rng.gen_range(0..=2usize).min(honest.len());
-        let crashes = honest
+        let chosen: Vec<u32> = honest
             .choose_multiple(&mut rng, crash_count)
-            .map(|r| {
-                let at = rng.gen_range(0..gst - 2_000);
-                let back = (at + rng.gen_range(300..10_000)).min(gst - 1);
-                (*r, at, back)
-            })
+            .copied()
             .collect();
-        let partitions = (0..rng.gen_range(0..=2))
-            .map(|_| {
-                let size = rng.gen_range(1..=n / 2);
-                let mut set: Vec<u32> = (0..n as u32).collect();
-                set.shuffle(&mut rng);
-                set.truncate(size);
-                let from = rng.gen_range(0..gst);
-                (from, (from + rng.gen_range(500..8_000)).min(gst), set)
-            })
-            .collect();
+        let crashes = crash_schedule(&mut rng, &chosen, gst);
+        let partitions = partitions(&mut rng, n, gst, 8_000);
         let params = sim_params(&mut rng, rpn, atn);
         Scenario {
             seed,

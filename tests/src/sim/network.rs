@@ -4,8 +4,41 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+
+/// Crash times for `nodes`: each crashes before `gst - 2 s` and restarts within 10 s, before GST.
+pub fn crash_schedule(rng: &mut ChaCha8Rng, nodes: &[u32], gst: u64) -> Vec<(u32, u64, u64)> {
+    nodes
+        .iter()
+        .map(|r| {
+            let at = rng.gen_range(0..gst - 2_000);
+            let back = (at + rng.gen_range(300..10_000)).min(gst - 1);
+            (*r, at, back)
+        })
+        .collect()
+}
+
+/// Up to two partitions before GST, each isolating up to half of the `n` nodes for at most
+/// `max_len_ms`.
+pub fn partitions(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    gst: u64,
+    max_len_ms: u64,
+) -> Vec<(u64, u64, Vec<u32>)> {
+    (0..rng.gen_range(0..=2))
+        .map(|_| {
+            let size = rng.gen_range(1..=n / 2);
+            let mut set: Vec<u32> = (0..n as u32).collect();
+            set.shuffle(rng);
+            set.truncate(size);
+            let from = rng.gen_range(0..gst);
+            (from, (from + rng.gen_range(500..max_len_ms)).min(gst), set)
+        })
+        .collect()
+}
 
 /// Network behaviour before GST (after it, no drops, no partitions, short delays).
 #[derive(Clone, Debug)]

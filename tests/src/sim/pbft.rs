@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::byzantine::{Behaviour, ByzantineNode, Out, ALL};
-use super::network::{NetConfig, Queue};
+use super::network::{crash_schedule, partitions, NetConfig, Queue};
 use super::{Trace, Violation};
 
 /// After GST every item must be executed everywhere within this much virtual time.
@@ -57,24 +57,8 @@ impl Scenario {
             .collect();
         let gst = rng.gen_range(8_000..=30_000);
         let crash_count = rng.gen_range(0..=(f - b).max(1)).min(n - b);
-        let crashes = ids[b..b + crash_count]
-            .iter()
-            .map(|r| {
-                let at = rng.gen_range(0..gst - 2_000);
-                let back = (at + rng.gen_range(300..10_000)).min(gst - 1);
-                (*r, at, back)
-            })
-            .collect();
-        let partitions = (0..rng.gen_range(0..=2))
-            .map(|_| {
-                let size = rng.gen_range(1..=n / 2);
-                let mut set: Vec<u32> = (0..n as u32).collect();
-                set.shuffle(&mut rng);
-                set.truncate(size);
-                let from = rng.gen_range(0..gst);
-                (from, (from + rng.gen_range(500..10_000)).min(gst), set)
-            })
-            .collect();
+        let crashes = crash_schedule(&mut rng, &ids[b..b + crash_count], gst);
+        let partitions = partitions(&mut rng, n, gst, 10_000);
         Scenario {
             seed,
             n,
