@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use medchain_tests::sim::pbft::{run, Scenario};
+use medchain_tests::sim::{dpos, pbft, Violation};
 
 struct Args {
     engine: String,
@@ -77,37 +77,44 @@ fn main() -> ExitCode {
         }
     };
     if args.engine == "dpos" {
-        return dpos_main(&args);
+        dpos_main(&args)
+    } else {
+        pbft_main(&args)
     }
-    if let Some(seed) = args.seed {
-        let scn = Scenario::generate(seed, args.n);
-        let out = run(&scn, args.trace);
-        for line in &out.trace {
-            println!("{line}");
+}
+
+/// Prints one replayed seed (trace, scenario, summary, verdict).
+fn replay(
+    trace: &[String],
+    scenario: String,
+    summary: String,
+    violation: Option<Violation>,
+) -> ExitCode {
+    for line in trace {
+        println!("{line}");
+    }
+    println!("{scenario}");
+    println!("{summary}");
+    match violation {
+        Some(v) => {
+            println!("VIOLATION: {v}");
+            ExitCode::FAILURE
         }
-        println!("{}", scn.describe());
-        println!(
-            "events {} virtual time {} ms executed {} trace {}",
-            out.events, out.end_ms, out.executed, out.trace_hash
-        );
-        return match out.violation {
-            Some(v) => {
-                println!("VIOLATION: {v}");
-                ExitCode::FAILURE
-            }
-            None => {
-                println!("ok");
-                ExitCode::SUCCESS
-            }
-        };
+        None => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
     }
-    let count = args.seeds.unwrap_or(100);
+}
+
+/// Runs seeds `start..start+count` on `threads` threads; `one(seed)` runs a seed and returns its
+/// failure line, if any. Returns the failing seeds and the wall-clock seconds.
+fn sweep(args: &Args, count: u64, one: impl Fn(u64) -> Option<String> + Sync) -> (Vec<u64>, f64) {
     // Wall-clock time of the whole run, for the report only; the simulation itself is virtual time.
     #[allow(clippy::disallowed_methods)]
     let started = std::time::Instant::now();
     let next = AtomicU64::new(args.start);
     let failures = Mutex::new(Vec::new());
-    let by_n = Mutex::new([0u64; 3]);
     std::thread::scope(|s| {
         for _ in 0..args.threads {
             s.spawn(|| loop {
@@ -115,132 +122,114 @@ fn main() -> ExitCode {
                 if seed >= args.start + count {
                     break;
                 }
-                let scn = Scenario::generate(seed, args.n);
-                let out = run(&scn, false);
-                let idx = match scn.n {
-                    4 => 0,
-                    7 => 1,
-                    _ => 2,
-                };
-                by_n.lock().expect("not poisoned")[idx] += 1;
-                if let Some(v) = out.violation {
-                    println!("FAIL {} -> {v}", scn.describe());
+                if let Some(line) = one(seed) {
+                    println!("FAIL {line}");
                     failures.lock().expect("not poisoned").push(seed);
                 }
             });
         }
     });
-    let failures = failures.into_inner().expect("not poisoned");
+    let mut failures = failures.into_inner().expect("not poisoned");
+    failures.sort_unstable();
+    (failures, started.elapsed().as_secs_f64())
+}
+
+/// The end of a sweep's report line, and its exit code.
+fn verdict(failures: &[u64]) -> (String, ExitCode) {
+    if failures.is_empty() {
+        ("0 violation(s)".into(), ExitCode::SUCCESS)
+    } else {
+        (
+            format!(
+                "{} violation(s): seeds {failures:?} (replay with --seed S --trace)",
+                failures.len()
+            ),
+            ExitCode::FAILURE,
+        )
+    }
+}
+
+fn pbft_main(args: &Args) -> ExitCode {
+    if let Some(seed) = args.seed {
+        let scn = pbft::Scenario::generate(seed, args.n);
+        let out = pbft::run(&scn, args.trace);
+        let summary = format!(
+            "events {} virtual time {} ms executed {} trace {}",
+            out.events, out.end_ms, out.executed, out.trace_hash
+        );
+        return replay(&out.trace, scn.describe(), summary, out.violation);
+    }
+    let count = args.seeds.unwrap_or(100);
+    let by_n = Mutex::new([0u64; 3]);
+    let (failures, secs) = sweep(args, count, |seed| {
+        let scn = pbft::Scenario::generate(seed, args.n);
+        let out = pbft::run(&scn, false);
+        let idx = match scn.n {
+            4 => 0,
+            7 => 1,
+            _ => 2,
+        };
+        by_n.lock().expect("not poisoned")[idx] += 1;
+        out.violation.map(|v| format!("{} -> {v}", scn.describe()))
+    });
     let by_n = by_n.into_inner().expect("not poisoned");
+    let (end, code) = verdict(&failures);
     println!(
-        "pbft: ran {count} seeds ({}..{}) n=4:{} n=7:{} n=10:{} in {:.1}s; {} violation(s){}",
+        "pbft: ran {count} seeds ({}..{}) n=4:{} n=7:{} n=10:{} in {secs:.1}s; {end}",
         args.start,
         args.start + count,
         by_n[0],
         by_n[1],
         by_n[2],
-        started.elapsed().as_secs_f64(),
-        failures.len(),
-        if failures.is_empty() {
-            String::new()
-        } else {
-            format!(": seeds {failures:?} (replay with --seed S --trace)")
-        }
     );
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    code
 }
 
 fn dpos_main(args: &Args) -> ExitCode {
-    use medchain_tests::sim::dpos;
     let large = args.large.then_some(true);
     if let Some(seed) = args.seed {
         let scn = dpos::Scenario::generate(seed, large);
         let out = dpos::run(&scn, args.trace);
-        for line in &out.trace {
-            println!("{line}");
-        }
-        println!("{}", scn.describe());
-        println!(
+        let summary = format!(
             "events {} virtual time {} ms height {} replaced {} trace {}",
             out.events, out.end_ms, out.height, out.replaced, out.trace_hash
         );
-        return match out.violation {
-            Some(v) => {
-                println!("VIOLATION: {v}");
-                ExitCode::FAILURE
-            }
-            None => {
-                println!("ok");
-                ExitCode::SUCCESS
-            }
-        };
+        return replay(&out.trace, scn.describe(), summary, out.violation);
     }
     let count = args.seeds.unwrap_or(100);
-    // Wall-clock time of the whole run, for the report only; the simulation itself is virtual time.
-    #[allow(clippy::disallowed_methods)]
-    let started = std::time::Instant::now();
-    let next = AtomicU64::new(args.start);
-    let failures = Mutex::new(Vec::new());
-    let stats = Mutex::new((0u64, 0u64, 0u64, 0u64)); // large, heights, byzantine rpn, replaced
-    std::thread::scope(|s| {
-        for _ in 0..args.threads {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= args.start + count {
-                    break;
-                }
-                let scn = dpos::Scenario::generate(seed, large);
-                let out = dpos::run(&scn, false);
-                {
-                    let mut st = stats.lock().expect("not poisoned");
-                    st.0 += u64::from(scn.rpn == 101);
-                    st.1 += out.height;
-                    st.2 += scn
-                        .byzantine
-                        .iter()
-                        .filter(|(_, b)| {
-                            matches!(
-                                b,
-                                dpos::Behaviour::Silent
-                                    | dpos::Behaviour::Equivocator
-                                    | dpos::Behaviour::InvalidBlock
-                            )
-                        })
-                        .count() as u64;
-                    st.3 += out.replaced as u64;
-                }
-                if let Some(v) = out.violation {
-                    println!("FAIL {} -> {v}", scn.describe());
-                    failures.lock().expect("not poisoned").push(seed);
-                }
-            });
-        }
+    // (seeds with 121 institutions, final heights, Byzantine representatives, replaced)
+    let stats = Mutex::new((0u64, 0u64, 0u64, 0u64));
+    let (failures, secs) = sweep(args, count, |seed| {
+        let scn = dpos::Scenario::generate(seed, large);
+        let out = dpos::run(&scn, false);
+        let mut st = stats.lock().expect("not poisoned");
+        st.0 += u64::from(scn.rpn == 101);
+        st.1 += out.height;
+        st.2 += scn
+            .byzantine
+            .iter()
+            .filter(|(_, b)| {
+                matches!(
+                    b,
+                    dpos::Behaviour::Silent
+                        | dpos::Behaviour::Equivocator
+                        | dpos::Behaviour::InvalidBlock
+                )
+            })
+            .count() as u64;
+        st.3 += out.replaced as u64;
+        out.violation.map(|v| format!("{} -> {v}", scn.describe()))
     });
-    let failures = failures.into_inner().expect("not poisoned");
     let st = stats.into_inner().expect("not poisoned");
+    let (end, code) = verdict(&failures);
     println!(
-        "dpos: ran {count} seeds ({}..{}) of which {} with 121 institutions; {} final heights; {} of {} Byzantine representative roles replaced; in {:.1}s; {} violation(s){}",
+        "dpos: ran {count} seeds ({}..{}) of which {} with 121 institutions; {} final heights; {} of {} Byzantine representative roles replaced; in {secs:.1}s; {end}",
         args.start,
         args.start + count,
         st.0,
         st.1,
         st.3,
         st.2,
-        started.elapsed().as_secs_f64(),
-        failures.len(),
-        if failures.is_empty() {
-            String::new()
-        } else {
-            format!(": seeds {failures:?} (replay with --seed S --trace)")
-        }
     );
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    code
 }
