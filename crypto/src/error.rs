@@ -28,6 +28,10 @@ pub enum CryptoError {
     Decrypt,
     #[error("malformed encrypted record: {0}")]
     MalformedRecord(String),
+    #[error("keyword search: {0}")]
+    Keyword(String),
+    #[error("proxy re-encryption: {0}")]
+    Delegation(String),
     #[error("keystore {path}: {reason}")]
     Keystore { path: PathBuf, reason: String },
     #[error("keystore {path}: wrong password, or the file was altered")]

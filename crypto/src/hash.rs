@@ -91,6 +91,12 @@ pub mod domains {
     pub const DERIVE_SIGNING_KEY: Domain = Domain("medchain v1 derive signing key");
     pub const DERIVE_ENCRYPTION_KEY: Domain = Domain("medchain v1 derive record encryption key");
     pub const DERIVE_SEARCH_KEY: Domain = Domain("medchain v1 derive keyword search key");
+    pub const DERIVE_DELEGATION_KEY: Domain = Domain("medchain v1 derive delegation signing key");
+    pub const KEYWORD_TAG: Domain = Domain("medchain v1 keyword search tag");
+    pub const KEYWORD_TAG_BLIND: Domain = Domain("medchain v1 keyword search blind");
+    pub const STORAGE_ADDRESS: Domain = Domain("medchain v1 storage address");
+    pub const GRANT_ID: Domain = Domain("medchain v1 consent grant id");
+    pub const READ_REQUEST: Domain = Domain("medchain v1 read request");
 }
 
 /// Hashes `bytes` under `domain`.

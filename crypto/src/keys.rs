@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::hash::{domains, Domain};
 use crate::identity::{Identity, Signature, SigningKey};
+use crate::search::SearchPublicKey;
 use crate::CryptoError;
 
 /// Bytes of a master seed.
@@ -81,9 +82,31 @@ impl KeyMaterial {
         self.derive(domains::DERIVE_SEARCH_KEY, 0, 32)
     }
 
+    /// The keyword-search secret key.
+    pub fn search_key(&self) -> crate::search::SearchSecretKey {
+        crate::search::SearchSecretKey::from_seed(&self.search_seed())
+    }
+
+    /// The key that signs re-encryption key fragments, so proxies and grantees can check a
+    /// fragment came from the record's owner.
+    pub fn delegation_signer(&self) -> umbral_pre::Signer {
+        let seed = self.derive(
+            domains::DERIVE_DELEGATION_KEY,
+            0,
+            SecretKeyFactory::seed_size(),
+        );
+        let factory = SecretKeyFactory::from_secure_randomness(&seed)
+            .expect("seed has the factory's size by construction");
+        umbral_pre::Signer::new(factory.make_key(b"medchain delegation signing"))
+    }
+
     /// The public keys of every scheme, bound to the identity by a signature.
     pub fn key_binding(&self) -> KeyBinding {
-        KeyBinding::sign(&self.signing_key(), self.encryption_key().public_key())
+        KeyBinding::sign(
+            &self.signing_key(),
+            self.encryption_key().public_key(),
+            self.search_key().public_key(),
+        )
     }
 }
 
@@ -144,31 +167,44 @@ impl fmt::Debug for EncryptionPublicKey {
     }
 }
 
-/// A statement, signed by an identity, that an encryption key belongs to it. Whoever encrypts a
-/// record to a patient checks the binding first, so a forged key cannot be slipped in.
+/// A statement, signed by an identity, that an encryption key and a keyword-search key belong to
+/// it (the participant's public "key card"). An authority registers only a verified binding, and
+/// whoever encrypts a record to a patient uses the registered keys, so a forged key cannot be
+/// slipped in; the signature also proves the participant holds the identity's secret key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyBinding {
     pub identity: Identity,
     pub encryption_key: EncryptionPublicKey,
+    pub search_key: SearchPublicKey,
     pub signature: Signature,
 }
 
 impl KeyBinding {
-    fn message(identity: &Identity, encryption_key: &EncryptionPublicKey) -> Vec<u8> {
+    fn message(
+        identity: &Identity,
+        encryption_key: &EncryptionPublicKey,
+        search_key: &SearchPublicKey,
+    ) -> Vec<u8> {
         let mut m = identity.as_bytes().to_vec();
         m.extend_from_slice(&encryption_key.to_bytes());
+        m.extend_from_slice(&search_key.to_bytes());
         m
     }
 
-    pub fn sign(signer: &SigningKey, encryption_key: EncryptionPublicKey) -> Self {
+    pub fn sign(
+        signer: &SigningKey,
+        encryption_key: EncryptionPublicKey,
+        search_key: SearchPublicKey,
+    ) -> Self {
         let identity = signer.identity();
         let signature = signer.sign(
             domains::KEY_BINDING,
-            &Self::message(&identity, &encryption_key),
+            &Self::message(&identity, &encryption_key, &search_key),
         );
         KeyBinding {
             identity,
             encryption_key,
+            search_key,
             signature,
         }
     }
@@ -176,7 +212,7 @@ impl KeyBinding {
     pub fn verify(&self) -> Result<(), CryptoError> {
         self.identity.verify(
             domains::KEY_BINDING,
-            &Self::message(&self.identity, &self.encryption_key),
+            &Self::message(&self.identity, &self.encryption_key, &self.search_key),
             &self.signature,
         )
     }
@@ -210,6 +246,9 @@ mod tests {
         binding.verify().unwrap();
         let mut forged = binding.clone();
         forged.encryption_key = KeyMaterial::generate().encryption_key().public_key();
+        assert!(forged.verify().is_err());
+        let mut forged = binding.clone();
+        forged.search_key = KeyMaterial::generate().search_key().public_key();
         assert!(forged.verify().is_err());
         let pk = EncryptionPublicKey::from_bytes(&binding.encryption_key.to_bytes()).unwrap();
         assert_eq!(pk, binding.encryption_key);

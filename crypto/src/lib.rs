@@ -6,6 +6,7 @@
 //! through [`hash::digest`] and [`identity::SigningKey::sign`] with a [`hash::Domain`] tag, so that a
 //! digest or signature made for one purpose can never be replayed as another.
 
+pub mod delegation;
 pub mod error;
 pub mod hash;
 pub mod identity;
@@ -13,6 +14,7 @@ pub mod keys;
 pub mod keystore;
 pub mod merkle;
 pub mod record;
+pub mod search;
 pub mod validators;
 
 pub use error::CryptoError;
