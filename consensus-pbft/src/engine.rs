@@ -12,7 +12,7 @@ use medchain_proto::{Canonical, Hashed};
 use crate::config::Config;
 use crate::event::{Action, Event, Timer};
 use crate::log::Slot;
-use crate::persist::{PersistedState, SlotRecord};
+use crate::persist::{PersistDelta, PersistedHeader, PersistedState, SlotRecord};
 use crate::view_change::{
     digest_field, plan, verify_new_view, verify_view_change, CheckpointClaim, NewViewPlan,
     VerifiedViewChange,
@@ -32,6 +32,10 @@ struct PendingItem {
     id: Hash32,
     item: Vec<u8>,
     arrived_ms: u64,
+    /// The execution point at which the ledger last said this item was not executed. Only a
+    /// commit can change the answer, so the lookup is repeated once per commit at most, not on
+    /// every proposal attempt (which made a filling batch cost quadratic lookups).
+    fresh_at: std::cell::Cell<u64>,
 }
 
 /// One PBFT replica.
@@ -63,8 +67,10 @@ pub struct Replica<S, V> {
     /// Items executed during the current call, before the ledger has seen them.
     applied_in_call: HashSet<Hash32>,
     helped: BTreeSet<(ReplicaId, u64)>,
-    // Output of the current call.
+    // Output of the current call: what to persist (header, these slots, the view change).
     dirty: bool,
+    dirty_slots: BTreeSet<u64>,
+    view_change_dirty: bool,
     effects: Vec<Action>,
     sends: Vec<Action>,
 }
@@ -140,6 +146,8 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             applied_in_call: HashSet::new(),
             helped: BTreeSet::new(),
             dirty: false,
+            dirty_slots: BTreeSet::new(),
+            view_change_dirty: false,
             effects: Vec::new(),
             sends: Vec::new(),
         };
@@ -152,16 +160,17 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
 
     fn load(&mut self, p: PersistedState) {
         let decode = |b: &[u8]| v1::PbftMessage::decode_canonical(b).ok();
-        self.view = p.view;
-        self.view_changing = p.view_changing;
-        self.next_seq = p.next_seq;
+        let h = p.header;
+        self.view = h.view;
+        self.view_changing = h.view_changing;
+        self.next_seq = h.next_seq;
         self.stable = CheckpointClaim {
-            seq: p.stable_seq,
-            digest: Hash32(p.stable_digest),
-            proof: p.stable_proof.iter().filter_map(|b| decode(b)).collect(),
+            seq: h.stable_seq,
+            digest: Hash32(h.stable_digest),
+            proof: h.stable_proof.iter().filter_map(|b| decode(b)).collect(),
         };
         self.last_view_change = p.last_view_change.as_deref().and_then(decode);
-        for rec in p.slots {
+        for rec in p.slots.into_values() {
             if rec.seq <= self.stable.seq {
                 continue;
             }
@@ -231,8 +240,9 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         self.applied_in_call.clear();
         self.try_propose(now_ms, app);
         let mut out = std::mem::take(&mut self.effects);
-        if std::mem::take(&mut self.dirty) {
-            out.push(Action::Persist(Box::new(self.snapshot())));
+        if std::mem::take(&mut self.dirty) || !self.dirty_slots.is_empty() || self.view_change_dirty
+        {
+            out.push(Action::Persist(Box::new(self.delta())));
         }
         out.append(&mut self.sends);
         out
@@ -269,27 +279,31 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         seq > self.stable.seq && seq <= self.stable.seq + self.cfg.window
     }
 
-    fn snapshot(&self) -> PersistedState {
+    /// Marks a slot's durable record as changed in this call.
+    fn touch(&mut self, seq: u64) {
+        self.dirty_slots.insert(seq);
+    }
+
+    /// The header, the slots touched in this call (still in the window) and a newly signed view
+    /// change.
+    fn delta(&mut self) -> PersistDelta {
         let bytes = |m: &v1::PbftMessage| m.canonical_bytes();
-        PersistedState {
-            view: self.view,
-            view_changing: self.view_changing,
-            next_seq: self.next_seq,
-            stable_seq: self.stable.seq,
-            stable_digest: self.stable.digest.0,
-            stable_proof: self.stable.proof.iter().map(bytes).collect(),
-            slots: self
-                .slots
-                .iter()
-                .filter(|(s, slot)| {
-                    **s > self.stable.seq
-                        && (slot.pre_prepare.is_some()
-                            || slot.prepared.is_some()
-                            || slot.sent_prepare.is_some()
-                            || slot.sent_commit.is_some())
-                })
+        let touched = std::mem::take(&mut self.dirty_slots);
+        PersistDelta {
+            header: PersistedHeader {
+                view: self.view,
+                view_changing: self.view_changing,
+                next_seq: self.next_seq,
+                stable_seq: self.stable.seq,
+                stable_digest: self.stable.digest.0,
+                stable_proof: self.stable.proof.iter().map(bytes).collect(),
+            },
+            slots: touched
+                .into_iter()
+                .filter(|s| *s > self.stable.seq)
+                .filter_map(|s| self.slots.get(&s).map(|slot| (s, slot)))
                 .map(|(s, slot)| SlotRecord {
-                    seq: *s,
+                    seq: s,
                     pre_prepare: slot.pre_prepare.as_ref().map(|(_, _, m)| bytes(m)),
                     sent_prepare: slot.sent_prepare.map(|(v, d)| (v, d.0)),
                     sent_commit: slot.sent_commit.map(|(v, d)| (v, d.0)),
@@ -299,7 +313,11 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                         .map(|(_, _, pp, ps)| std::iter::once(pp).chain(ps).map(bytes).collect()),
                 })
                 .collect(),
-            last_view_change: self.last_view_change.as_ref().map(bytes),
+            last_view_change: if std::mem::take(&mut self.view_change_dirty) {
+                self.last_view_change.as_ref().map(bytes)
+            } else {
+                None
+            },
         }
     }
 
@@ -384,6 +402,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             id,
             item,
             arrived_ms: now,
+            fresh_at: std::cell::Cell::new(self.exec_seq),
         });
         self.update_progress_timer(now);
     }
@@ -491,9 +510,14 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                 .iter()
                 .filter(|p| !self.in_flight.contains_key(&p.id))
                 .filter(|p| {
+                    if p.fresh_at.get() == self.exec_seq {
+                        return true;
+                    }
                     let done = app.already_executed(&p.item);
                     if done {
                         executed.push(p.id);
+                    } else {
+                        p.fresh_at.set(self.exec_seq);
                     }
                     !done
                 })
@@ -544,6 +568,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             }
             self.next_seq = seq;
             self.dirty = true;
+            self.touch(seq);
             self.broadcast(msg);
             self.check_prepared(seq);
         }
@@ -633,7 +658,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         for id in ids {
             self.in_flight.insert(id, seq);
         }
-        self.dirty = true;
+        self.touch(seq);
         if self.cfg.primary(view) != self.cfg.me {
             self.send_prepare(view, seq, digest);
         }
@@ -650,7 +675,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             Some((v, d)) if v == view && d == digest => {}
             _ => {
                 slot.sent_prepare = Some((view, digest));
-                self.dirty = true;
+                self.dirty_slots.insert(seq);
             }
         }
         let msg = self.sign(Kind::Prepare(vote(view, seq, &digest)), None);
@@ -718,7 +743,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                 return;
             }
             slot.prepared = Some((v, d, pp, prepares.into_iter().take(q - 1).collect()));
-            self.dirty = true;
+            self.dirty_slots.insert(seq);
             let slot = self.slots.get_mut(&seq).expect("present");
             match slot.sent_commit {
                 Some((cv, cd)) if cv == v && cd != d => return,
@@ -1018,6 +1043,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         );
         self.last_view_change = Some(msg.clone());
         self.dirty = true;
+        self.view_change_dirty = true;
         if let Ok(own) = verify_view_change(&self.cfg, &self.verifier, &msg) {
             self.view_changes
                 .entry(target)
@@ -1211,6 +1237,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             let slot = self.slots.entry(seq).or_default();
             slot.batches.insert(d, batch);
             slot.pre_prepare = Some((v, d, pp));
+            self.touch(seq);
             if self.cfg.primary(v) != self.cfg.me {
                 self.send_prepare(v, seq, d);
             }

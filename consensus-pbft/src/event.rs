@@ -3,7 +3,7 @@
 use medchain_crypto::Hash32;
 use medchain_proto::v1;
 
-use crate::persist::PersistedState;
+use crate::persist::PersistDelta;
 use crate::ReplicaId;
 
 /// Timers the engine asks for. Setting a timer that is already set moves it.
@@ -40,9 +40,10 @@ pub enum Event {
 /// An output. The driver performs the actions of one `handle` call in order.
 #[derive(Clone, Debug)]
 pub enum Action {
-    /// Make this state durable before performing any later action of the same call (persist,
-    /// then send). It replaces every earlier persisted state.
-    Persist(Box<PersistedState>),
+    /// Make this change durable, atomically, before performing any later action of the same call
+    /// (persist, then send). Applied in order to the stored state as
+    /// [`crate::PersistedState::apply`] does.
+    Persist(Box<PersistDelta>),
     /// Send to every other replica.
     Broadcast(v1::PbftMessage),
     /// Send to one replica.

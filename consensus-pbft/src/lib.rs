@@ -51,8 +51,8 @@
 //!    from the included view changes and accepts the new view only if it matches; so whatever
 //!    may have committed in an earlier view is re-proposed at the same sequence number.
 //! 10. **Safety guard and persistence.** Before a replica sends a pre-prepare, prepare, commit or
-//!     view change, the fact is recorded in [`PersistedState`] and emitted as
-//!     [`Action::Persist`], which the driver must make durable before it performs any later action
+//!     view change, the fact is recorded in [`PersistedState`] and the change
+//!     emitted as [`Action::Persist`], which the driver must make durable before it performs any later action
 //!     of the same batch. A replica never signs a second, different pre-prepare, prepare or commit
 //!     for one `(view, seq)`, and never returns to a lower view, including after a restart.
 //! 11. **State transfer.** A replica that learns of a stable checkpoint above what it executed
@@ -74,7 +74,7 @@ mod view_change;
 pub use config::Config;
 pub use engine::{chain_state_digest, Application, Replica};
 pub use event::{Action, Event, Timer};
-pub use persist::PersistedState;
+pub use persist::{PersistDelta, PersistedHeader, PersistedState, SlotRecord};
 
 /// Why a view-change message would be refused (for diagnostics and the simulator's traces).
 pub fn check_view_change(

@@ -105,7 +105,9 @@ impl<V: Verifier + Clone> LocalCluster<V> {
         let n = self.replicas.len() as ReplicaId;
         for a in actions {
             match a {
-                Action::Persist(s) => self.persisted[r as usize] = Some(*s),
+                Action::Persist(d) => self.persisted[r as usize]
+                    .get_or_insert_with(PersistedState::default)
+                    .apply(*d),
                 Action::Broadcast(m) => {
                     for to in (0..n).filter(|t| *t != r) {
                         self.queue.push_back((to, m.clone()));

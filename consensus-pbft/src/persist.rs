@@ -6,6 +6,14 @@
 //! number in the window, the pre-prepare it accepted, the prepare and commit it sent, and its
 //! prepared certificate (which a later view change must report). Messages are kept as their
 //! canonical bytes.
+//!
+//! The engine emits changes, not snapshots: a [`PersistDelta`] carries the small header and only
+//! the slots that changed in one call, because a slot holds a whole batch (up to 128 transactions)
+//! and rewriting every slot of the window before each vote cost a loaded node a tenth of its CPU.
+//! A driver keeps the state as separate records (header, last view change, one record per slot)
+//! and applies each delta atomically; [`PersistedState::apply`] is the reference semantics.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +31,9 @@ pub struct SlotRecord {
     pub prepared: Option<Vec<Vec<u8>>>,
 }
 
-/// The durable state of a replica.
+/// The small part of the durable state, rewritten whole by every delta.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PersistedState {
+pub struct PersistedHeader {
     pub view: u64,
     /// True while changing to `view` (no new view accepted yet).
     pub view_changing: bool,
@@ -35,7 +43,81 @@ pub struct PersistedState {
     pub stable_digest: [u8; 32],
     /// The quorum of checkpoint messages proving the stable checkpoint.
     pub stable_proof: Vec<Vec<u8>>,
-    pub slots: Vec<SlotRecord>,
+}
+
+/// The durable state of a replica, as [`crate::Replica::restore`] takes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub header: PersistedHeader,
+    /// Slots above the stable checkpoint, by sequence number.
+    pub slots: BTreeMap<u64, SlotRecord>,
     /// The last view change this replica sent, re-sent after a restart.
     pub last_view_change: Option<Vec<u8>>,
+}
+
+/// What changed in one call of [`crate::Replica::handle`]; see the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistDelta {
+    /// Replaces the stored header. Slots at or below `header.stable_seq` are garbage from then on
+    /// and may be deleted in the same write.
+    pub header: PersistedHeader,
+    /// Each replaces the stored record of its sequence number.
+    pub slots: Vec<SlotRecord>,
+    /// A view change this replica is about to send, if it signed one in this call.
+    pub last_view_change: Option<Vec<u8>>,
+}
+
+impl PersistedState {
+    /// Applies one delta, as a driver's store must (atomically).
+    pub fn apply(&mut self, delta: PersistDelta) {
+        self.header = delta.header;
+        for rec in delta.slots {
+            self.slots.insert(rec.seq, rec);
+        }
+        if delta.last_view_change.is_some() {
+            self.last_view_change = delta.last_view_change;
+        }
+        self.slots = self.slots.split_off(&(self.header.stable_seq + 1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(seq: u64, tag: u8) -> SlotRecord {
+        SlotRecord {
+            seq,
+            pre_prepare: Some(vec![tag]),
+            ..SlotRecord::default()
+        }
+    }
+
+    #[test]
+    fn apply_replaces_changed_slots_keeps_the_rest_and_drops_stable_ones() {
+        let mut s = PersistedState::default();
+        s.apply(PersistDelta {
+            header: PersistedHeader {
+                view: 1,
+                ..Default::default()
+            },
+            slots: vec![slot(1, 1), slot(2, 2), slot(3, 3)],
+            last_view_change: Some(vec![7]),
+        });
+        s.apply(PersistDelta {
+            header: PersistedHeader {
+                view: 1,
+                stable_seq: 1,
+                ..Default::default()
+            },
+            slots: vec![slot(3, 30)],
+            last_view_change: None,
+        });
+        assert_eq!(s.header.stable_seq, 1);
+        assert_eq!(s.slots.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(s.slots[&2].pre_prepare, Some(vec![2]));
+        assert_eq!(s.slots[&3].pre_prepare, Some(vec![30]));
+        // A delta without a view change keeps the one sent earlier.
+        assert_eq!(s.last_view_change, Some(vec![7]));
+    }
 }

@@ -148,7 +148,7 @@ fn restarted_replica_never_prepares_a_conflicting_digest() {
     let state = net.persisted[1]
         .clone()
         .expect("replica 1 persisted its votes");
-    assert!(state.slots.iter().any(|s| s.sent_prepare.is_some()));
+    assert!(state.slots.values().any(|s| s.sent_prepare.is_some()));
     let ks = keys(4);
     let ledger_tip = (net.replicas[1].executed_seq(), net.replicas[1].exec_digest);
     let mut restarted = Replica::restore(

@@ -575,7 +575,9 @@ impl Sim<'_> {
         match a {
             Action::Persist(state) => {
                 if let Node::Honest(h) = &mut self.nodes[r as usize] {
-                    h.persisted = Some(*state);
+                    h.persisted
+                        .get_or_insert_with(PersistedState::default)
+                        .apply(*state);
                 }
             }
             Action::Broadcast(m) => {
