@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use crate::ledger::TxError;
 use crate::mempool::MempoolError;
 use crate::private_node::{NodeHandle, SubmitError};
+use crate::record_api;
 
 /// A client's transaction: the hex of its canonical protobuf bytes.
 #[derive(Debug, Deserialize, Serialize)]
@@ -33,7 +34,9 @@ pub struct SubmitRequest {
     pub transaction: String,
 }
 
-struct ApiError(StatusCode, String);
+/// An API error: the status that tells the client what to do, and the message.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -41,11 +44,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-fn parse_hash(text: &str, what: &str) -> Result<Hash32, ApiError> {
+pub(crate) fn parse_hash(text: &str, what: &str) -> Result<Hash32, ApiError> {
     Hash32::from_hex(text).map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -64,8 +67,25 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/blocks/latest", get(latest_block))
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/slips/{id}", get(slip))
+        .route("/v1/chain", get(record_api::chain))
+        .route("/v1/identities/{id}", get(record_api::identity))
+        .route("/v1/records/{slip}", get(record_api::record))
+        .route("/v1/records/{slip}/verify", get(record_api::verify))
+        .route("/v1/records/{slip}/read", post(record_api::read))
+        .route(
+            "/v1/patients/{id}/records",
+            get(record_api::patient_records),
+        )
+        .route("/v1/consent", get(record_api::consent))
+        .route("/v1/audit", get(record_api::audit))
         // Hex doubles the bytes; allow a maximal transaction plus JSON framing.
         .layer(DefaultBodyLimit::max(limits::TRANSACTION * 2 + 1_024))
+        // Record uploads carry up to 16 MiB of ciphertext as protobuf.
+        .merge(
+            Router::new()
+                .route("/v1/records", post(record_api::upload))
+                .layer(DefaultBodyLimit::max(limits::RECORD_MESSAGE + 1_024)),
+        )
         .with_state(node)
 }
 
@@ -75,7 +95,12 @@ pub async fn serve(addr: SocketAddr, node: NodeHandle) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the client API: {e} (is another node using it? change [api] listen)"))?;
     tracing::info!(%addr, "client API listening");
-    axum::serve(listener, router(node)).await?;
+    // Reads are counted per source address (abnormal-access detection), so keep the peer's.
+    axum::serve(
+        listener,
+        router(node).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -108,19 +133,25 @@ async fn submit(
             StatusCode::ACCEPTED,
             Json(json!({ "id": id.to_hex(), "status": "pending" })),
         )),
-        Err(e) => {
-            let code = match &e {
-                SubmitError::Tx(TxError::AlreadyCommitted { .. } | TxError::NonceUsed { .. })
-                | SubmitError::Mempool(MempoolError::Duplicate(_)) => StatusCode::CONFLICT,
-                SubmitError::Mempool(MempoolError::Full { .. }) | SubmitError::Closed => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                SubmitError::Tx(TxError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-                SubmitError::Tx(_) => StatusCode::BAD_REQUEST,
-            };
-            Err(ApiError(code, e.to_string()))
-        }
+        Err(e) => Err(submit_error(e)),
     }
+}
+
+/// The status that tells a client what to do about a refused submission.
+pub(crate) fn submit_error(e: SubmitError) -> ApiError {
+    let code = match &e {
+        SubmitError::Tx(TxError::AlreadyCommitted { .. } | TxError::NonceUsed { .. })
+        | SubmitError::Mempool(MempoolError::Duplicate(_) | MempoolError::NonceTaken { .. }) => {
+            StatusCode::CONFLICT
+        }
+        SubmitError::Mempool(MempoolError::Full { .. }) | SubmitError::Closed => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        SubmitError::Tx(TxError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        SubmitError::Tx(TxError::Refused(_)) => StatusCode::FORBIDDEN,
+        SubmitError::Tx(_) => StatusCode::BAD_REQUEST,
+    };
+    ApiError(code, e.to_string())
 }
 
 async fn transaction(
@@ -147,8 +178,14 @@ async fn transaction(
         .transactions
         .get(loc.index as usize)
         .ok_or_else(|| internal("indexed transaction missing"))?;
+    let failed = node
+        .store
+        .chain_state(&crate::contracts::state::keys::failure(&id))
+        .map_err(internal)?
+        .map(|r| String::from_utf8_lossy(&r).into_owned());
     Ok(Json(json!({
         "id": id.to_hex(),
+        "failed": failed,
         "height": loc.height,
         "index": loc.index,
         "block_hash": block_hash(&block).map_err(internal)?.to_hex(),
@@ -225,9 +262,18 @@ async fn slip(
             format!("slip {} is not committed", id.to_hex()),
         )
     })?;
-    let parties = verify_private_slip(&slip).map_err(internal)?;
+    Ok(Json(slip_json(&id, loc, &slip)?))
+}
+
+/// A committed slip as JSON.
+pub(crate) fn slip_json(
+    id: &Hash32,
+    loc: medchain_storage::TxLocation,
+    slip: &v1::PrivateSlip,
+) -> Result<Value, ApiError> {
+    let parties = verify_private_slip(slip).map_err(internal)?;
     let content = slip.content.clone().unwrap_or_default();
-    Ok(Json(json!({
+    Ok(json!({
         "slip_id": id.to_hex(),
         "height": loc.height,
         "index": loc.index,
@@ -240,6 +286,9 @@ async fn slip(
         "encrypted_address": hex::encode(&content.encrypted_address),
         "encrypted_keywords": content.encrypted_keywords.iter().map(hex::encode).collect::<Vec<_>>(),
         "patient_confirmed": !slip.patient_signature.is_empty(),
-        "slip": hex::encode(prost::Message::encode_to_vec(&slip)),
-    })))
+        "ciphertext_hash": hex::encode(&content.ciphertext_hash),
+        "ciphertext_size": content.ciphertext_size,
+        "replaces": hex::encode(&content.replaces),
+        "slip": hex::encode(prost::Message::encode_to_vec(slip)),
+    }))
 }

@@ -2,9 +2,12 @@
 //! several concurrent clients and reports what was submitted and committed, throughput and commit
 //! latency.
 //!
-//! Each transaction is a private slip signed by its doctor (the client's key), so a node verifies
-//! two signatures per transaction (the envelope and the slip). Transactions are built and signed
-//! before the clock starts. Client `c` sends to the `c mod n`-th node that answers. Commit time is
+//! Each transaction is a record write as `medchain record add` makes it: a 1 KiB FHIR Observation
+//! encrypted to its patient with one encrypted keyword, uploaded with its slip signed by the
+//! doctor (the client's key), so a node verifies two signatures per transaction (the envelope and
+//! the slip) and stores and replicates the ciphertext. The bench registers its doctors and
+//! patients with the devnet's authority key, and builds, encrypts and signs every write before
+//! the clock starts. Client `c` sends to the `c mod n`-th node that answers. Commit time is
 //! when the block holding the transaction is first seen on the first answering node (polled every
 //! 20 ms); latency is from the
 //! moment the client sent it.
@@ -17,11 +20,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use medchain_crypto::hash::domains;
-use medchain_crypto::SigningKey;
+use medchain_crypto::keys::KeyMaterial;
 use medchain_proto::canonical::{Canonical, Hashed};
-use medchain_proto::ledger::{make_private_slip, sign_transaction};
 use medchain_proto::v1;
 use tokio::time::Instant;
+
+use crate::client::records::{build_record_write, PatientKeys, RecordInput};
 
 use crate::config;
 use crate::http_client::HttpClient;
@@ -52,48 +56,68 @@ pub struct BenchReport {
     pub refusals: Vec<String>,
 }
 
-fn client_key(seed: u64, c: usize) -> SigningKey {
+/// A deterministic participant key for run `seed`, role tag and number.
+fn participant(seed: u64, tag: u8, n: usize) -> KeyMaterial {
     let d = medchain_crypto::digest(
         domains::DERIVE_SIGNING_KEY,
-        &[seed.to_be_bytes(), (c as u64).to_be_bytes()].concat(),
+        &[
+            seed.to_be_bytes().as_slice(),
+            &[tag],
+            &(n as u64).to_be_bytes(),
+        ]
+        .concat(),
     );
-    SigningKey::from_bytes(d.as_bytes())
-        .expect("a digest is a valid scalar with overwhelming probability")
+    KeyMaterial::from_seed(d.as_bytes()).expect("32 bytes")
 }
 
-/// A signed record-write transaction (a private slip) of `doctor` with `nonce`.
-pub fn slip_transaction(
-    chain_id: &str,
-    doctor: &SigningKey,
-    nonce: u64,
-    now_ms: u64,
-) -> v1::Transaction {
-    let patient = client_key(nonce ^ 0x5eed, 0).identity();
-    let record_hash = medchain_crypto::digest(domains::RECORD_CONTENT, &nonce.to_be_bytes());
-    let slip = make_private_slip(
-        doctor,
-        v1::SlipContent {
-            timestamp_ms: now_ms,
-            record_type: "Observation".into(),
-            summary: format!("bench record {nonce}"),
-            doctor: doctor.identity().as_bytes().to_vec(),
-            patient: patient.as_bytes().to_vec(),
-            record_hash: record_hash.as_bytes().to_vec(),
-            encrypted_address: vec![0xA5; 48],
-            encrypted_keywords: vec![vec![0x5A; 64]],
-            replaces: vec![],
-        },
-    );
-    sign_transaction(
-        doctor,
-        v1::TransactionBody {
-            chain_id: chain_id.to_string(),
-            signer: vec![],
-            nonce,
-            timestamp_ms: now_ms,
-            payload: Some(v1::transaction_body::Payload::PrivateSlip(slip)),
-        },
-    )
+/// A small FHIR Observation, the common case of a record (about 1 KiB).
+pub fn sample_observation(n: u64) -> Vec<u8> {
+    serde_json::json!({
+        "resourceType": "Observation",
+        "id": format!("bench-{n}"),
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel"}]},
+        "effectiveDateTime": "2026-11-22T09:30:00Z",
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6", "display": "Systolic blood pressure"}]},
+             "valueQuantity": {"value": 110 + n % 40, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4", "display": "Diastolic blood pressure"}]},
+             "valueQuantity": {"value": 70 + n % 20, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+        ],
+        "note": [{"text": "Routine check; patient seated, right arm, adult cuff. Repeat in three months unless symptoms change."}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Registers the bench's doctors and patients with the devnet's authority key and waits until
+/// every registration is committed.
+async fn register_participants(
+    api: SocketAddr,
+    authority: &KeyMaterial,
+    doctors: &[KeyMaterial],
+    patients: &[KeyMaterial],
+) -> Result<()> {
+    let mut client = crate::client::Client::connect(&format!("http://{api}")).await?;
+    let mut ids = Vec::new();
+    for (keys, role) in doctors
+        .iter()
+        .map(|k| (k, v1::Role::Doctor))
+        .chain(patients.iter().map(|k| (k, v1::Role::Patient)))
+    {
+        let reg = crate::client::KeyCard::from_binding(&keys.key_binding())
+            .registration(role, "bench participant")?;
+        let tx = client.sign(
+            authority,
+            v1::transaction_body::Payload::IdentityRegistration(reg),
+        );
+        ids.push(client.submit(&tx).await?);
+    }
+    for id in ids {
+        client.wait_committed(&id, Duration::from_secs(60)).await?;
+    }
+    Ok(())
 }
 
 fn devnet_nodes(dir: &Path) -> Result<(String, Vec<SocketAddr>)> {
@@ -150,29 +174,81 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     }
     let clients = cfg.clients.max(1);
     let seed = now_ms();
-    // Build and sign everything first.
+    // One doctor per client, writing for a handful of patients, registered by the devnet's
+    // authority before the clock starts.
+    let authority_path = cfg.devnet.join(crate::commands::DEVNET_AUTHORITY_KEY);
+    let authority = crate::client::load_key(&authority_path, None).with_context(|| {
+        format!(
+            "the bench registers its doctors and patients with the devnet's authority key {}",
+            authority_path.display()
+        )
+    })?;
+    let doctors: Vec<KeyMaterial> = (0..clients).map(|c| participant(seed, b'd', c)).collect();
+    let patients: Vec<KeyMaterial> = (0..clients.clamp(1, 8))
+        .map(|p| participant(seed, b'p', p))
+        .collect();
+    eprintln!(
+        "registering {} doctors and {} patients...",
+        doctors.len(),
+        patients.len()
+    );
+    register_participants(apis[0], &authority, &doctors, &patients).await?;
+    // Build, encrypt and sign every record write first.
+    eprintln!(
+        "encrypting and signing {} record writes...",
+        cfg.transactions
+    );
     let per_client = cfg.transactions.div_ceil(clients);
-    let work: Vec<Vec<(String, String)>> = {
+    let work: Vec<Vec<(String, Vec<u8>)>> = {
         let chain_id = chain_id.clone();
         let total = cfg.transactions;
-        tokio::task::spawn_blocking(move || {
+        let patient_keys: Vec<PatientKeys> = patients
+            .iter()
+            .map(|p| PatientKeys {
+                identity: p.signing_key().identity(),
+                encryption: p.encryption_key().public_key(),
+                search: p.search_key().public_key(),
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<(String, Vec<u8>)>>> {
             let now = now_ms();
-            (0..clients)
-                .map(|c| {
-                    let key = client_key(seed, c + 1);
-                    (0..per_client)
-                        .filter(|k| c * per_client + k < total)
-                        .map(|k| {
-                            let tx = slip_transaction(&chain_id, &key, k as u64 + 1, now);
-                            let id = tx.body.as_ref().expect("built with a body").digest().to_hex();
-                            let body = serde_json::json!({ "transaction": hex::encode(tx.canonical_bytes()) }).to_string();
-                            (id, body)
-                        })
-                        .collect()
-                })
-                .collect()
+            let mut all = Vec::new();
+            for (c, doctor) in doctors.iter().enumerate() {
+                let mut mine = Vec::new();
+                for k in (0..per_client).filter(|k| c * per_client + k < total) {
+                    let n = (c * per_client + k) as u64;
+                    let w = build_record_write(
+                        &chain_id,
+                        doctor,
+                        &patient_keys[k % patient_keys.len()],
+                        &RecordInput {
+                            plaintext: sample_observation(n),
+                            record_type: "Observation".into(),
+                            summary: "blood pressure panel".into(),
+                            keywords: vec!["blood pressure".into()],
+                            replaces: None,
+                        },
+                        k as u64 + 1,
+                        now,
+                    )?;
+                    let id = w
+                        .transaction
+                        .body
+                        .as_ref()
+                        .expect("built with a body")
+                        .digest()
+                        .to_hex();
+                    let upload = v1::RecordUpload {
+                        transaction: Some(w.transaction),
+                        ciphertext: w.ciphertext,
+                    };
+                    mine.push((id, upload.canonical_bytes()));
+                }
+                all.push(mine);
+            }
+            Ok(all)
         })
-        .await?
+        .await??
     };
     let start_height = {
         let mut c = HttpClient::new(apis[0]);
@@ -240,7 +316,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
                 }
                 let sent = Instant::now();
                 match client
-                    .request("POST", "/v1/transactions", Some(&body))
+                    .request_bytes("POST", "/v1/records", "application/x-protobuf", &body)
                     .await
                 {
                     Ok((202, _)) => {
@@ -250,7 +326,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
                     Ok((code, body)) => refusals
                         .lock()
                         .expect("not poisoned")
-                        .push(format!("{code}: {body}")),
+                        .push(format!("{code}: {}", String::from_utf8_lossy(&body))),
                     Err(e) => refusals.lock().expect("not poisoned").push(e.to_string()),
                 }
             }

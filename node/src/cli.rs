@@ -40,6 +40,220 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Participants: register (an authority), show, suspend, reinstate.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Health records: write, confirm, read, verify, delete, list pending. Encryption and
+    /// decryption happen here, on your side.
+    #[command(subcommand)]
+    Record(RecordCommand),
+    /// Consent: grant, request, approve, deny, revoke, list.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
+    /// The provenance trail of a record, a patient or an actor, in chain order.
+    Audit(AuditArgs),
+}
+
+/// How a client command reaches the chain and whose key it uses.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The node's API.
+    #[arg(long, env = "MEDCHAIN_NODE", default_value = crate::client::DEFAULT_NODE)]
+    pub node: String,
+    /// Your key file (made by `medchain keygen`).
+    #[arg(long, env = "MEDCHAIN_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Read the key password from this file. Otherwise MEDCHAIN_PASSWORD, otherwise a prompt.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Patient,
+    Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Register a participant from their key card (`--key` is the authority's key).
+    Register {
+        /// The participant's key card (written by `medchain keygen` beside their key).
+        #[arg(long, value_name = "FILE")]
+        card: PathBuf,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Display name (no health data).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a registered participant (default: the owner of `--key`).
+    Show {
+        identity: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Suspend an identity (`--key` is an authority's key).
+    Suspend {
+        identity: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lift a suspension (`--key` is an authority's key).
+    Reinstate {
+        identity: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordCommand {
+    /// Write a record for a patient (`--key` is the doctor's key): encrypt it and its keywords
+    /// to the patient, upload the ciphertext, put the signed slip on chain.
+    Add {
+        #[arg(long)]
+        patient: String,
+        /// Record type; derived from a FHIR resource's resourceType when omitted.
+        #[arg(long = "type")]
+        record_type: Option<String>,
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+        /// A searchable keyword (repeat for several).
+        #[arg(long = "keyword")]
+        keywords: Vec<String>,
+        /// Content summary stored in clear on the slip (no personal data).
+        #[arg(long, default_value = "")]
+        summary: String,
+        /// The slip this record corrects.
+        #[arg(long, value_name = "SLIP")]
+        replaces: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Confirm a record written for you (`--key` is the patient's key): check the doctor's
+    /// signature, decrypt, check the hash, co-sign.
+    Confirm {
+        slip: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Records awaiting the patient's confirmation (default: the owner of `--key`).
+    Pending {
+        #[arg(long)]
+        patient: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read a record into a file: as its patient directly, as a grantee through the proxy.
+    Get {
+        slip: String,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Tamper check: the node recomputes the stored ciphertext's hash against the chain; with
+    /// `--key` of someone allowed to read, the plaintext's hash is checked against H(M) too.
+    Verify {
+        slip: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a record (`--key`: its patient or an authority). The ciphertext is erased
+    /// everywhere; the slip and its history stay.
+    Delete {
+        slip: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// Grant access to your records (`--key` is the patient's key).
+    Grant {
+        /// The grantee's identity.
+        #[arg(long)]
+        to: String,
+        /// record:<slip>, type:<record type> or all.
+        #[arg(long)]
+        scope: String,
+        /// read[,write,copy]
+        #[arg(long, default_value = "read")]
+        actions: String,
+        /// Expiry: +30m, +2h, +7d, Unix milliseconds or 2026-12-31T23:59:59Z.
+        #[arg(long)]
+        until: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Ask a patient for access (`--key` is yours).
+    Request {
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        scope: String,
+        #[arg(long, default_value = "read")]
+        actions: String,
+        #[arg(long)]
+        until: String,
+        #[arg(long, default_value = "")]
+        purpose: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Approve a request: grant exactly what it asked for (`--key` is the patient's key).
+    Approve {
+        request: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deny a request (`--key` is the patient's key).
+    Deny {
+        request: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a grant; the proxies destroy their fragments (`--key` is the patient's key).
+    Revoke {
+        grant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Grants and requests of a patient (`--patient`) or of a grantee (`--grantee`); default:
+    /// the owner of `--key` as patient.
+    List {
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        grantee: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(long, value_name = "SLIP", conflicts_with_all = ["patient", "actor"])]
+    pub record: Option<String>,
+    #[arg(long, conflicts_with = "actor")]
+    pub patient: Option<String>,
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Print the events as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Where a key's password comes from.

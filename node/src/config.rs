@@ -51,6 +51,32 @@ pub struct NodeConfig {
     pub api: ApiConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// Abnormal-access detection (DESIGN.md flow 7): reads per identity and per source address over
+/// a sliding window. An identity past its limit is suspended on chain until an authority lifts
+/// it; a source past its limit is refused for the rest of the window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Length of the sliding window, in seconds.
+    pub window_secs: u64,
+    /// Reads one identity may make in a window.
+    pub max_reads_per_identity: u32,
+    /// Reads one source address may make in a window.
+    pub max_reads_per_source: u32,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            window_secs: 60,
+            max_reads_per_identity: 120,
+            max_reads_per_source: 600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,6 +129,16 @@ pub struct Genesis {
     pub genesis_time_ms: u64,
     pub params: ChainParams,
     pub validators: Vec<GenesisValidator>,
+    /// Who registers participants (the hospital's records office, a health authority).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorities: Vec<GenesisAuthority>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisAuthority {
+    pub name: String,
+    pub identity: Identity,
 }
 
 /// Cadences and sizes (DESIGN.md section 6).
@@ -134,6 +170,10 @@ pub struct GenesisValidator {
     pub identity: Identity,
     /// Where peers reach it (libp2p multiaddr).
     pub address: String,
+    /// Its record-encryption public key (hex), which makes it a proxy: patients seal its
+    /// re-encryption key fragment to this key. `medchain keygen` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<String>,
 }
 
 /// One problem found in a file, with where and how to fix it.
@@ -382,6 +422,48 @@ pub fn validate(loaded: &LoadedConfig) -> Vec<Problem> {
                 "write it like \"/ip4/10.0.0.2/tcp/26656\"",
             );
         }
+    }
+    for (i, v) in g.validators.iter().enumerate() {
+        if let Some(k) = &v.encryption_key {
+            let ok = hex::decode(k).ok().is_some_and(|b| {
+                medchain_crypto::keys::EncryptionPublicKey::from_bytes(&b).is_ok()
+            });
+            if !ok {
+                add(
+                    &gen_file,
+                    &format!("validators[{i}].encryption_key"),
+                    format!("{k:?} is not a record-encryption public key"),
+                    "copy the \"encryption key\" line that `medchain keygen` printed for this validator",
+                );
+            }
+        }
+    }
+    let mut seen_authorities = std::collections::BTreeSet::new();
+    for (i, a) in g.authorities.iter().enumerate() {
+        if g.validators.iter().any(|v| v.identity == a.identity) {
+            add(
+                &gen_file,
+                &format!("authorities[{i}].identity"),
+                format!("{} is also a validator", a.identity),
+                "give the authority its own key (`medchain keygen`), kept off the nodes",
+            );
+        }
+        if !seen_authorities.insert(a.identity) {
+            add(
+                &gen_file,
+                &format!("authorities[{i}].identity"),
+                format!("{} is listed twice", a.identity),
+                "list each authority once",
+            );
+        }
+    }
+    if g.kind == NodeMode::Private && g.authorities.is_empty() {
+        add(
+            &gen_file,
+            "authorities",
+            "no authority: nobody could register doctors and patients".into(),
+            "add an [[authorities]] entry with the identity of the hospital's registration key",
+        );
     }
     let p = &g.params;
     if p.max_block_transactions == 0 || p.max_block_transactions > 10_000 {

@@ -1,6 +1,7 @@
-//! A minimal HTTP/1.1 JSON client over one keep-alive TCP connection, for the CLI's client
-//! commands (`medchain bench`). It speaks exactly what the node's API serves: requests with a
-//! `Content-Length` body, responses with a `Content-Length` body.
+//! A minimal HTTP/1.1 client over one keep-alive TCP connection, for the CLI's client commands
+//! (`medchain bench`, `record`, `consent`, ...). It speaks exactly what the node's API serves:
+//! requests with a `Content-Length` body (JSON, or protobuf for record uploads and reads),
+//! responses with a `Content-Length` body.
 
 use std::net::SocketAddr;
 
@@ -31,7 +32,7 @@ impl HttpClient {
         Ok(self.stream.as_mut().expect("just set"))
     }
 
-    /// Sends one request and returns (status, body). Reconnects once if the kept-alive
+    /// Sends one JSON request and returns (status, body). Reconnects once if the kept-alive
     /// connection was closed.
     pub async fn request(
         &mut self,
@@ -39,11 +40,30 @@ impl HttpClient {
         path: &str,
         body: Option<&str>,
     ) -> Result<(u16, String)> {
-        match self.try_request(method, path, body).await {
+        let (status, bytes) = self
+            .request_bytes(
+                method,
+                path,
+                "application/json",
+                body.unwrap_or("").as_bytes(),
+            )
+            .await?;
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Sends one request with a body of `content_type` and returns (status, body bytes).
+    pub async fn request_bytes(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
+        match self.try_request(method, path, content_type, body).await {
             Ok(r) => Ok(r),
             Err(_) => {
                 self.stream = None;
-                self.try_request(method, path, body).await
+                self.try_request(method, path, content_type, body).await
             }
         }
     }
@@ -52,16 +72,17 @@ impl HttpClient {
         &mut self,
         method: &str,
         path: &str,
-        body: Option<&str>,
-    ) -> Result<(u16, String)> {
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>)> {
         let addr = self.addr;
         let conn = self.connection().await?;
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}",
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n",
             body.len()
         );
-        conn.get_mut().write_all(req.as_bytes()).await?;
+        conn.get_mut().write_all(head.as_bytes()).await?;
+        conn.get_mut().write_all(body).await?;
         let mut line = String::new();
         if conn.read_line(&mut line).await? == 0 {
             bail!("connection closed");
@@ -87,6 +108,6 @@ impl HttpClient {
         }
         let mut buf = vec![0u8; len];
         conn.read_exact(&mut buf).await?;
-        Ok((status, String::from_utf8_lossy(&buf).into_owned()))
+        Ok((status, buf))
     }
 }

@@ -5,8 +5,9 @@
 //! verify (`ledger::verify_transaction`), and neither it nor its `(signer, nonce)` pair is already
 //! committed. Verification results are cached by the transaction's bytes, so a node checks each
 //! transaction's signatures once even though the mempool and PBFT validation both look at it.
-//! Committing writes the block, its certificate, its indexes, the used nonces and the PBFT
-//! execution digest in one atomic RocksDB batch.
+//! Committing executes every transaction with the record contracts ([`crate::contracts`]) and
+//! writes the block, its certificate, its indexes, the contracts' state, the used nonces and the
+//! PBFT execution digest in one atomic RocksDB batch.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,13 @@ use std::sync::{Arc, Mutex};
 use medchain_crypto::hash::{digest, domains};
 use medchain_crypto::validators::ValidatorSet;
 use medchain_crypto::Hash32;
+use medchain_crypto::Identity;
 use medchain_proto::canonical::{Canonical, Hashed};
 use medchain_proto::ledger::{private_block, verify_transaction};
 use medchain_proto::v1;
 use medchain_storage::{ChainTip, Store};
+
+use crate::contracts::{self, state::Overlay, ContractError, ExecContext, SideEffects};
 
 /// Chain-state key of the PBFT execution point: (sequence, execution digest).
 pub const EXEC_KEY: &[u8] = b"pbft/exec";
@@ -39,15 +43,42 @@ pub enum TxError {
     AlreadyCommitted { id: String, height: u64 },
     #[error("nonce {nonce} of signer {signer} is already used; sign with a new nonce")]
     NonceUsed { signer: String, nonce: u64 },
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("storage error: {0}")]
     Storage(String),
+}
+
+impl From<ContractError> for TxError {
+    fn from(e: ContractError) -> Self {
+        match e {
+            ContractError::Refused(m) => TxError::Refused(m),
+            ContractError::Storage(m) => TxError::Storage(m),
+        }
+    }
 }
 
 /// A transaction that passed [`PrivateLedger::check`].
 #[derive(Clone, Debug)]
 pub struct CheckedTx {
     pub id: Hash32,
+    /// Signer and nonce: at most one transaction with this key ever takes effect.
+    pub replay_key: Vec<u8>,
     pub bytes: Vec<u8>,
+}
+
+/// What [`PrivateLedger::commit`] wrote.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub tip: ChainTip,
+    /// Ids of the transactions that took effect.
+    pub effective: Vec<Hash32>,
+    /// (id, replay key) of every well-formed transaction in the block, skipped ones included.
+    pub seen: Vec<(Hash32, Vec<u8>)>,
+    /// Transactions a contract refused: (id, reason).
+    pub failed: Vec<(Hash32, String)>,
+    /// What the node does next (store or erase blobs, keep or destroy proxy fragments).
+    pub effects: SideEffects,
 }
 
 /// The ledger of one private chain.
@@ -55,6 +86,8 @@ pub struct PrivateLedger {
     pub store: Arc<Store>,
     pub chain_id: String,
     pub validators: ValidatorSet,
+    /// Genesis authorities: they register participants.
+    pub authorities: Vec<Identity>,
     verified: Mutex<HashSet<Hash32>>,
 }
 
@@ -74,11 +107,17 @@ fn nonce_key(signer: &[u8], nonce: u64) -> Vec<u8> {
 }
 
 impl PrivateLedger {
-    pub fn new(store: Arc<Store>, chain_id: String, validators: ValidatorSet) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        chain_id: String,
+        validators: ValidatorSet,
+        authorities: Vec<Identity>,
+    ) -> Self {
         PrivateLedger {
             store,
             chain_id,
             validators,
+            authorities,
             verified: Mutex::new(HashSet::new()),
         }
     }
@@ -120,8 +159,10 @@ impl PrivateLedger {
     pub fn check(&self, bytes: &[u8]) -> Result<CheckedTx, TxError> {
         let (tx, id) = self.check_form(bytes)?;
         self.check_not_committed(&tx, &id)?;
+        let body = tx.body.as_ref().expect("checked by check_form");
         Ok(CheckedTx {
             id,
+            replay_key: nonce_key(&body.signer, body.nonce),
             bytes: bytes.to_vec(),
         })
     }
@@ -147,6 +188,37 @@ impl PrivateLedger {
             });
         }
         Ok(())
+    }
+
+    /// [`Self::check`] plus the contract rules against the committed state, for a transaction a
+    /// client submits (so "not registered" or "grant expired" is answered at once). Transactions
+    /// forwarded by other validators get [`Self::check`] only: this node's state may lag theirs by
+    /// a block, and the contracts decide again, deterministically, at commit.
+    pub fn check_client(&self, bytes: &[u8], now_ms: u64) -> Result<CheckedTx, TxError> {
+        let checked = self.check(bytes)?;
+        let (tx, _) = self.check_form(bytes)?;
+        let body = tx.body.as_ref().expect("checked by check_form");
+        let signer =
+            Identity::from_bytes(&body.signer).map_err(|e| TxError::Malformed(e.to_string()))?;
+        let payload = body
+            .payload
+            .as_ref()
+            .ok_or_else(|| TxError::Malformed("no payload".into()))?;
+        let height = self
+            .store
+            .tip()
+            .map_err(|e| TxError::Storage(e.to_string()))?
+            .map_or(1, |t| t.height + 1);
+        let ctx = ExecContext {
+            height,
+            index: 0,
+            time_ms: now_ms,
+            authorities: &self.authorities,
+            validators: self.validators.members(),
+        };
+        let mut ov = Overlay::new(&self.store);
+        contracts::execute(&mut ov, &ctx, &signer, checked.id, payload)?;
+        Ok(checked)
     }
 
     /// Whether the transaction (or another with its signer and nonce) is committed.
@@ -189,7 +261,7 @@ impl PrivateLedger {
         committed: &v1::CommittedBatch,
         repeats: &[u32],
         exec_digest: Hash32,
-    ) -> Result<(ChainTip, Vec<Hash32>), TxError> {
+    ) -> Result<Committed, TxError> {
         let storage = |e: medchain_storage::StoreError| TxError::Storage(e.to_string());
         let parent = self
             .store
@@ -198,21 +270,29 @@ impl PrivateLedger {
             .map_or(Hash32::ZERO, |t| t.hash);
         let block = private_block(&self.chain_id, &self.validators, committed, parent)
             .map_err(|e| TxError::Malformed(e.to_string()))?;
+        let header = block.header.as_ref().expect("built above");
+        let (height, time_ms) = (header.height, header.timestamp_ms);
         let mut skipped: Vec<u32> = repeats.to_vec();
+        let mut failed_at: Vec<u32> = Vec::new();
+        let mut failed = Vec::new();
+        let mut effects = SideEffects::default();
+        let mut ov = Overlay::new(&self.store);
         let mut state = Vec::new();
         let mut used = HashSet::new();
         let mut effective = Vec::new();
+        let mut seen = Vec::new();
         for (i, tx) in block.transactions.iter().enumerate() {
             let i = i as u32;
-            if skipped.contains(&i) {
-                continue;
-            }
             let Some(body) = tx.body.as_ref() else {
                 skipped.push(i);
                 continue;
             };
             let key = nonce_key(&body.signer, body.nonce);
             let id = body.digest();
+            seen.push((id, key.clone()));
+            if skipped.contains(&i) {
+                continue;
+            }
             let taken = !used.insert(key.clone())
                 || self.store.chain_state(&key).map_err(storage)?.is_some()
                 || self
@@ -225,8 +305,40 @@ impl PrivateLedger {
                 continue;
             }
             state.push((key, Some(id.as_bytes().to_vec())));
-            effective.push(id);
+            let ctx = ExecContext {
+                height,
+                index: i,
+                time_ms,
+                authorities: &self.authorities,
+                validators: self.validators.members(),
+            };
+            let outcome = match (Identity::from_bytes(&body.signer), body.payload.as_ref()) {
+                (Ok(signer), Some(payload)) => {
+                    contracts::execute(&mut ov, &ctx, &signer, id, payload)
+                }
+                _ => Err(ContractError::Refused("malformed signer or payload".into())),
+            };
+            match outcome {
+                Ok(fx) => {
+                    ov.keep_tx();
+                    effects.extend(fx);
+                    effective.push(id);
+                }
+                Err(ContractError::Storage(e)) => return Err(TxError::Storage(e)),
+                Err(ContractError::Refused(reason)) => {
+                    // Deterministic on every node: the transaction stays in the block, uses its
+                    // nonce, and its failure is recorded instead of its effects.
+                    ov.drop_tx();
+                    state.push((
+                        contracts::state::keys::failure(&id),
+                        Some(reason.clone().into_bytes()),
+                    ));
+                    failed_at.push(i);
+                    failed.push((id, reason));
+                }
+            }
         }
+        state.extend(ov.into_writes());
         let before = self
             .store
             .chain_state(COMMITTED_KEY)
@@ -241,9 +353,15 @@ impl PrivateLedger {
         state.push((EXEC_KEY.to_vec(), Some(exec)));
         let tip = self
             .store
-            .commit_block(&block, &state, &skipped)
+            .commit_block(&block, &state, &skipped, &failed_at)
             .map_err(storage)?;
-        Ok((tip, effective))
+        Ok(Committed {
+            tip,
+            effective,
+            seen,
+            failed,
+            effects,
+        })
     }
 }
 
@@ -267,8 +385,9 @@ impl medchain_pbft::Application for PrivateLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use medchain_crypto::keys::KeyMaterial;
     use medchain_crypto::SigningKey;
-    use medchain_proto::ledger::sign_committed_batch;
+    use medchain_proto::ledger::{sign_committed_batch, sign_transaction};
 
     fn keys() -> Vec<SigningKey> {
         (1..=4u8)
@@ -276,35 +395,52 @@ mod tests {
             .collect()
     }
 
-    fn tx(chain: &str, nonce: u64, summary: &str) -> Vec<u8> {
-        let doctor = SigningKey::from_bytes(&[9; 32]).unwrap();
-        let mut t = crate::bench::slip_transaction(chain, &doctor, nonce, 5);
-        if let Some(v1::transaction_body::Payload::PrivateSlip(s)) =
-            t.body.as_mut().and_then(|b| b.payload.as_mut())
-        {
-            s.content.as_mut().unwrap().summary = summary.into();
-            *s = medchain_proto::ledger::make_private_slip(&doctor, s.content.clone().unwrap());
-        }
-        let t = sign_transaction_again(&doctor, t);
-        t.canonical_bytes()
+    fn authority() -> KeyMaterial {
+        KeyMaterial::from_seed(&[50; 32]).unwrap()
     }
 
-    fn sign_transaction_again(k: &SigningKey, t: v1::Transaction) -> v1::Transaction {
-        medchain_proto::ledger::sign_transaction(k, t.body.unwrap())
+    /// The authority registers participant `who` with `nonce`.
+    fn registration(chain: &str, nonce: u64, who: u8) -> Vec<u8> {
+        let card = crate::client::KeyCard::from_binding(
+            &KeyMaterial::from_seed(&[who; 32]).unwrap().key_binding(),
+        );
+        sign_transaction(
+            &authority().signing_key(),
+            v1::TransactionBody {
+                chain_id: chain.into(),
+                signer: vec![],
+                nonce,
+                timestamp_ms: 5,
+                payload: Some(v1::transaction_body::Payload::IdentityRegistration(
+                    card.registration(v1::Role::Patient, "p").unwrap(),
+                )),
+            },
+        )
+        .canonical_bytes()
+    }
+
+    fn ledger(dir: &std::path::Path) -> (PrivateLedger, Vec<SigningKey>) {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let ks = keys();
+        let set = ValidatorSet::new(ks.iter().map(|k| k.identity()).collect()).unwrap();
+        let l = PrivateLedger::new(
+            store,
+            "h".into(),
+            set,
+            vec![authority().signing_key().identity()],
+        );
+        (l, ks)
     }
 
     #[test]
     fn replays_and_reused_nonces_are_refused_and_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let ks = keys();
-        let set = ValidatorSet::new(ks.iter().map(|k| k.identity()).collect()).unwrap();
-        let ledger = PrivateLedger::new(store, "h".into(), set);
-        let a = tx("h", 1, "a");
-        let same_nonce = tx("h", 1, "b");
+        let (ledger, ks) = ledger(dir.path());
+        let a = registration("h", 1, 10);
+        let same_nonce = registration("h", 1, 11);
         assert!(ledger.check(&a).is_ok());
         assert!(matches!(
-            ledger.check(&tx("other", 1, "a")),
+            ledger.check(&registration("other", 1, 10)),
             Err(TxError::WrongChain { .. })
         ));
         let mut bad = a.clone();
@@ -319,9 +455,13 @@ mod tests {
             proposer: 0,
         };
         let committed = sign_committed_batch(&ks, "h", 1, 0, batch);
-        let (tip, effective) = ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
-        assert_eq!(tip.height, 1);
-        assert_eq!(effective.len(), 1);
+        let done = ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
+        assert_eq!(done.tip.height, 1);
+        assert_eq!(done.effective.len(), 1);
+        assert!(done.failed.is_empty());
+        // Both are reported, so the mempool drops the one that can no longer take effect.
+        assert_eq!(done.seen.len(), 2);
+        assert_eq!(done.seen[0].1, done.seen[1].1);
         assert!(matches!(
             ledger.check(&a),
             Err(TxError::AlreadyCommitted { height: 1, .. })
@@ -332,5 +472,51 @@ mod tests {
         ));
         assert!(ledger.is_committed(&same_nonce));
         assert_eq!(ledger.exec_point().unwrap().0, 1);
+    }
+
+    #[test]
+    fn a_refused_transaction_commits_as_failed_and_uses_its_nonce() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, ks) = ledger(dir.path());
+        let first = registration("h", 1, 10);
+        // The same participant registered again (another nonce): the contract refuses it, at
+        // admission and, if it gets ordered anyway, at commit.
+        let again = registration("h", 2, 10);
+        let batch = v1::PbftBatch {
+            timestamp_ms: 7,
+            items: vec![first, again.clone()],
+            proposer: 0,
+        };
+        let done = ledger
+            .commit(
+                &sign_committed_batch(&ks, "h", 1, 0, batch),
+                &[],
+                Hash32::ZERO,
+            )
+            .unwrap();
+        assert_eq!(done.effective.len(), 1);
+        assert_eq!(done.failed.len(), 1);
+        assert!(
+            done.failed[0].1.contains("already registered"),
+            "{:?}",
+            done.failed
+        );
+        let failure = ledger
+            .store
+            .chain_state(&crate::contracts::state::keys::failure(&done.failed[0].0))
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8(failure)
+            .unwrap()
+            .contains("already registered"));
+        assert!(matches!(
+            ledger.check(&again),
+            Err(TxError::AlreadyCommitted { .. })
+        ));
+        let fresh = registration("h", 3, 10);
+        assert!(matches!(
+            ledger.check_client(&fresh, 10),
+            Err(TxError::Refused(m)) if m.contains("already registered")
+        ));
     }
 }

@@ -6,11 +6,14 @@
 //! and clap. `anyhow` is used only in the command handlers (the binary's edge); the configuration
 //! module has typed errors.
 
+pub mod access_guard;
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
+pub mod contracts;
 pub mod http_client;
 pub mod ledger;
 pub mod logging;
@@ -18,3 +21,5 @@ pub mod mempool;
 pub mod net;
 pub mod password;
 pub mod private_node;
+pub mod record_api;
+pub mod replica_state;

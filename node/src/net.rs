@@ -12,8 +12,8 @@
 //! size limits with no gossip amplification, no mesh maintenance and no `InsufficientPeers`
 //! start-up window; a "broadcast" is one request per connected validator. Gossipsub pays off for
 //! large, partially connected meshes, which a private chain is not. Every request is a
-//! `PeerMessage`; the response is an empty acknowledgement, except for a block request, which is
-//! answered with blocks.
+//! `PeerMessage`; the response is an empty acknowledgement, except for a query (a block request
+//! or a blob request), which is answered with the blocks or the ciphertext.
 //!
 //! **Limits.** A message over [`limits::PEER_MESSAGE`] bytes is refused before it is read; each
 //! peer may send at most [`RATE_PER_SEC`] messages per second (token bucket with a burst of
@@ -53,6 +53,14 @@ pub fn peer_id(identity: &Identity) -> PeerId {
     let pk = secp256k1::PublicKey::try_from_bytes(identity.as_bytes())
         .expect("identities are valid compressed secp256k1 keys");
     PublicKey::from(pk).to_peer_id()
+}
+
+/// Whether a message is a query, answered with data rather than an acknowledgement.
+fn is_query(msg: &v1::PeerMessage) -> bool {
+    matches!(
+        msg.body,
+        Some(v1::peer_message::Body::BlockRequest(_) | v1::peer_message::Body::BlobRequest(_))
+    )
 }
 
 /// Length-prefixed canonical `PeerMessage`s.
@@ -157,7 +165,7 @@ pub enum NetCommand {
     Send { to: u32, msg: v1::PeerMessage },
     /// Send to every connected validator.
     Broadcast(v1::PeerMessage),
-    /// Answer a block request received as [`NetEvent::BlockRequest`].
+    /// Answer a query received as [`NetEvent::Query`].
     Respond {
         channel: ResponseChannel<v1::PeerMessage>,
         msg: v1::PeerMessage,
@@ -173,9 +181,11 @@ pub enum NetEvent {
         from: u32,
         msg: v1::PeerMessage,
     },
-    BlockRequest {
+    /// A request that wants an answer (block or blob request); answer with
+    /// [`NetCommand::Respond`].
+    Query {
         from: u32,
-        request: v1::BlockRequest,
+        msg: v1::PeerMessage,
         channel: ResponseChannel<v1::PeerMessage>,
     },
     Connected(u32),
@@ -324,9 +334,9 @@ async fn run(
                     NetCommand::Send { to, msg } => {
                         if let Some(id) = by_index.get(&to) {
                             if connected.contains_key(id) {
-                                let is_block_request = matches!(msg.body, Some(v1::peer_message::Body::BlockRequest(_)));
+                                let query = is_query(&msg);
                                 let rid = swarm.behaviour_mut().peer.send_request(id, msg);
-                                if is_block_request {
+                                if query {
                                     pending_block_requests.insert(rid, to);
                                 }
                             }
@@ -396,8 +406,8 @@ async fn run(
                                         }
                                         continue;
                                     }
-                                    if let Some(v1::peer_message::Body::BlockRequest(request)) = request.body {
-                                        let _ = events.send(NetEvent::BlockRequest { from: p.index, request, channel }).await;
+                                    if is_query(&request) {
+                                        let _ = events.send(NetEvent::Query { from: p.index, msg: request, channel }).await;
                                     } else {
                                         let _ = swarm.behaviour_mut().peer.send_response(channel, ack());
                                         let _ = events.send(NetEvent::Message { from: p.index, msg: request }).await;

@@ -4,22 +4,35 @@
 //!
 //! Signature checks of client and peer transactions run outside the core (in the API handlers and
 //! on blocking threads), so they use both cores; the core only sees checked transactions.
+//!
+//! **Off-chain store.** Record ciphertexts are replicated, not fetched on demand: the node that
+//! receives an upload stores it before queueing the slip and pushes it to every other validator;
+//! a node that commits a slip whose ciphertext it lacks (it was down, or the push was lost) asks
+//! its peers for it until one answers with bytes matching the slip's content address. So every
+//! proxy can serve every record, and losing one node loses no record. A deletion erases the
+//! ciphertext on every node when it commits.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
+use medchain_crypto::keys::KeyMaterial;
 use medchain_crypto::validators::{CachingVerifier, ValidatorSet};
-use medchain_crypto::{Hash32, SigningKey};
-use medchain_pbft::{chain_state_digest, Action, Config, Event, PersistedState, Replica, Timer};
+use medchain_crypto::{Hash32, Identity, SigningKey};
+use medchain_pbft::{chain_state_digest, Action, Config, Event, Replica, Timer};
 use medchain_proto::canonical::peer_message;
 use medchain_proto::ledger::committed_batch_of;
 use medchain_proto::v1::{self, peer_message::Body};
 use medchain_storage::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::access_guard::AccessGuard;
+use crate::api::ApiError;
+use crate::client::records::ciphertext_address;
 use crate::config::LoadedConfig;
+use crate::contracts::SideEffects;
 use crate::ledger::{CheckedTx, PrivateLedger, TxError};
 use crate::mempool::{Mempool, MempoolError};
 use crate::net::{self, NetCommand, NetEvent, Peer};
@@ -28,7 +41,8 @@ use crate::net::{self, NetCommand, NetEvent, Peer};
 pub const MEMPOOL_CAPACITY: usize = 50_000;
 /// Blocks per block-sync response.
 pub const SYNC_BATCH: u32 = 64;
-const PERSIST_KEY: &str = "pbft";
+/// Most transactions forwarded in one message; a peer sending more is refused.
+pub const FORWARD_BATCH: usize = 256;
 
 /// What the API and operators see of the node.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -65,22 +79,49 @@ pub enum SubmitError {
 type Submission = (CheckedTx, bool, oneshot::Sender<Result<(), SubmitError>>);
 
 /// Handles the API uses.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeHandle {
     pub store: Arc<Store>,
     pub ledger: Arc<PrivateLedger>,
     pub status: watch::Receiver<Status>,
     submit: mpsc::Sender<Submission>,
+    /// `GET /v1/chain`: chain ID, validators (with proxy encryption keys), authorities.
+    pub chain: Arc<serde_json::Value>,
+    /// This node's keys: it signs access records and suspensions, and opens proxy fragments.
+    pub node_key: Arc<KeyMaterial>,
+    pub me: u32,
+    net: mpsc::Sender<NetCommand>,
+    pub access: Arc<Mutex<AccessGuard>>,
+    own_nonce: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeHandle({})", self.me)
+    }
 }
 
 impl NodeHandle {
-    /// Checks a client transaction (decoding, chain, signatures, replay) and queues it; it is
-    /// forwarded to the other validators.
-    pub async fn submit(&self, bytes: Vec<u8>) -> Result<Hash32, SubmitError> {
+    pub fn chain_id(&self) -> &str {
+        &self.ledger.chain_id
+    }
+
+    pub fn name(&self) -> String {
+        self.status.borrow().node.clone()
+    }
+
+    /// Checks a client transaction: decoding, chain, signatures, replay and the contract rules
+    /// against the committed state (off the core, on a blocking thread).
+    pub async fn check_client(&self, bytes: Vec<u8>) -> Result<CheckedTx, SubmitError> {
         let ledger = self.ledger.clone();
-        let checked = tokio::task::spawn_blocking(move || ledger.check(&bytes))
+        tokio::task::spawn_blocking(move || ledger.check_client(&bytes, now_ms()))
             .await
-            .map_err(|_| SubmitError::Closed)??;
+            .map_err(|_| SubmitError::Closed)?
+            .map_err(SubmitError::Tx)
+    }
+
+    /// Queues a checked transaction; it is forwarded to the other validators.
+    pub async fn queue(&self, checked: CheckedTx) -> Result<Hash32, SubmitError> {
         let id = checked.id;
         let (tx, rx) = oneshot::channel();
         self.submit
@@ -90,10 +131,106 @@ impl NodeHandle {
         rx.await.map_err(|_| SubmitError::Closed)??;
         Ok(id)
     }
+
+    /// Checks and queues a client transaction.
+    pub async fn submit(&self, bytes: Vec<u8>) -> Result<Hash32, SubmitError> {
+        let checked = self.check_client(bytes).await?;
+        self.queue(checked).await
+    }
+
+    /// Pushes an uploaded ciphertext to the other validators' stores.
+    pub async fn push_blob(&self, ciphertext: Vec<u8>) {
+        let _ = self
+            .net
+            .send(NetCommand::Broadcast(peer_message(Body::Blob(
+                v1::RecordBlob { ciphertext },
+            ))))
+            .await;
+    }
+
+    /// Signs `payload` as this node (a fresh nonce per call, even within one microsecond).
+    fn own_transaction(&self, payload: v1::transaction_body::Payload) -> v1::Transaction {
+        let now_us = now_ms() * 1_000;
+        let nonce = self
+            .own_nonce
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now_us.max(last + 1))
+            })
+            .map_or(now_us, |last| now_us.max(last + 1));
+        medchain_proto::ledger::sign_transaction(
+            &self.node_key.signing_key(),
+            v1::TransactionBody {
+                chain_id: self.chain_id().to_string(),
+                signer: vec![],
+                nonce,
+                timestamp_ms: now_ms(),
+                payload: Some(payload),
+            },
+        )
+    }
+
+    /// Queues the access record of one read. If it cannot be queued the read is refused: no
+    /// read goes unaudited.
+    pub async fn record_access(
+        &self,
+        req: &medchain_proto::records::VerifiedReadRequest,
+        granted: bool,
+        reason: &str,
+        grant: Option<Hash32>,
+    ) -> Result<(), ApiError> {
+        let reason: String = reason
+            .chars()
+            .take(medchain_proto::records::MAX_REASON)
+            .collect();
+        let tx = self.own_transaction(v1::transaction_body::Payload::AccessRecord(
+            v1::AccessRecord {
+                reader: req.reader.as_bytes().to_vec(),
+                slip_id: req.slip_id.as_bytes().to_vec(),
+                request: req.digest.as_bytes().to_vec(),
+                granted,
+                reason,
+                grant: grant.map(|g| g.as_bytes().to_vec()).unwrap_or_default(),
+                at_ms: now_ms(),
+            },
+        ));
+        let bytes = medchain_proto::Canonical::canonical_bytes(&tx);
+        let checked = self
+            .ledger
+            .check(&bytes)
+            .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        self.queue(checked).await.map_err(|e| {
+            ApiError(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("the read cannot be audited now ({e}); it is refused, retry shortly"),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Queues a suspension of `id` signed by this node (abnormal access).
+    pub async fn suspend(&self, id: &Identity, reason: &str) -> Result<(), ApiError> {
+        tracing::warn!(identity = %id, reason, "abnormal access: suspending the identity");
+        let tx = self.own_transaction(v1::transaction_body::Payload::Suspension(v1::Suspension {
+            identity: id.as_bytes().to_vec(),
+            reason: reason
+                .chars()
+                .take(medchain_proto::records::MAX_REASON)
+                .collect(),
+        }));
+        let bytes = medchain_proto::Canonical::canonical_bytes(&tx);
+        let checked = self
+            .ledger
+            .check(&bytes)
+            .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        self.queue(checked)
+            .await
+            .map_err(|e| ApiError(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        Ok(())
+    }
 }
 
 #[allow(clippy::disallowed_methods)] // the node's clock: the engine gets time as an input
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -104,8 +241,9 @@ fn now_ms() -> u64 {
 /// for the API and the core's join handle.
 pub fn start(
     loaded: &LoadedConfig,
-    key: SigningKey,
+    keys: KeyMaterial,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<Result<()>>)> {
+    let key: SigningKey = keys.signing_key();
     let g = &loaded.genesis;
     let validators = ValidatorSet::new(g.validators.iter().map(|v| v.identity).collect())
         .map_err(|e| anyhow!("genesis validator set: {e}"))?;
@@ -120,7 +258,21 @@ pub fn start(
         store.clone(),
         g.chain_id.clone(),
         validators.clone(),
+        g.authorities.iter().map(|a| a.identity).collect(),
     ));
+    let chain = serde_json::json!({
+        "chain_id": g.chain_id,
+        "validators": g.validators.iter().enumerate().map(|(i, v)| serde_json::json!({
+            "index": i,
+            "name": v.name,
+            "identity": v.identity.to_string(),
+            "encryption_key": v.encryption_key,
+        })).collect::<Vec<_>>(),
+        "authorities": g.authorities.iter().map(|a| serde_json::json!({
+            "name": a.name,
+            "identity": a.identity.to_string(),
+        })).collect::<Vec<_>>(),
+    });
     let cfg = Config::new(
         g.chain_id.clone(),
         validators.clone(),
@@ -129,9 +281,7 @@ pub fn start(
         g.params.block_interval_ms,
         g.params.checkpoint_interval,
     );
-    let persisted: Option<PersistedState> = store
-        .consensus_state(PERSIST_KEY)
-        .context("reading the persisted consensus state")?;
+    let persisted = crate::replica_state::load(&store)?;
     let (exec_seq, exec_digest) = ledger.exec_point()?;
     let tip = store.tip()?.map_or(0, |t| t.height);
     if tip != exec_seq {
@@ -187,11 +337,19 @@ pub fn start(
     };
     let (status_tx, status_rx) = watch::channel(status.clone());
     let (submit_tx, submit_rx) = mpsc::channel(16_384);
+    let node_key = Arc::new(keys);
+    let access = Arc::new(Mutex::new(AccessGuard::new(loaded.config.access.clone())));
     let handle = NodeHandle {
         store: store.clone(),
         ledger: ledger.clone(),
         status: status_rx,
         submit: submit_tx.clone(),
+        chain: Arc::new(chain),
+        node_key: node_key.clone(),
+        me,
+        net: network.commands.clone(),
+        access: access.clone(),
+        own_nonce: Arc::new(AtomicU64::new(0)),
     };
     let core = Core {
         replica,
@@ -208,6 +366,10 @@ pub fn start(
         validators: validators.len() as u32,
         me,
         connected: Default::default(),
+        forward: Vec::new(),
+        node_key,
+        access,
+        missing_blobs: BTreeSet::new(),
     };
     let join = tokio::spawn(core.run(network.events, network.stats, submit_rx));
     Ok((handle, join))
@@ -228,6 +390,13 @@ struct Core {
     validators: u32,
     me: u32,
     connected: std::collections::BTreeSet<u32>,
+    /// Accepted client transactions not yet forwarded (sent when the submission queue is drained
+    /// or the batch is full, so batching adds no delay to a lone transaction).
+    forward: Vec<Vec<u8>>,
+    node_key: Arc<KeyMaterial>,
+    access: Arc<Mutex<AccessGuard>>,
+    /// Content addresses of committed records whose ciphertext this node still lacks.
+    missing_blobs: BTreeSet<Hash32>,
 }
 
 impl Core {
@@ -268,6 +437,9 @@ impl Core {
                     let Some((tx, forward, reply)) = sub else { return Ok(()) };
                     let result = self.admit(tx, forward).await;
                     let _ = reply.send(result);
+                    if submits.is_empty() || self.forward.len() >= FORWARD_BATCH {
+                        self.flush_forward().await;
+                    }
                 }
             }
             let connected = stats.borrow().connected;
@@ -284,18 +456,9 @@ impl Core {
     }
 
     async fn admit(&mut self, tx: CheckedTx, forward: bool) -> Result<(), SubmitError> {
-        self.mempool.insert(tx.id, tx.bytes.clone())?;
+        self.mempool.insert(tx.id, tx.replay_key)?;
         if forward {
-            if let Ok(parsed) =
-                <v1::Transaction as medchain_proto::Canonical>::decode_canonical(&tx.bytes)
-            {
-                let _ = self
-                    .net
-                    .send(NetCommand::Broadcast(peer_message(Body::Transaction(
-                        parsed,
-                    ))))
-                    .await;
-            }
+            self.forward.push(tx.bytes.clone());
         }
         self.step(Event::Submit(tx.bytes))
             .await
@@ -304,27 +467,55 @@ impl Core {
         Ok(())
     }
 
+    async fn flush_forward(&mut self) {
+        if self.forward.is_empty() {
+            return;
+        }
+        let transactions = std::mem::take(&mut self.forward);
+        let _ = self
+            .net
+            .send(NetCommand::Broadcast(peer_message(Body::Transactions(
+                v1::TransactionBatch { transactions },
+            ))))
+            .await;
+    }
+
     async fn on_net(&mut self, ev: NetEvent) -> Result<()> {
         match ev {
             NetEvent::Message { from, msg } => match msg.body {
                 Some(Body::Pbft(m)) => self.step(Event::Message(m)).await?,
-                Some(Body::Transaction(tx)) => {
+                Some(Body::Transactions(batch)) => {
+                    if batch.transactions.len() > FORWARD_BATCH {
+                        tracing::info!(
+                            peer = from,
+                            count = batch.transactions.len(),
+                            limit = FORWARD_BATCH,
+                            "refused a forwarded batch over the size limit"
+                        );
+                        return Ok(());
+                    }
                     // Check off the core, then queue without forwarding (the origin sends to all).
                     let ledger = self.ledger.clone();
                     let submit = self.submit_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let bytes =
-                            <v1::Transaction as medchain_proto::Canonical>::canonical_bytes(&tx);
-                        match ledger.check(&bytes) {
-                            Ok(checked) => {
-                                let (reply, _) = oneshot::channel();
-                                let _ = submit.blocking_send((checked, false, reply));
-                            }
-                            Err(e) => {
-                                tracing::debug!(peer = from, error = %e, "refused a forwarded transaction")
+                        for bytes in batch.transactions {
+                            match ledger.check(&bytes) {
+                                Ok(checked) => {
+                                    let (reply, _) = oneshot::channel();
+                                    let _ = submit.blocking_send((checked, false, reply));
+                                }
+                                Err(e) => {
+                                    tracing::info!(peer = from, error = %e, "refused a forwarded transaction")
+                                }
                             }
                         }
                     });
+                }
+                Some(Body::Blob(blob)) => self.store_blob(from, None, blob.ciphertext)?,
+                Some(Body::BlobResponse(resp)) if !resp.ciphertext.is_empty() => {
+                    if let Ok(h) = Hash32::from_slice(&resp.ciphertext_hash) {
+                        self.store_blob(from, Some(h), resp.ciphertext)?;
+                    }
                 }
                 Some(Body::BlockResponse(resp)) if !resp.blocks.is_empty() => {
                     let mut entries = Vec::new();
@@ -352,9 +543,42 @@ impl Core {
                 }
                 _ => {}
             },
-            NetEvent::BlockRequest {
+            NetEvent::Query {
                 from,
-                request,
+                msg:
+                    v1::PeerMessage {
+                        body: Some(Body::BlobRequest(req)),
+                        ..
+                    },
+                channel,
+            } => {
+                let ciphertext = match Hash32::from_slice(&req.ciphertext_hash) {
+                    Ok(h) => self.store.record(&h)?.unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                tracing::debug!(
+                    peer = from,
+                    found = !ciphertext.is_empty(),
+                    "served a blob request"
+                );
+                let _ = self
+                    .net
+                    .send(NetCommand::Respond {
+                        channel,
+                        msg: peer_message(Body::BlobResponse(v1::BlobResponse {
+                            ciphertext_hash: req.ciphertext_hash,
+                            ciphertext,
+                        })),
+                    })
+                    .await;
+            }
+            NetEvent::Query {
+                from,
+                msg:
+                    v1::PeerMessage {
+                        body: Some(Body::BlockRequest(request)),
+                        ..
+                    },
                 channel,
             } => {
                 let count = request.count.clamp(1, SYNC_BATCH) as u64;
@@ -386,6 +610,9 @@ impl Core {
                     })
                     .await;
             }
+            NetEvent::Query { from, .. } => {
+                tracing::info!(peer = from, "refused a query of an unknown kind");
+            }
             NetEvent::Connected(i) => {
                 self.connected.insert(i);
             }
@@ -401,13 +628,7 @@ impl Core {
         let actions = self.replica.handle(now_ms(), event, &*self.ledger);
         for a in actions {
             match a {
-                Action::Persist(state) => {
-                    self.store
-                        .put_consensus_state(PERSIST_KEY, &*state)
-                        .context(
-                            "persisting consensus state; refusing to send unpersisted votes",
-                        )?;
-                }
+                Action::Persist(delta) => crate::replica_state::persist(&self.store, &delta)?,
                 Action::Broadcast(m) => {
                     let _ = self
                         .net
@@ -464,7 +685,104 @@ impl Core {
         Ok(())
     }
 
+    /// Stores a ciphertext pushed by (or fetched from) a validator, under its content address.
+    /// A fetched one must be the one asked for.
+    fn store_blob(
+        &mut self,
+        from: u32,
+        expected: Option<Hash32>,
+        ciphertext: Vec<u8>,
+    ) -> Result<()> {
+        if ciphertext.len() > medchain_proto::canonical::limits::RECORD_CIPHERTEXT {
+            tracing::info!(
+                peer = from,
+                bytes = ciphertext.len(),
+                "refused an oversize record ciphertext"
+            );
+            return Ok(());
+        }
+        let address = ciphertext_address(&ciphertext);
+        if expected.is_some_and(|e| e != address) {
+            tracing::warn!(
+                peer = from,
+                "a peer answered a blob request with other bytes; ignored"
+            );
+            return Ok(());
+        }
+        if self.store.record(&address)?.is_none() {
+            self.store.put_record(&address, &ciphertext)?;
+        }
+        if self.missing_blobs.remove(&address) {
+            tracing::info!(peer = from, blob = %address, "fetched a missing record ciphertext");
+        }
+        Ok(())
+    }
+
+    /// After a block: fetch the ciphertexts of new records this node lacks, erase deleted ones,
+    /// keep or destroy this proxy's re-encryption fragments.
+    fn apply_effects(&mut self, fx: SideEffects) -> Result<()> {
+        for address in fx.new_blobs {
+            if self.store.record(&address)?.is_none() {
+                self.missing_blobs.insert(address);
+            }
+        }
+        for address in fx.erased_blobs {
+            self.missing_blobs.remove(&address);
+            self.store.delete_record(&address)?;
+            tracing::info!(blob = %address, "erased a deleted record's ciphertext");
+        }
+        for (grant_id, grant, patient) in fx.new_grants {
+            match crate::record_api::keep_fragment(
+                &self.node_key,
+                self.me,
+                &self.store,
+                &grant_id,
+                &grant,
+                &patient,
+            ) {
+                Ok(true) => {
+                    tracing::info!(grant = %grant_id, "kept this proxy's re-encryption fragment")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(grant = %grant_id, error = %e, "could not keep this proxy's fragment; reads under this grant must use another proxy")
+                }
+            }
+        }
+        for grant_id in fx.revoked_grants {
+            self.store
+                .delete_node_secret(&crate::record_api::fragment_key(&grant_id))?;
+            tracing::info!(grant = %grant_id, "destroyed this proxy's fragment of a revoked grant");
+        }
+        for id in fx.reinstated {
+            self.access
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reinstated(&id);
+        }
+        Ok(())
+    }
+
+    async fn fetch_missing_blobs(&mut self) {
+        let wanted: Vec<Hash32> = self.missing_blobs.iter().take(8).copied().collect();
+        for address in wanted {
+            let Some(peer) = self.pick_connected_peer() else {
+                return;
+            };
+            let _ = self
+                .net
+                .send(NetCommand::Send {
+                    to: peer,
+                    msg: peer_message(Body::BlobRequest(v1::BlobRequest {
+                        ciphertext_hash: address.as_bytes().to_vec(),
+                    })),
+                })
+                .await;
+        }
+    }
+
     async fn poll_blocks(&mut self) {
+        self.fetch_missing_blobs().await;
         let Some(peer) = self.pick_connected_peer() else {
             return;
         };
@@ -510,32 +828,28 @@ impl Core {
     ) -> Result<()> {
         let seq = entry.seq;
         let exec_digest = chain_state_digest(&self.exec_digest, seq, &digest);
-        let (tip, effective) = self
+        let crate::ledger::Committed {
+            tip,
+            effective,
+            seen,
+            failed,
+            effects,
+        } = self
             .ledger
             .commit(&entry, &repeats, exec_digest)
             .with_context(|| format!("writing committed block {seq}"))?;
         self.exec_digest = exec_digest;
-        for item in entry.batch.as_ref().map_or(&[][..], |b| &b.items[..]) {
-            let id = <v1::Transaction as medchain_proto::Canonical>::decode_canonical(item)
-                .ok()
-                .and_then(|t| t.body.map(|b| medchain_proto::Hashed::digest(&b)));
-            if let Some(id) = id {
-                self.mempool.remove(&id);
-            }
+        // Committed transactions leave the mempool, and so do pending ones whose signer and
+        // nonce were just used (they can no longer take effect), so it cannot fill with dead
+        // entries.
+        for (id, replay_key) in &seen {
+            self.mempool.remove_committed(id, replay_key);
         }
         self.status.committed_transactions += effective.len() as u64;
-        // Pending transactions that can no longer take effect (their nonce was used by another
-        // transaction) leave the mempool, so it cannot fill with dead entries.
-        let stale: Vec<Hash32> = self
-            .mempool
-            .iter()
-            .take(1_024)
-            .filter(|(_, bytes)| self.ledger.is_committed(bytes))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            self.mempool.remove(&id);
+        for (id, reason) in &failed {
+            tracing::info!(transaction = %id, reason, "a committed transaction was refused by the contracts");
         }
+        self.apply_effects(effects)?;
         self.status.height = tip.height;
         self.status.tip_hash = tip.hash.to_hex();
         self.status.view = self.replica.view();

@@ -7,7 +7,6 @@
 //! is bounded by C / (4 x the per-transaction cost).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use medchain_crypto::hash::domains;
 use medchain_crypto::SigningKey;
 use medchain_proto::canonical::{Canonical, Hashed};
 use medchain_proto::ledger::{make_private_slip, sign_transaction, verify_transaction};
@@ -18,19 +17,7 @@ fn tx() -> v1::Transaction {
     let patient = SigningKey::from_bytes(&[4; 32]).unwrap().identity();
     let slip = make_private_slip(
         &doctor,
-        v1::SlipContent {
-            timestamp_ms: 1,
-            record_type: "Observation".into(),
-            summary: "bench".into(),
-            doctor: doctor.identity().as_bytes().to_vec(),
-            patient: patient.as_bytes().to_vec(),
-            record_hash: medchain_crypto::digest(domains::RECORD_CONTENT, b"m")
-                .as_bytes()
-                .to_vec(),
-            encrypted_address: vec![0xA5; 48],
-            encrypted_keywords: vec![vec![0x5A; 64]],
-            replaces: vec![],
-        },
+        medchain_proto::records::sample_slip_content(&doctor.identity(), &patient, b"m"),
     );
     sign_transaction(
         &doctor,

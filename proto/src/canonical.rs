@@ -35,6 +35,12 @@ pub mod limits {
     pub const PEER_MESSAGE: usize = 32 * 1024 * 1024;
     /// Small fixed-shape messages (headers, votes, certificates).
     pub const SMALL: usize = 64 * 1024;
+    /// Largest plaintext record a client may store (DESIGN: records up to 16 MiB).
+    pub const RECORD_PLAINTEXT: usize = 16 * 1024 * 1024;
+    /// Largest stored ciphertext: the plaintext plus the capsule, tag and format header.
+    pub const RECORD_CIPHERTEXT: usize = RECORD_PLAINTEXT + 4 * 1024;
+    /// A message carrying one ciphertext and a transaction or a few small fields.
+    pub const RECORD_MESSAGE: usize = RECORD_CIPHERTEXT + TRANSACTION + 4 * 1024;
 }
 
 /// A message with a size limit and a strict decoder.
@@ -161,6 +167,20 @@ canonical!(v1::Transaction, "transaction", limits::TRANSACTION);
 canonical!(v1::Block, "block", limits::BLOCK);
 canonical!(v1::CommitCertificate, "commit certificate", limits::SMALL);
 canonical!(v1::PeerMessage, "peer message", limits::PEER_MESSAGE);
+canonical!(
+    v1::ReadRequest,
+    "read request",
+    limits::SMALL,
+    domains::READ_REQUEST
+);
+canonical!(v1::SignedReadRequest, "signed read request", limits::SMALL);
+canonical!(v1::ReadResponse, "read response", limits::RECORD_MESSAGE);
+canonical!(v1::RecordUpload, "record upload", limits::RECORD_MESSAGE);
+canonical!(
+    v1::IdentityRegistration,
+    "identity registration",
+    limits::SMALL
+);
 
 /// Decodes a peer message and checks its version.
 pub fn decode_peer_message(bytes: &[u8]) -> Result<v1::PeerMessage, ProtoError> {

@@ -91,7 +91,10 @@ fn verify_payload(body: &v1::TransactionBody) -> Result<(), ProtoError> {
             kind: "transaction",
             field: "body.payload",
         }),
-        Some(Payload::PrivateSlip(slip)) => verify_private_slip(slip).map(|_| ()),
+        Some(Payload::PrivateSlip(slip)) => {
+            verify_private_slip(slip)?;
+            crate::records::check_slip_fields(slip.content.as_ref().expect("checked above"))
+        }
         Some(Payload::PatientConfirmation(c)) => {
             hash("patient confirmation", "slip_id", &c.slip_id)?;
             signature(
@@ -102,6 +105,7 @@ fn verify_payload(body: &v1::TransactionBody) -> Result<(), ProtoError> {
             Ok(())
         }
         Some(Payload::ConsortiumSlip(slip)) => verify_consortium_slip(slip),
+        Some(other) => crate::records::check_payload(other),
     }
 }
 

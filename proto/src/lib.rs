@@ -10,6 +10,7 @@ pub mod dpos;
 pub mod error;
 pub mod ledger;
 pub mod pbft;
+pub mod records;
 
 /// Generated message types (package `medchain.v1`).
 #[allow(clippy::all, missing_docs, missing_debug_implementations)]

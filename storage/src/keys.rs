@@ -10,8 +10,11 @@ pub const CF_PATIENT_INDEX: &str = "patient_index";
 pub const CF_CHAIN_STATE: &str = "chain_state";
 pub const CF_CONSENSUS_STATE: &str = "consensus_state";
 pub const CF_RECORDS: &str = "records";
+/// This node's own secrets derived from the chain (a proxy's re-encryption key fragments); never
+/// served to peers.
+pub const CF_NODE_SECRETS: &str = "node_secrets";
 
-pub const ALL_CFS: [&str; 9] = [
+pub const ALL_CFS: [&str; 10] = [
     CF_META,
     CF_BLOCKS,
     CF_BLOCK_HASHES,
@@ -21,6 +24,7 @@ pub const ALL_CFS: [&str; 9] = [
     CF_CHAIN_STATE,
     CF_CONSENSUS_STATE,
     CF_RECORDS,
+    CF_NODE_SECRETS,
 ];
 
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";

@@ -18,7 +18,7 @@ use crate::lock::DirLock;
 use crate::StoreError;
 
 /// Version of the on-disk layout. Bump it whenever a column family or key layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The last committed block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +45,37 @@ impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
     }
+}
+
+/// Consensus-state writes to apply together with [`Store::write_consensus`]. Values are encoded
+/// with bincode here, the one encoding of consensus state on disk.
+#[derive(Debug, Default)]
+pub struct ConsensusChanges {
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    delete_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ConsensusChanges {
+    pub fn put<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard())
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.puts.push((key.to_vec(), bytes));
+        Ok(())
+    }
+
+    /// Deletes the keys in `[from, to)`; applied before the puts of the same write.
+    pub fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+        self.delete_ranges.push((from.to_vec(), to.to_vec()));
+    }
+}
+
+fn decode_consensus<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt {
+            what: format!("consensus state {:?}", String::from_utf8_lossy(key)),
+            reason: e.to_string(),
+        })
 }
 
 fn synced() -> WriteOptions {
@@ -159,12 +190,15 @@ impl Store {
     /// (`None` deletes the key) computed by executing the block. `skipped` lists the positions of
     /// transactions the ledger did not execute (repeats of earlier ones, which consensus may order
     /// twice): they stay in the block, whose certificate covers them, but are not indexed, so an
-    /// index always points at a transaction's first, effective occurrence.
+    /// index always points at a transaction's first, effective occurrence. `failed` lists the
+    /// positions of transactions that were executed but refused by a ledger rule: they are indexed
+    /// by ID (so a client can learn the outcome) but not by what they would have written.
     pub fn commit_block(
         &self,
         block: &v1::Block,
         state: &[(Vec<u8>, Option<Vec<u8>>)],
         skipped: &[u32],
+        failed: &[u32],
     ) -> Result<ChainTip, StoreError> {
         let hash = verify_block_structure(block)?;
         let header = block
@@ -212,6 +246,9 @@ impl Store {
                 continue;
             };
             batch.put_cf(self.cf(CF_TRANSACTIONS), body.digest().as_bytes(), location);
+            if failed.contains(&index) {
+                continue;
+            }
             if let Some(Payload::PrivateSlip(slip)) = &body.payload {
                 // The node verified every signature when it accepted the transaction.
                 let parties = slip_parties(slip)?;
@@ -326,21 +363,67 @@ impl Store {
         Ok(self.db.get_cf(self.cf(CF_CHAIN_STATE), key)?)
     }
 
-    /// Durably records consensus state (e.g. what this replica voted). Returns only once the
-    /// write is synced, so the caller may then send the vote.
+    /// Chain-state entries whose key starts with `prefix`, in key order, at most `limit`.
+    pub fn chain_state_prefix(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_CHAIN_STATE),
+            IteratorMode::From(prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Keeps one of this node's secrets (synced).
+    pub fn put_node_secret(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .put_cf_opt(self.cf(CF_NODE_SECRETS), key, value, &synced())?;
+        Ok(())
+    }
+
+    pub fn node_secret(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_NODE_SECRETS), key)?)
+    }
+
+    /// Destroys one of this node's secrets (synced).
+    pub fn delete_node_secret(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .delete_cf_opt(self.cf(CF_NODE_SECRETS), key, &synced())?;
+        Ok(())
+    }
+
+    /// Durably records one piece of consensus state (e.g. what this replica voted). Returns only
+    /// once the write is synced, so the caller may then send the vote.
     pub fn put_consensus_state<T: Serialize>(
         &self,
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let bytes = bincode::serde::encode_to_vec(value, bincode::config::standard())
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
-        self.db.put_cf_opt(
-            self.cf(CF_CONSENSUS_STATE),
-            key.as_bytes(),
-            bytes,
-            &synced(),
-        )?;
+        let mut changes = ConsensusChanges::default();
+        changes.put(key.as_bytes(), value)?;
+        self.write_consensus(changes)
+    }
+
+    /// Applies a set of consensus-state changes atomically; returns once they are synced.
+    pub fn write_consensus(&self, changes: ConsensusChanges) -> Result<(), StoreError> {
+        let cf = self.cf(CF_CONSENSUS_STATE);
+        let mut batch = WriteBatch::default();
+        for (from, to) in &changes.delete_ranges {
+            batch.delete_range_cf(cf, from, to);
+        }
+        for (k, v) in &changes.puts {
+            batch.put_cf(cf, k, v);
+        }
+        self.db.write_opt(batch, &synced())?;
         Ok(())
     }
 
@@ -351,12 +434,28 @@ impl Store {
         else {
             return Ok(None);
         };
-        bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
-            .map(|(v, _)| Some(v))
-            .map_err(|e| StoreError::Corrupt {
-                what: format!("consensus state {key:?}"),
-                reason: e.to_string(),
-            })
+        decode_consensus(key.as_bytes(), &bytes).map(Some)
+    }
+
+    /// Every consensus-state record whose key starts with `prefix`, in key order.
+    pub fn consensus_records<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_CONSENSUS_STATE),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let value = decode_consensus(&k, &v)?;
+            out.push((k.into_vec(), value));
+        }
+        Ok(out)
     }
 
     /// Stores an encrypted record blob under its content hash (content-addressed).

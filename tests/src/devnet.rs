@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use medchain_crypto::hash::domains;
-use medchain_crypto::SigningKey;
+use medchain_crypto::keys::KeyMaterial;
 use medchain_proto::canonical::{Canonical, Hashed};
-use medchain_proto::ledger::{make_private_slip, sign_transaction};
+use medchain_proto::ledger::sign_transaction;
 use medchain_proto::v1;
 use serde_json::Value;
 
@@ -33,33 +33,36 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<
     Some((status, body))
 }
 
-/// A signed record-write transaction (private slip) of `doctor` with `nonce`.
-pub fn slip_tx(chain_id: &str, doctor: &SigningKey, nonce: u64) -> v1::Transaction {
-    let patient = SigningKey::from_bytes(&[7; 32]).expect("valid").identity();
-    let slip = make_private_slip(
-        doctor,
-        v1::SlipContent {
-            timestamp_ms: 1_700_000_000_000 + nonce,
-            record_type: "Observation".into(),
-            summary: format!("e2e record {nonce}"),
-            doctor: doctor.identity().as_bytes().to_vec(),
-            patient: patient.as_bytes().to_vec(),
-            record_hash: medchain_crypto::digest(domains::RECORD_CONTENT, &nonce.to_be_bytes())
-                .as_bytes()
-                .to_vec(),
-            encrypted_address: vec![1; 32],
-            encrypted_keywords: vec![vec![2; 48]],
-            replaces: vec![],
-        },
-    );
+/// The registration of a fresh participant (derived from `participant`) by `authority` with
+/// `nonce`: a real transaction every node checks (two signatures: the authority's and the
+/// participant's key binding) and executes.
+pub fn registration_tx(
+    chain_id: &str,
+    authority: &KeyMaterial,
+    nonce: u64,
+    participant: u64,
+) -> v1::Transaction {
+    let seed = medchain_crypto::digest(domains::DERIVE_SIGNING_KEY, &participant.to_be_bytes());
+    let binding = KeyMaterial::from_seed(seed.as_bytes())
+        .expect("32 bytes")
+        .key_binding();
     sign_transaction(
-        doctor,
+        &authority.signing_key(),
         v1::TransactionBody {
             chain_id: chain_id.into(),
             signer: vec![],
             nonce,
             timestamp_ms: 1_700_000_000_000 + nonce,
-            payload: Some(v1::transaction_body::Payload::PrivateSlip(slip)),
+            payload: Some(v1::transaction_body::Payload::IdentityRegistration(
+                v1::IdentityRegistration {
+                    identity: binding.identity.as_bytes().to_vec(),
+                    encryption_key: binding.encryption_key.to_bytes(),
+                    search_key: binding.search_key.to_bytes().to_vec(),
+                    binding_signature: binding.signature.as_bytes().to_vec(),
+                    role: v1::Role::Patient as i32,
+                    name: format!("e2e patient {participant}"),
+                },
+            )),
         },
     )
 }
@@ -103,6 +106,12 @@ impl Devnet {
                 .collect(),
             children: (0..n).map(|_| None).collect(),
         }
+    }
+
+    /// The devnet's registration authority (its plaintext key beside the node folders).
+    pub fn authority(&self) -> KeyMaterial {
+        medchain_crypto::keystore::read_key_file(&self.dir.join("authority.key"), None)
+            .expect("init --devnet writes authority.key")
     }
 
     pub fn home(&self, i: usize) -> PathBuf {

@@ -127,9 +127,14 @@ fn init_writes_a_home_that_checks_after_adding_validators() {
         "{err}"
     );
 
-    // Add three more replicas' identities, as an operator would.
+    assert!(
+        err.contains("`authorities`") && err.contains("nobody could register"),
+        "{err}"
+    );
+
+    // Add three more replicas' identities and a registration authority, as an operator would.
     let mut genesis = std::fs::read_to_string(home.join("genesis.toml")).unwrap();
-    for i in 1..4 {
+    for i in 1..5 {
         let key = dir.path().join(format!("n{i}.key"));
         let out = medchain(&[
             "keygen",
@@ -146,10 +151,16 @@ fn init_writes_a_home_that_checks_after_adding_validators() {
             .nth(1)
             .unwrap()
             .to_string();
-        genesis.push_str(&format!(
-            "\n[[validators]]\nname = \"node{i}\"\nidentity = \"{id}\"\naddress = \"/ip4/127.0.0.1/tcp/{}\"\n",
-            26656 + i
-        ));
+        if i == 4 {
+            genesis.push_str(&format!(
+                "\n[[authorities]]\nname = \"records office\"\nidentity = \"{id}\"\n"
+            ));
+        } else {
+            genesis.push_str(&format!(
+                "\n[[validators]]\nname = \"node{i}\"\nidentity = \"{id}\"\naddress = \"/ip4/127.0.0.1/tcp/{}\"\n",
+                26656 + i
+            ));
+        }
     }
     std::fs::write(home.join("genesis.toml"), genesis).unwrap();
     let out = medchain(&["config", "check", "--home", home.to_str().unwrap()]);

@@ -9,28 +9,22 @@
 
 use std::collections::BTreeSet;
 
-use medchain_crypto::SigningKey;
-use medchain_tests::devnet::{slip_tx, tx_id, Devnet};
+use medchain_crypto::keys::KeyMaterial;
+use medchain_tests::devnet::{registration_tx, tx_id, Devnet};
 
 const CHAIN: &str = "hospital-dev";
 
-fn doctor(n: u8) -> SigningKey {
-    let mut b = [0u8; 32];
-    b[0] = 0x44;
-    b[31] = n;
-    SigningKey::from_bytes(&b).unwrap()
-}
-
-/// Submits `count` fresh transactions spread over the live nodes; returns the accepted ids.
+/// Submits fresh transactions (the authority registering one new participant per nonce) spread
+/// over the live nodes; returns the accepted ids.
 fn submit(
     net: &Devnet,
     live: &[usize],
-    key: &SigningKey,
+    key: &KeyMaterial,
     nonces: std::ops::Range<u64>,
 ) -> Vec<String> {
     let mut ids = Vec::new();
     for (k, nonce) in nonces.enumerate() {
-        let tx = slip_tx(CHAIN, key, nonce);
+        let tx = registration_tx(CHAIN, key, nonce, nonce);
         let node = live[k % live.len()];
         let (code, body) = net.submit(node, &tx);
         assert_eq!(code, 202, "node{node} refused a valid transaction: {body}");
@@ -79,7 +73,8 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     let mut accepted: Vec<String> = Vec::new();
 
     // 1. 1,000 transactions, identical chains.
-    accepted.extend(submit(&net, &all, &doctor(1), 1..1_001));
+    let authority = net.authority();
+    accepted.extend(submit(&net, &all, &authority, 1..1_001));
     assert!(
         net.wait(180, |n| all.iter().all(|&i| n.committed(i) == 1_000)),
         "not all 1,000 committed everywhere: {:?}",
@@ -92,7 +87,7 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     let backup = (p + 1) % 4;
     net.kill(backup);
     let live: Vec<usize> = all.iter().copied().filter(|i| *i != backup).collect();
-    accepted.extend(submit(&net, &live, &doctor(2), 1..201));
+    accepted.extend(submit(&net, &live, &authority, 1_001..1_201));
     assert!(
         net.wait(120, |n| live.iter().all(|&i| n.committed(i) == 1_200)),
         "the chain stopped without a backup"
@@ -109,7 +104,7 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     let p = primary(&net, backup);
     net.kill(p);
     let live: Vec<usize> = all.iter().copied().filter(|i| *i != p).collect();
-    accepted.extend(submit(&net, &live, &doctor(3), 1..201));
+    accepted.extend(submit(&net, &live, &authority, 1_201..1_401));
     assert!(
         net.wait(180, |n| live.iter().all(|&i| n.committed(i) == 1_400)),
         "the chain stopped without its primary: {:?}",
@@ -135,7 +130,9 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     let mixed = format!("{}\n\n[[validators]]{own_entry}", real_genesis.trim_end());
     std::fs::write(outsider.home(4).join("genesis.toml"), mixed).unwrap();
     outsider.start(4);
-    let intruder_tx = slip_tx(CHAIN, &doctor(9), 1);
+    // The outsider's genesis also lists its own devnet's authority: it accepts that one's
+    // registrations, and nothing it holds may reach the real validators.
+    let intruder_tx = registration_tx(CHAIN, &outsider.authority(), 1, 9_999);
     assert!(
         outsider.wait(20, |o| o.submit(4, &intruder_tx).0 == 202),
         "the outsider's own API did not take its transaction:\n{}",

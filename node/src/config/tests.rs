@@ -16,12 +16,14 @@ fn home(development: bool) -> (tempfile::TempDir, Identity) {
         name: "node0".into(),
         identity: id,
         address: "/ip4/127.0.0.1/tcp/26656".into(),
+        encryption_key: Some(hex::encode(keys.encryption_key().public_key().to_bytes())),
     }];
     for i in 1..4 {
         validators.push(GenesisValidator {
             name: format!("node{i}"),
             identity: KeyMaterial::generate().signing_key().identity(),
             address: format!("/ip4/127.0.0.1/tcp/{}", 26656 + i),
+            encryption_key: None,
         });
     }
     let genesis = Genesis {
@@ -30,6 +32,10 @@ fn home(development: bool) -> (tempfile::TempDir, Identity) {
         genesis_time_ms: 1,
         params: ChainParams::default(),
         validators,
+        authorities: vec![GenesisAuthority {
+            name: "records office".into(),
+            identity: KeyMaterial::generate().signing_key().identity(),
+        }],
     };
     std::fs::write(
         dir.path().join("genesis.toml"),
@@ -50,6 +56,7 @@ fn home(development: bool) -> (tempfile::TempDir, Identity) {
             listen: "127.0.0.1:8545".into(),
         },
         log: LogConfig::default(),
+        access: AccessConfig::default(),
     };
     std::fs::write(
         dir.path().join(CONFIG_FILE),

@@ -15,17 +15,8 @@ fn slip(doctor: &SigningKey, patient: &SigningKey) -> v1::PrivateSlip {
     make_private_slip(
         doctor,
         v1::SlipContent {
-            timestamp_ms: 1_700_000_000_000,
-            record_type: "Observation".into(),
             summary: "blood pressure".into(),
-            doctor: doctor.identity().as_bytes().to_vec(),
-            patient: patient.identity().as_bytes().to_vec(),
-            record_hash: medchain_crypto::record::record_hash(b"M")
-                .as_bytes()
-                .to_vec(),
-            encrypted_address: vec![1, 2, 3],
-            encrypted_keywords: vec![vec![9; 48]],
-            replaces: vec![],
+            ..crate::records::sample_slip_content(&doctor.identity(), &patient.identity(), b"M")
         },
     )
 }

@@ -19,16 +19,12 @@ fn slip_tx(doctor: &SigningKey, patient: &SigningKey, nonce: u64) -> v1::Transac
         doctor,
         v1::SlipContent {
             timestamp_ms: nonce,
-            record_type: "Observation".into(),
             summary: format!("record {nonce}"),
-            doctor: doctor.identity().as_bytes().to_vec(),
-            patient: patient.identity().as_bytes().to_vec(),
-            record_hash: medchain_crypto::digest(domains::RECORD_CONTENT, &nonce.to_be_bytes())
-                .as_bytes()
-                .to_vec(),
-            encrypted_address: vec![],
-            encrypted_keywords: vec![],
-            replaces: vec![],
+            ..medchain_proto::records::sample_slip_content(
+                &doctor.identity(),
+                &patient.identity(),
+                &nonce.to_be_bytes(),
+            )
         },
     );
     sign_transaction(
@@ -61,11 +57,11 @@ fn commit_and_read_back() {
     let t2 = slip_tx(&doctor, &patient, 2);
     let b1 = next_block(&store, vec![t1.clone()]);
     let tip1 = store
-        .commit_block(&b1, &[(b"k".to_vec(), Some(b"v".to_vec()))], &[])
+        .commit_block(&b1, &[(b"k".to_vec(), Some(b"v".to_vec()))], &[], &[])
         .unwrap();
     let b2 = next_block(&store, vec![t2.clone()]);
     let tip2 = store
-        .commit_block(&b2, &[(b"k".to_vec(), None)], &[])
+        .commit_block(&b2, &[(b"k".to_vec(), None)], &[], &[])
         .unwrap();
     assert_eq!(tip2.height, 2);
     assert_eq!(store.tip().unwrap(), Some(tip2));
@@ -100,7 +96,7 @@ fn refuses_gaps_forks_and_invalid_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let b1 = next_block(&store, vec![]);
-    store.commit_block(&b1, &[], &[]).unwrap();
+    store.commit_block(&b1, &[], &[], &[]).unwrap();
 
     let gap = make_block(
         &validators(),
@@ -111,7 +107,7 @@ fn refuses_gaps_forks_and_invalid_blocks() {
         vec![],
     );
     assert!(matches!(
-        store.commit_block(&gap, &[], &[]),
+        store.commit_block(&gap, &[], &[], &[]),
         Err(StoreError::NotNextHeight {
             expected: 2,
             got: 3
@@ -119,13 +115,13 @@ fn refuses_gaps_forks_and_invalid_blocks() {
     ));
     let fork = make_block(&validators(), "h", 2, Hash32([7; 32]), 2, vec![]);
     assert!(matches!(
-        store.commit_block(&fork, &[], &[]),
+        store.commit_block(&fork, &[], &[], &[]),
         Err(StoreError::WrongParent { height: 2, .. })
     ));
     let mut forged = next_block(&store, vec![]);
     forged.header.as_mut().unwrap().timestamp_ms += 1;
     assert!(matches!(
-        store.commit_block(&forged, &[], &[]),
+        store.commit_block(&forged, &[], &[], &[]),
         Err(StoreError::InvalidBlock(_))
     ));
     assert_eq!(
@@ -153,6 +149,31 @@ fn consensus_state_and_records_survive_reopen() {
     assert_eq!(store.record(&blob_hash).unwrap().unwrap(), b"ciphertext");
     store.delete_record(&blob_hash).unwrap();
     assert!(store.record(&blob_hash).unwrap().is_none());
+}
+
+#[test]
+fn consensus_changes_apply_together_and_ranges_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let slot = |seq: u64| [b"slot/".as_slice(), &seq.to_be_bytes()].concat();
+    let mut c = crate::ConsensusChanges::default();
+    for seq in 1..=5u64 {
+        c.put(&slot(seq), &seq).unwrap();
+    }
+    c.put(b"header", &7u64).unwrap();
+    store.write_consensus(c).unwrap();
+    let mut c = crate::ConsensusChanges::default();
+    c.delete_range(&slot(0), &slot(3));
+    c.put(&slot(5), &50u64).unwrap();
+    store.write_consensus(c).unwrap();
+    let slots: Vec<u64> = store
+        .consensus_records::<u64>(b"slot/")
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(slots, vec![3, 4, 50]);
+    assert_eq!(store.consensus_state::<u64>("header").unwrap(), Some(7));
 }
 
 #[test]
@@ -202,7 +223,7 @@ fn crash_child_helper() {
             format!("height-{height}").into_bytes(),
             Some(vec![1u8; 512]),
         )];
-        store.commit_block(&block, &state, &[]).unwrap();
+        store.commit_block(&block, &state, &[], &[]).unwrap();
         println!("committed {height}");
     }
 }
@@ -311,11 +332,11 @@ fn skipped_repeats_keep_the_first_location() {
     let (doctor, patient) = (key(2), key(3));
     let t1 = slip_tx(&doctor, &patient, 1);
     let b1 = next_block(&store, vec![t1.clone()]);
-    store.commit_block(&b1, &[], &[]).unwrap();
+    store.commit_block(&b1, &[], &[], &[]).unwrap();
     // Consensus ordered t1 again at height 2; the ledger skips it, so its index stays at height 1.
     let t2 = slip_tx(&doctor, &patient, 2);
     let b2 = next_block(&store, vec![t1.clone(), t2.clone()]);
-    store.commit_block(&b2, &[], &[0]).unwrap();
+    store.commit_block(&b2, &[], &[0], &[]).unwrap();
     let id1 = t1.body.as_ref().unwrap().digest();
     let id2 = t2.body.as_ref().unwrap().digest();
     assert_eq!(

@@ -1,0 +1,496 @@
+//! The client subcommands: `identity`, `record`, `consent`, `audit`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use medchain_crypto::keys::KeyMaterial;
+use medchain_crypto::{Hash32, Identity};
+use medchain_proto::v1::{self, transaction_body::Payload};
+use serde_json::Value;
+
+use super::consent::{build_grant, parse_actions, parse_scope, parse_time};
+use super::records::{build_record_write, record_type_of, RecordInput};
+use super::{fresh_nonce, load_key, now_ms, Client, KeyCard};
+use crate::cli::{AuditArgs, ClientArgs, ConsentCommand, IdentityCommand, RecordCommand, RoleArg};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn key(args: &ClientArgs) -> Result<KeyMaterial> {
+    let path = args
+        .key
+        .as_ref()
+        .ok_or_else(|| anyhow!("this command signs: give --key FILE (or set MEDCHAIN_KEY)"))?;
+    load_key(path, args.password_file.as_deref())
+}
+
+fn identity_arg(text: &str) -> Result<Identity> {
+    text.parse::<Identity>()
+        .map_err(|e| anyhow!("{text:?} is not an identity: {e}"))
+}
+
+fn hash_arg(text: &str, what: &str) -> Result<Hash32> {
+    Hash32::from_hex(text).map_err(|_| anyhow!("{what} {text:?} must be 64 hex characters"))
+}
+
+/// The identity to act on: the one given, else the owner of `--key`.
+fn subject(given: Option<&str>, args: &ClientArgs, what: &str) -> Result<Identity> {
+    match given {
+        Some(t) => identity_arg(t),
+        None if args.key.is_some() => Ok(key(args)?.signing_key().identity()),
+        None => bail!("give --{what} ID or --key FILE"),
+    }
+}
+
+fn time_text(ms: u64) -> String {
+    let secs = (ms / 1_000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+pub fn identity(cmd: IdentityCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            IdentityCommand::Register {
+                card,
+                role,
+                name,
+                client: args,
+            } => {
+                let authority = key(&args)?;
+                let card = KeyCard::read(&card)?;
+                let role = match role {
+                    RoleArg::Patient => v1::Role::Patient,
+                    RoleArg::Doctor => v1::Role::Doctor,
+                };
+                let reg = card.registration(role, &name)?;
+                let mut c = Client::connect(&args.node).await?;
+                let tx = c.sign(&authority, Payload::IdentityRegistration(reg));
+                let (_, v) = c.submit_and_wait(&tx).await?;
+                println!(
+                    "registered {} {name:?} as {} at height {}",
+                    card.identity,
+                    match role {
+                        v1::Role::Doctor => "doctor",
+                        _ => "patient",
+                    },
+                    v["height"]
+                );
+            }
+            IdentityCommand::Show {
+                identity,
+                client: args,
+            } => {
+                let id = subject(identity.as_deref(), &args, "identity")?;
+                let mut c = Client::connect(&args.node).await?;
+                let info = c
+                    .get(&format!("/v1/identities/{id}"))
+                    .await?
+                    .ok_or_else(|| {
+                        anyhow!("{id} is not registered on chain {}", c.chain.chain_id)
+                    })?;
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            }
+            IdentityCommand::Suspend {
+                identity,
+                reason,
+                client: args,
+            } => {
+                let authority = key(&args)?;
+                let id = identity_arg(&identity)?;
+                let mut c = Client::connect(&args.node).await?;
+                let tx = c.sign(
+                    &authority,
+                    Payload::Suspension(v1::Suspension {
+                        identity: id.as_bytes().to_vec(),
+                        reason,
+                    }),
+                );
+                let (_, v) = c.submit_and_wait(&tx).await?;
+                println!("suspended {id} at height {}", v["height"]);
+            }
+            IdentityCommand::Reinstate {
+                identity,
+                client: args,
+            } => {
+                let authority = key(&args)?;
+                let id = identity_arg(&identity)?;
+                let mut c = Client::connect(&args.node).await?;
+                let tx = c.sign(
+                    &authority,
+                    Payload::SuspensionLift(v1::SuspensionLift {
+                        identity: id.as_bytes().to_vec(),
+                    }),
+                );
+                let (_, v) = c.submit_and_wait(&tx).await?;
+                println!("reinstated {id} at height {}", v["height"]);
+            }
+        }
+        Ok(())
+    })
+}
+
+fn print_record(v: &Value) {
+    let s = &v["slip"];
+    let state = if !s["deleted_height"].is_null() {
+        format!("deleted at height {}", s["deleted_height"])
+    } else if !s["confirmed_height"].is_null() {
+        format!("confirmed at height {}", s["confirmed_height"])
+    } else {
+        "awaiting the patient's confirmation".into()
+    };
+    println!(
+        "{}  {}  height {}  doctor {}  {}",
+        s["slip_id"].as_str().unwrap_or_default(),
+        s["record_type"].as_str().unwrap_or_default(),
+        s["height"],
+        s["doctor"].as_str().unwrap_or_default(),
+        state
+    );
+}
+
+pub fn record(cmd: RecordCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            RecordCommand::Add {
+                patient,
+                record_type,
+                file,
+                keywords,
+                summary,
+                replaces,
+                client: args,
+            } => {
+                let doctor = key(&args)?;
+                let patient = identity_arg(&patient)?;
+                let meta = std::fs::metadata(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                if meta.len() as usize > medchain_proto::canonical::limits::RECORD_PLAINTEXT {
+                    bail!(
+                        "{} is {} bytes; records are limited to {} bytes (16 MiB)",
+                        file.display(),
+                        meta.len(),
+                        medchain_proto::canonical::limits::RECORD_PLAINTEXT
+                    );
+                }
+                let plaintext =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let record_type = record_type_of(&plaintext, record_type.as_deref())?;
+                let replaces = replaces.map(|r| hash_arg(&r, "--replaces")).transpose()?;
+                let mut c = Client::connect(&args.node).await?;
+                let keys = c.patient_keys(&patient).await?;
+                let w = build_record_write(
+                    &c.chain.chain_id.clone(),
+                    &doctor,
+                    &keys,
+                    &RecordInput {
+                        plaintext,
+                        record_type: record_type.clone(),
+                        summary,
+                        keywords,
+                        replaces,
+                    },
+                    fresh_nonce(),
+                    now_ms(),
+                )?;
+                let slip = c.upload_record(&w).await?;
+                println!("{slip}");
+                eprintln!(
+                    "record {slip} ({record_type}, {} bytes encrypted) written for {patient}; it awaits the patient's confirmation",
+                    w.ciphertext.len()
+                );
+            }
+            RecordCommand::Confirm { slip, client: args } => {
+                let patient = key(&args)?;
+                let slip = hash_arg(&slip, "slip")?;
+                let mut c = Client::connect(&args.node).await?;
+                let plaintext = c.confirm(&patient, &slip).await?;
+                println!(
+                    "confirmed record {slip} ({} bytes, doctor's signature and H(M) checked)",
+                    plaintext.len()
+                );
+            }
+            RecordCommand::Pending { patient, client: args } => {
+                let id = subject(patient.as_deref(), &args, "patient")?;
+                let mut c = Client::connect(&args.node).await?;
+                let v = c
+                    .get(&format!("/v1/patients/{id}/records?pending=true"))
+                    .await?
+                    .unwrap_or_default();
+                let list = v["records"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no records await confirmation by {id}");
+                }
+                for r in list {
+                    print_record(&serde_json::json!({ "slip": r }));
+                }
+            }
+            RecordCommand::Get { slip, out, client: args } => {
+                let reader = key(&args)?;
+                let slip = hash_arg(&slip, "slip")?;
+                let mut c = Client::connect(&args.node).await?;
+                let plaintext = c.read(&reader, &slip).await?;
+                std::fs::write(&out, &plaintext)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                println!(
+                    "record {slip}: {} bytes written to {} (hash checked against the chain)",
+                    plaintext.len(),
+                    out.display()
+                );
+            }
+            RecordCommand::Verify { slip, client: args } => {
+                let slip = hash_arg(&slip, "slip")?;
+                let mut c = Client::connect(&args.node).await?;
+                let v = c
+                    .get(&format!("/v1/records/{slip}/verify"))
+                    .await?
+                    .ok_or_else(|| anyhow!("record {slip} does not exist"))?;
+                let status = v["status"].as_str().unwrap_or_default().to_string();
+                println!(
+                    "record {slip} on node {}: stored ciphertext {status} (chain {}, stored {})",
+                    v["node"].as_str().unwrap_or_default(),
+                    v["ciphertext_hash_on_chain"].as_str().unwrap_or_default(),
+                    v["ciphertext_hash_stored"].as_str().unwrap_or("-")
+                );
+                if status == "intact" && args.key.is_some() {
+                    let reader = key(&args)?;
+                    c.read(&reader, &slip).await?;
+                    println!("plaintext hash matches H(M) on chain");
+                }
+                if status != "intact" {
+                    bail!("record {slip} failed the tamper check: {status}");
+                }
+            }
+            RecordCommand::Delete { slip, reason, client: args } => {
+                let k = key(&args)?;
+                let slip = hash_arg(&slip, "slip")?;
+                let mut c = Client::connect(&args.node).await?;
+                let tx = c.sign(
+                    &k,
+                    Payload::RecordDeletion(v1::RecordDeletion {
+                        slip_id: slip.as_bytes().to_vec(),
+                        reason,
+                    }),
+                );
+                let (_, v) = c.submit_and_wait(&tx).await?;
+                println!(
+                    "record {slip} deleted at height {}: its ciphertext is erased on every node; the slip and its history stay",
+                    v["height"]
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn consent(cmd: ConsentCommand) -> Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            ConsentCommand::Grant { to, scope, actions, until, client: args } => {
+                let patient = key(&args)?;
+                let grantee = identity_arg(&to)?;
+                let mut c = Client::connect(&args.node).await?;
+                let grantee_key = c.identity(&grantee).await?.encryption_key()?;
+                let grant = build_grant(
+                    &c.chain,
+                    &patient,
+                    &grantee,
+                    &grantee_key,
+                    parse_scope(&scope)?,
+                    parse_actions(&actions)?,
+                    parse_time(&until, now_ms())?,
+                    None,
+                    1,
+                )?;
+                let tx = c.sign(&patient, Payload::ConsentGrant(grant));
+                let (id, v) = c.submit_and_wait(&tx).await?;
+                println!("{id}");
+                eprintln!("grant {id} to {grantee} on {scope} ({actions}) committed at height {}", v["height"]);
+            }
+            ConsentCommand::Request { patient, scope, actions, until, purpose, client: args } => {
+                let me = key(&args)?;
+                let patient = identity_arg(&patient)?;
+                let mut c = Client::connect(&args.node).await?;
+                let tx = c.sign(
+                    &me,
+                    Payload::ConsentRequest(v1::ConsentRequest {
+                        patient: patient.as_bytes().to_vec(),
+                        scope: Some(parse_scope(&scope)?),
+                        actions: parse_actions(&actions)?,
+                        expires_ms: parse_time(&until, now_ms())?,
+                        purpose,
+                    }),
+                );
+                let (id, v) = c.submit_and_wait(&tx).await?;
+                println!("{id}");
+                eprintln!("request {id} to {patient} committed at height {}", v["height"]);
+            }
+            ConsentCommand::Approve { request, client: args } => {
+                let patient = key(&args)?;
+                let req_id = hash_arg(&request, "request")?;
+                let mut c = Client::connect(&args.node).await?;
+                let me = patient.signing_key().identity();
+                let list = c.get(&format!("/v1/consent?patient={me}")).await?.unwrap_or_default();
+                let req = list["requests"]
+                    .as_array()
+                    .and_then(|rs| rs.iter().find(|r| r["request"] == req_id.to_hex()))
+                    .cloned()
+                    .ok_or_else(|| anyhow!("request {req_id} is not one of yours"))?;
+                if req["status"] != "open" {
+                    bail!("request {req_id} is {}, not open", req["status"]);
+                }
+                let requester = identity_arg(req["requester"].as_str().unwrap_or_default())?;
+                let requester_key = c.identity(&requester).await?.encryption_key()?;
+                let actions = req["actions"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default();
+                let grant = build_grant(
+                    &c.chain,
+                    &patient,
+                    &requester,
+                    &requester_key,
+                    parse_scope(req["scope"].as_str().unwrap_or_default())?,
+                    parse_actions(&actions)?,
+                    req["expires_ms"].as_u64().unwrap_or_default(),
+                    Some(req_id),
+                    1,
+                )?;
+                let tx = c.sign(&patient, Payload::ConsentGrant(grant));
+                let (id, v) = c.submit_and_wait(&tx).await?;
+                println!("{id}");
+                eprintln!(
+                    "approved request {req_id}: grant {id} to {requester} on {} ({actions}) until {} committed at height {}",
+                    req["scope"].as_str().unwrap_or_default(),
+                    time_text(req["expires_ms"].as_u64().unwrap_or_default()),
+                    v["height"]
+                );
+            }
+            ConsentCommand::Deny { request, reason, client: args } => {
+                let patient = key(&args)?;
+                let req_id = hash_arg(&request, "request")?;
+                let mut c = Client::connect(&args.node).await?;
+                let tx = c.sign(
+                    &patient,
+                    Payload::ConsentDenial(v1::ConsentDenial {
+                        request: req_id.as_bytes().to_vec(),
+                        reason,
+                    }),
+                );
+                let (_, v) = c.submit_and_wait(&tx).await?;
+                println!("denied request {req_id} at height {}", v["height"]);
+            }
+            ConsentCommand::Revoke { grant, client: args } => {
+                let patient = key(&args)?;
+                let grant_id = hash_arg(&grant, "grant")?;
+                let mut c = Client::connect(&args.node).await?;
+                let tx = c.sign(
+                    &patient,
+                    Payload::ConsentRevocation(v1::ConsentRevocation {
+                        grant: grant_id.as_bytes().to_vec(),
+                    }),
+                );
+                let (_, v) = c.submit_and_wait(&tx).await?;
+                println!(
+                    "revoked grant {grant_id} at height {}; the proxies destroy their fragments",
+                    v["height"]
+                );
+            }
+            ConsentCommand::List { patient, grantee, client: args } => {
+                let query = match (patient, grantee) {
+                    (Some(p), None) => format!("patient={}", identity_arg(&p)?),
+                    (None, Some(g)) => format!("grantee={}", identity_arg(&g)?),
+                    (None, None) => format!("patient={}", subject(None, &args, "patient")?),
+                    _ => bail!("give --patient or --grantee, not both"),
+                };
+                let mut c = Client::connect(&args.node).await?;
+                let v = c.get(&format!("/v1/consent?{query}")).await?.unwrap_or_default();
+                for g in v["grants"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "grant   {}  {} -> {}  {}  {}  until {}  {}",
+                        g["grant"].as_str().unwrap_or_default(),
+                        g["patient"].as_str().unwrap_or_default(),
+                        g["grantee"].as_str().unwrap_or_default(),
+                        g["scope"].as_str().unwrap_or_default(),
+                        g["actions"],
+                        time_text(g["expires_ms"].as_u64().unwrap_or_default()),
+                        g["status"].as_str().unwrap_or_default()
+                    );
+                }
+                for r in v["requests"].as_array().cloned().unwrap_or_default() {
+                    println!(
+                        "request {}  {} -> {}  {}  {}  until {}  {}",
+                        r["request"].as_str().unwrap_or_default(),
+                        r["requester"].as_str().unwrap_or_default(),
+                        r["patient"].as_str().unwrap_or_default(),
+                        r["scope"].as_str().unwrap_or_default(),
+                        r["actions"],
+                        time_text(r["expires_ms"].as_u64().unwrap_or_default()),
+                        r["status"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn audit(args: AuditArgs) -> Result<()> {
+    runtime()?.block_on(async move {
+        let query = match (&args.record, &args.patient, &args.actor) {
+            (Some(r), None, None) => format!("record={}", hash_arg(r, "--record")?),
+            (None, Some(p), None) => format!("patient={}", identity_arg(p)?),
+            (None, None, Some(a)) => format!("actor={}", identity_arg(a)?),
+            _ => bail!("give one of --record SLIP, --patient ID, --actor ID"),
+        };
+        let mut c = Client::connect(&args.client.node).await?;
+        let v = c
+            .get(&format!("/v1/audit?{query}"))
+            .await?
+            .unwrap_or_default();
+        let events = v["events"].as_array().cloned().unwrap_or_default();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&events)?);
+            return Ok(());
+        }
+        for e in &events {
+            println!(
+                "{:>6}.{:<3} {}  {:<12} actor {}{}  {}",
+                e["height"],
+                e["index"],
+                time_text(e["time_ms"].as_u64().unwrap_or_default()),
+                e["op"].as_str().unwrap_or_default(),
+                short(e["actor"].as_str().unwrap_or_default()),
+                e["record"]
+                    .as_str()
+                    .map(|r| format!("  record {}", &r[..16.min(r.len())]))
+                    .unwrap_or_default(),
+                e["detail"].as_str().unwrap_or_default()
+            );
+        }
+        eprintln!("{} events", events.len());
+        Ok(())
+    })
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(20)]
+}

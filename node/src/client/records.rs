@@ -1,0 +1,243 @@
+//! Record commands on the client side (MBDS Algorithms 1 and 2): write, confirm, read, verify,
+//! delete, list pending.
+
+use anyhow::{anyhow, bail, Context, Result};
+use medchain_crypto::delegation::{decrypt_as_grantee, DelegationVerifyingKey};
+use medchain_crypto::hash::{digest, domains};
+use medchain_crypto::keys::{EncryptionPublicKey, KeyMaterial};
+use medchain_crypto::record::{decrypt_record, encrypt_record, record_hash, EncryptedRecord};
+use medchain_crypto::search::SearchPublicKey;
+use medchain_crypto::{Hash32, Identity};
+use medchain_proto::canonical::{limits, Canonical};
+use medchain_proto::ledger::{make_private_slip, sign_transaction};
+use medchain_proto::records::sign_read_request;
+use medchain_proto::v1::{self, transaction_body::Payload};
+use rand::RngCore;
+
+use super::Client;
+
+/// The content address of a stored ciphertext: the key the off-chain store files it under and
+/// the `ciphertext_hash` its slip carries.
+pub fn ciphertext_address(ciphertext: &[u8]) -> Hash32 {
+    digest(domains::STORAGE_ADDRESS, ciphertext)
+}
+
+/// The record type: the one given, else a FHIR resource's `resourceType`.
+pub fn record_type_of(plaintext: &[u8], given: Option<&str>) -> Result<String> {
+    if let Some(t) = given {
+        let t = t.trim();
+        if t.is_empty() {
+            bail!("--type must not be empty");
+        }
+        return Ok(t.to_string());
+    }
+    let v: serde_json::Value = serde_json::from_slice(plaintext).map_err(|_| {
+        anyhow!(
+            "the record is not a FHIR JSON resource, so its type cannot be derived; give --type"
+        )
+    })?;
+    match v.get("resourceType").and_then(|t| t.as_str()) {
+        Some(t) if !t.is_empty() => Ok(t.to_string()),
+        _ => bail!("the JSON record has no \"resourceType\"; give --type"),
+    }
+}
+
+/// What a doctor writes.
+#[derive(Clone, Debug)]
+pub struct RecordInput {
+    pub plaintext: Vec<u8>,
+    pub record_type: String,
+    pub summary: String,
+    pub keywords: Vec<String>,
+    pub replaces: Option<Hash32>,
+}
+
+/// A record write ready to upload: the signed transaction, the ciphertext and the slip ID.
+#[derive(Clone, Debug)]
+pub struct RecordWrite {
+    pub transaction: v1::Transaction,
+    pub ciphertext: Vec<u8>,
+    pub slip_id: Hash32,
+}
+
+/// The patient's registered keys a doctor encrypts to.
+#[derive(Clone, Copy, Debug)]
+pub struct PatientKeys {
+    pub identity: Identity,
+    pub encryption: EncryptionPublicKey,
+    pub search: SearchPublicKey,
+}
+
+/// MBDS Algorithm 1: hash the record, encrypt it and its keywords to the patient, sign the slip
+/// (t, type, text, PK_d, PK_p, H(M), C_M, C_w) and the transaction.
+pub fn build_record_write(
+    chain_id: &str,
+    doctor: &KeyMaterial,
+    patient: &PatientKeys,
+    input: &RecordInput,
+    nonce: u64,
+    now_ms: u64,
+) -> Result<RecordWrite> {
+    if input.plaintext.len() > limits::RECORD_PLAINTEXT {
+        bail!(
+            "the record is {} bytes; the limit is {} bytes (16 MiB): split it or store a smaller export",
+            input.plaintext.len(),
+            limits::RECORD_PLAINTEXT
+        );
+    }
+    let sealed = encrypt_record(&patient.encryption, &input.plaintext)?.to_bytes();
+    let address = ciphertext_address(&sealed);
+    let locator = format!("medchain://{chain_id}/{address}");
+    let encrypted_address = encrypt_record(&patient.encryption, locator.as_bytes())?.to_bytes();
+    let encrypted_keywords = input
+        .keywords
+        .iter()
+        .map(|w| Ok(patient.search.encrypt_keyword(w)?.to_bytes()))
+        .collect::<Result<Vec<_>>>()?;
+    let signing = doctor.signing_key();
+    let slip = make_private_slip(
+        &signing,
+        v1::SlipContent {
+            timestamp_ms: now_ms,
+            record_type: input.record_type.clone(),
+            summary: input.summary.clone(),
+            doctor: signing.identity().as_bytes().to_vec(),
+            patient: patient.identity.as_bytes().to_vec(),
+            record_hash: record_hash(&input.plaintext).as_bytes().to_vec(),
+            encrypted_address,
+            encrypted_keywords,
+            replaces: input
+                .replaces
+                .map(|r| r.as_bytes().to_vec())
+                .unwrap_or_default(),
+            ciphertext_hash: address.as_bytes().to_vec(),
+            ciphertext_size: sealed.len() as u64,
+        },
+    );
+    let slip_id = Hash32::from_slice(&slip.slip_id)?;
+    let transaction = sign_transaction(
+        &signing,
+        v1::TransactionBody {
+            chain_id: chain_id.to_string(),
+            signer: vec![],
+            nonce,
+            timestamp_ms: now_ms,
+            payload: Some(Payload::PrivateSlip(slip)),
+        },
+    );
+    Ok(RecordWrite {
+        transaction,
+        ciphertext: sealed,
+        slip_id,
+    })
+}
+
+impl Client {
+    /// The keys a doctor encrypts to, from the patient's registration.
+    pub async fn patient_keys(&mut self, patient: &Identity) -> Result<PatientKeys> {
+        let info = self.identity(patient).await?;
+        if info.role != "patient" {
+            bail!("{patient} is registered as a {}, not a patient", info.role);
+        }
+        Ok(PatientKeys {
+            identity: *patient,
+            encryption: info.encryption_key()?,
+            search: SearchPublicKey::from_bytes(&hex::decode(&info.search_key)?)?,
+        })
+    }
+
+    /// Uploads a record write (ciphertext and slip together) and waits for the slip's block.
+    pub async fn upload_record(&mut self, w: &RecordWrite) -> Result<Hash32> {
+        let upload = v1::RecordUpload {
+            transaction: Some(w.transaction.clone()),
+            ciphertext: w.ciphertext.clone(),
+        };
+        let answer = self
+            .post_proto("/v1/records", &upload.canonical_bytes())
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&answer)?;
+        let id = Hash32::from_hex(v["id"].as_str().unwrap_or_default())
+            .context("the node's answer names no transaction")?;
+        self.wait_committed(&id, std::time::Duration::from_secs(60))
+            .await?;
+        Ok(w.slip_id)
+    }
+
+    /// The slip and its state.
+    pub async fn record(&mut self, slip: &Hash32) -> Result<serde_json::Value> {
+        self.get(&format!("/v1/records/{slip}"))
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "record {slip} does not exist on chain {}",
+                    self.chain.chain_id
+                )
+            })
+    }
+
+    /// MBDS Algorithm 2, the patient's side: check the doctor's signature (the node did, and so
+    /// does this client), decrypt, check H(M), co-sign.
+    pub async fn confirm(&mut self, patient: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
+        let plaintext = self.read(patient, slip).await?;
+        let sig = patient
+            .signing_key()
+            .sign(domains::PATIENT_CONFIRMATION, slip.as_bytes());
+        let tx = self.sign(
+            patient,
+            Payload::PatientConfirmation(v1::PatientConfirmation {
+                slip_id: slip.as_bytes().to_vec(),
+                patient_signature: sig.as_bytes().to_vec(),
+            }),
+        );
+        self.submit_and_wait(&tx).await?;
+        Ok(plaintext)
+    }
+
+    /// Reads a record through the node: a signed, fresh request; the patient gets the
+    /// ciphertext, a grantee a capsule fragment too. Checks the plaintext against H(M) on chain.
+    pub async fn read(&mut self, reader: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
+        let info = self.record(slip).await?;
+        let slip_json = &info["slip"];
+        let mut nonce = vec![0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let signed = sign_read_request(
+            &reader.signing_key(),
+            v1::ReadRequest {
+                chain_id: self.chain.chain_id.clone(),
+                reader: vec![],
+                slip_id: slip.as_bytes().to_vec(),
+                timestamp_ms: super::now_ms(),
+                nonce,
+            },
+        );
+        let answer = self
+            .post_proto(
+                &format!("/v1/records/{slip}/read"),
+                &signed.canonical_bytes(),
+            )
+            .await?;
+        let resp = v1::ReadResponse::decode_canonical(&answer)?;
+        let record = EncryptedRecord::from_bytes(&resp.ciphertext)?;
+        let plaintext = if resp.capsule_fragment.is_empty() {
+            decrypt_record(&reader.encryption_key(), &record)
+                .context("cannot decrypt: this key is not the record's patient")?
+        } else {
+            let owner = EncryptionPublicKey::from_bytes(&resp.owner_encryption_key)?;
+            let vk = DelegationVerifyingKey::from_bytes(&resp.delegation_key)?;
+            decrypt_as_grantee(
+                &reader.encryption_key(),
+                &owner,
+                &vk,
+                &record,
+                &[resp.capsule_fragment.clone()],
+            )?
+        };
+        let expected = slip_json["record_hash"].as_str().unwrap_or_default();
+        if record_hash(&plaintext).to_hex() != expected {
+            bail!(
+                "record {slip} decrypted but its hash differs from H(M) on chain: the stored data was altered"
+            );
+        }
+        Ok(plaintext)
+    }
+}

@@ -1,0 +1,698 @@
+//! Native contracts of a hospital chain: identities, health records, consent and the audit trail
+//! (DESIGN.md sections 2-4, MBDS Algorithms 1-2).
+//!
+//! Every committed transaction is executed here in block order on every node, against the chain
+//! state as the previous transactions left it, so all nodes reach the same state. A transaction a
+//! rule refuses still occupies its place in the block (its certificate covers it) and uses its
+//! nonce, but changes nothing except the record of why it failed. The same rules run at admission
+//! against the committed state, so a client hears "not registered" or "grant expired" when it
+//! submits instead of after the next block.
+//!
+//! Who may do what:
+//! - an authority listed in genesis registers patients and doctors, deletes records, suspends and
+//!   reinstates identities;
+//! - a registered doctor writes records for registered patients (and corrections of them);
+//! - the patient confirms a record written for them, deletes it, grants, denies and revokes;
+//! - any registered participant requests access to a patient's records;
+//! - a validator records every read it served or refused, and may suspend an identity whose reads
+//!   look abnormal.
+
+pub mod state;
+
+use medchain_crypto::hash::domains;
+use medchain_crypto::{Hash32, Identity, Signature};
+use medchain_proto::records::action_names;
+use medchain_proto::v1::{self, transaction_body::Payload};
+
+use state::*;
+
+/// Why a contract refused a transaction. Each message names the problem and what to do.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ContractError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+fn refuse<T>(m: impl Into<String>) -> Result<T, ContractError> {
+    Err(ContractError::Refused(m.into()))
+}
+
+/// Where and when a transaction executes, and who holds authority on this chain.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecContext<'a> {
+    pub height: u64,
+    pub index: u32,
+    /// The block's timestamp (Unix ms): the time of every operation in it.
+    pub time_ms: u64,
+    pub authorities: &'a [Identity],
+    pub validators: &'a [Identity],
+}
+
+impl ExecContext<'_> {
+    fn is_authority(&self, id: &Identity) -> bool {
+        self.authorities.contains(id)
+    }
+    fn validator_index(&self, id: &Identity) -> Option<usize> {
+        self.validators.iter().position(|v| v == id)
+    }
+}
+
+/// What a node does after the block is written, beyond the chain state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SideEffects {
+    /// New records whose ciphertext every store must hold.
+    pub new_blobs: Vec<Hash32>,
+    /// Deleted records whose ciphertext every store erases.
+    pub erased_blobs: Vec<Hash32>,
+    /// New grants (grant id, the grant, its patient): a proxy opens and keeps its fragment.
+    pub new_grants: Vec<(Hash32, v1::ConsentGrant, Identity)>,
+    /// Revoked grants: a proxy destroys its fragment.
+    pub revoked_grants: Vec<Hash32>,
+    /// Identities an authority reinstated: a proxy resets their access counts.
+    pub reinstated: Vec<Identity>,
+}
+
+impl SideEffects {
+    pub fn extend(&mut self, other: SideEffects) {
+        self.new_blobs.extend(other.new_blobs);
+        self.erased_blobs.extend(other.erased_blobs);
+        self.new_grants.extend(other.new_grants);
+        self.revoked_grants.extend(other.revoked_grants);
+        self.reinstated.extend(other.reinstated);
+    }
+}
+
+fn role_of(entry: &IdentityEntry) -> v1::Role {
+    v1::Role::try_from(entry.role).unwrap_or(v1::Role::Unspecified)
+}
+
+fn role_name(role: v1::Role) -> &'static str {
+    match role {
+        v1::Role::Patient => "patient",
+        v1::Role::Doctor => "doctor",
+        v1::Role::Unspecified => "unspecified",
+    }
+}
+
+fn ident(bytes: &[u8]) -> Result<Identity, ContractError> {
+    Identity::from_bytes(bytes).map_err(|e| ContractError::Refused(e.to_string()))
+}
+
+fn hash32(bytes: &[u8]) -> Result<Hash32, ContractError> {
+    Hash32::from_slice(bytes).map_err(|e| ContractError::Refused(e.to_string()))
+}
+
+/// The registered participant `id`, or a refusal naming what is missing.
+pub fn registered(
+    ov: &Overlay,
+    id: &Identity,
+    what: &str,
+    role: Option<v1::Role>,
+) -> Result<IdentityEntry, ContractError> {
+    let Some(entry) = ov.get::<IdentityEntry>(&keys::identity(id))? else {
+        return refuse(format!(
+            "{what} {id} is not registered on this chain; an authority registers it with `medchain identity register`"
+        ));
+    };
+    if let Some(role) = role {
+        if role_of(&entry) != role {
+            return refuse(format!(
+                "{what} {id} is registered as a {}, not a {}",
+                role_name(role_of(&entry)),
+                role_name(role)
+            ));
+        }
+    }
+    Ok(entry)
+}
+
+/// Refuses a suspended identity.
+pub fn not_suspended(ov: &Overlay, id: &Identity) -> Result<(), ContractError> {
+    if let Some(s) = ov.get::<SuspensionEntry>(&keys::suspension(id))? {
+        return refuse(format!(
+            "{id} is suspended since height {} ({}); an authority lifts it with `medchain identity reinstate`",
+            s.height, s.reason
+        ));
+    }
+    Ok(())
+}
+
+/// A record by slip ID, or a refusal.
+pub fn slip_entry(ov: &Overlay, slip: &Hash32) -> Result<SlipEntry, ContractError> {
+    match ov.get::<SlipEntry>(&keys::slip(slip))? {
+        Some(s) => Ok(s),
+        None => refuse(format!("record {slip} does not exist on this chain")),
+    }
+}
+
+fn scope_of(scope: Option<&v1::ConsentScope>) -> Result<Scope, ContractError> {
+    use v1::consent_scope::Scope as S;
+    Ok(match scope.and_then(|s| s.scope.as_ref()) {
+        Some(S::Record(slip)) => Scope::Record(hash32(slip)?.0),
+        Some(S::RecordType(t)) => Scope::RecordType(t.clone()),
+        Some(S::All(_)) => Scope::All,
+        None => return refuse("a consent scope is required"),
+    })
+}
+
+struct Audit<'a, 'b> {
+    ov: &'a mut Overlay<'b>,
+    ctx: &'a ExecContext<'a>,
+    tx: Hash32,
+    n: u8,
+}
+
+impl Audit<'_, '_> {
+    /// Appends one provenance event, indexed by actor, patient and record.
+    fn event(
+        &mut self,
+        op: &str,
+        actor: &Identity,
+        patient: Option<&[u8]>,
+        record: Option<&Hash32>,
+        detail: String,
+    ) {
+        let ev = AuditEvent {
+            op: op.into(),
+            height: self.ctx.height,
+            index: self.ctx.index,
+            time_ms: self.ctx.time_ms,
+            actor: actor.as_bytes().to_vec(),
+            patient: patient.map(|p| p.to_vec()),
+            record: record.map(|r| r.0),
+            detail,
+            transaction: self.tx.0,
+        };
+        let bytes = encode(&ev);
+        let (h, i, n) = (self.ctx.height, self.ctx.index, self.n);
+        self.ov
+            .put_raw(keys::audit(b'a', actor.as_bytes(), h, i, n), bytes.clone());
+        if let Some(p) = patient {
+            self.ov
+                .put_raw(keys::audit(b'p', p, h, i, n), bytes.clone());
+        }
+        if let Some(r) = record {
+            self.ov
+                .put_raw(keys::audit(b'r', r.as_bytes(), h, i, n), bytes);
+        }
+        self.n += 1;
+    }
+}
+
+/// Executes one transaction's payload. On `Err` the caller drops the transaction's writes.
+pub fn execute(
+    ov: &mut Overlay,
+    ctx: &ExecContext,
+    signer: &Identity,
+    tx_id: Hash32,
+    payload: &Payload,
+) -> Result<SideEffects, ContractError> {
+    let mut fx = SideEffects::default();
+    let mut audit = Audit {
+        ov,
+        ctx,
+        tx: tx_id,
+        n: 0,
+    };
+    match payload {
+        Payload::IdentityRegistration(r) => {
+            if !ctx.is_authority(signer) {
+                return refuse(format!(
+                    "{signer} is not an authority of this chain (genesis `authorities`); only an authority registers participants"
+                ));
+            }
+            let id = ident(&r.identity)?;
+            if ctx.is_authority(&id) || ctx.validator_index(&id).is_some() {
+                return refuse(format!(
+                    "{id} is an authority or validator of this chain; participants use their own identity"
+                ));
+            }
+            if let Some(existing) = audit.ov.get::<IdentityEntry>(&keys::identity(&id))? {
+                return refuse(format!(
+                    "{id} is already registered (as {} {:?} at height {}); one identity per participant",
+                    role_name(role_of(&existing)),
+                    existing.name,
+                    existing.height
+                ));
+            }
+            let role = v1::Role::try_from(r.role).unwrap_or(v1::Role::Unspecified);
+            audit.ov.put(
+                keys::identity(&id),
+                &IdentityEntry {
+                    role: r.role,
+                    name: r.name.clone(),
+                    encryption_key: r.encryption_key.clone(),
+                    search_key: r.search_key.clone(),
+                    height: ctx.height,
+                    registered_by: signer.as_bytes().to_vec(),
+                },
+            );
+            let patient = (role == v1::Role::Patient).then(|| id.as_bytes().to_vec());
+            audit.event(
+                "register",
+                signer,
+                patient.as_deref(),
+                None,
+                format!("{} {id} ({})", role_name(role), r.name),
+            );
+        }
+        Payload::PrivateSlip(slip) => {
+            let content = slip
+                .content
+                .as_ref()
+                .ok_or_else(|| ContractError::Refused("a slip needs its content".into()))?;
+            let doctor = ident(&content.doctor)?;
+            let patient = ident(&content.patient)?;
+            if doctor != *signer {
+                return refuse(format!(
+                    "the slip names doctor {doctor} but {signer} signed the transaction; the writing doctor signs"
+                ));
+            }
+            registered(audit.ov, &doctor, "doctor", Some(v1::Role::Doctor))?;
+            not_suspended(audit.ov, &doctor)?;
+            registered(audit.ov, &patient, "patient", Some(v1::Role::Patient))?;
+            if !slip.patient_signature.is_empty() {
+                return refuse(
+                    "a new record carries no patient signature; the patient confirms it with `medchain record confirm`",
+                );
+            }
+            let slip_id = hash32(&slip.slip_id)?;
+            if audit.ov.contains(&keys::slip(&slip_id))? {
+                return refuse(format!("record {slip_id} already exists"));
+            }
+            let replaces = if content.replaces.is_empty() {
+                None
+            } else {
+                let old_id = hash32(&content.replaces)?;
+                let mut old = slip_entry(audit.ov, &old_id)?;
+                if old.patient != content.patient {
+                    return refuse(format!(
+                        "record {old_id} belongs to another patient; a correction is for the same patient"
+                    ));
+                }
+                if old.deleted_height.is_some() {
+                    return refuse(format!(
+                        "record {old_id} was deleted; it cannot be corrected"
+                    ));
+                }
+                if let Some(newer) = old.replaced_by {
+                    return refuse(format!(
+                        "record {old_id} was already corrected by {}; correct the newest version",
+                        hex::encode(newer)
+                    ));
+                }
+                old.replaced_by = Some(slip_id.0);
+                audit.ov.put(keys::slip(&old_id), &old);
+                Some(old_id)
+            };
+            let ciphertext_hash = hash32(&content.ciphertext_hash)?;
+            audit.ov.put(
+                keys::slip(&slip_id),
+                &SlipEntry {
+                    patient: content.patient.clone(),
+                    doctor: content.doctor.clone(),
+                    record_type: content.record_type.clone(),
+                    ciphertext_hash: ciphertext_hash.0,
+                    height: ctx.height,
+                    confirmed_height: None,
+                    deleted_height: None,
+                    replaces: replaces.map(|h| h.0),
+                    replaced_by: None,
+                },
+            );
+            fx.new_blobs.push(ciphertext_hash);
+            let (op, detail) = match replaces {
+                Some(old) => (
+                    "update",
+                    format!("{} correcting {old}", content.record_type),
+                ),
+                None => ("upload", content.record_type.clone()),
+            };
+            audit.event(
+                op,
+                signer,
+                Some(&content.patient),
+                Some(&slip_id),
+                detail.clone(),
+            );
+            if let Some(old) = replaces {
+                audit.event(
+                    "update",
+                    signer,
+                    Some(&content.patient),
+                    Some(&old),
+                    format!("corrected by {slip_id}"),
+                );
+            }
+        }
+        Payload::PatientConfirmation(c) => {
+            let slip_id = hash32(&c.slip_id)?;
+            let mut slip = slip_entry(audit.ov, &slip_id)?;
+            if slip.patient != signer.as_bytes() {
+                return refuse(format!(
+                    "record {slip_id} belongs to another patient; only its patient confirms it"
+                ));
+            }
+            if slip.deleted_height.is_some() {
+                return refuse(format!("record {slip_id} was deleted"));
+            }
+            if let Some(h) = slip.confirmed_height {
+                return refuse(format!(
+                    "record {slip_id} was already confirmed at height {h}"
+                ));
+            }
+            let sig = Signature::from_slice(&c.patient_signature)
+                .map_err(|e| ContractError::Refused(e.to_string()))?;
+            signer
+                .verify(domains::PATIENT_CONFIRMATION, slip_id.as_bytes(), &sig)
+                .map_err(|_| {
+                    ContractError::Refused(
+                        "the confirmation signature does not verify over the slip ID".into(),
+                    )
+                })?;
+            slip.confirmed_height = Some(ctx.height);
+            audit.ov.put(keys::slip(&slip_id), &slip);
+            audit.event(
+                "confirm",
+                signer,
+                Some(&slip.patient),
+                Some(&slip_id),
+                String::new(),
+            );
+        }
+        Payload::RecordDeletion(d) => {
+            let slip_id = hash32(&d.slip_id)?;
+            let mut slip = slip_entry(audit.ov, &slip_id)?;
+            if slip.patient != signer.as_bytes() && !ctx.is_authority(signer) {
+                return refuse(format!(
+                    "only the patient of record {slip_id} or an authority deletes it"
+                ));
+            }
+            if let Some(h) = slip.deleted_height {
+                return refuse(format!(
+                    "record {slip_id} was already deleted at height {h}"
+                ));
+            }
+            slip.deleted_height = Some(ctx.height);
+            audit.ov.put(keys::slip(&slip_id), &slip);
+            fx.erased_blobs.push(Hash32(slip.ciphertext_hash));
+            audit.event(
+                "delete",
+                signer,
+                Some(&slip.patient),
+                Some(&slip_id),
+                d.reason.clone(),
+            );
+        }
+        Payload::ConsentGrant(g) => {
+            registered(audit.ov, signer, "patient", Some(v1::Role::Patient))?;
+            not_suspended(audit.ov, signer)?;
+            let grantee = ident(&g.grantee)?;
+            if grantee == *signer {
+                return refuse("a patient does not need a grant for their own records");
+            }
+            registered(audit.ov, &grantee, "grantee", None)?;
+            let scope = scope_of(g.scope.as_ref())?;
+            if let Scope::Record(s) = &scope {
+                let slip = slip_entry(audit.ov, &Hash32(*s))?;
+                if slip.patient != signer.as_bytes() {
+                    return refuse("a patient grants access to their own records only");
+                }
+            }
+            if g.expires_ms <= ctx.time_ms {
+                return refuse(format!(
+                    "the grant expires at {} ms, before this block's time {}; choose a later --until",
+                    g.expires_ms, ctx.time_ms
+                ));
+            }
+            for f in &g.fragments {
+                if f.proxy as usize >= ctx.validators.len() {
+                    return refuse(format!(
+                        "fragment for proxy {}: this chain has {} validators",
+                        f.proxy,
+                        ctx.validators.len()
+                    ));
+                }
+            }
+            let request = if g.request.is_empty() {
+                None
+            } else {
+                let req_id = hash32(&g.request)?;
+                let mut req = match audit.ov.get::<RequestEntry>(&keys::request(&req_id))? {
+                    Some(r) => r,
+                    None => return refuse(format!("request {req_id} does not exist")),
+                };
+                if req.patient != signer.as_bytes() {
+                    return refuse(format!("request {req_id} was made to another patient"));
+                }
+                if req.requester != g.grantee {
+                    return refuse(format!(
+                        "request {req_id} came from another participant than the grantee"
+                    ));
+                }
+                if req.outcome != RequestOutcome::Open {
+                    return refuse(format!("request {req_id} was already answered"));
+                }
+                req.outcome = RequestOutcome::Approved {
+                    grant: tx_id.0,
+                    height: ctx.height,
+                };
+                audit.ov.put(keys::request(&req_id), &req);
+                Some(req_id)
+            };
+            let entry = GrantEntry {
+                patient: signer.as_bytes().to_vec(),
+                grantee: g.grantee.clone(),
+                scope: scope.clone(),
+                actions: g.actions,
+                expires_ms: g.expires_ms,
+                threshold: g.threshold,
+                delegation_key: g.delegation_key.clone(),
+                proxies: g.fragments.iter().map(|f| f.proxy).collect(),
+                request: request.map(|r| r.0),
+                height: ctx.height,
+                revoked_height: None,
+            };
+            audit.ov.put(keys::grant(&tx_id), &entry);
+            audit
+                .ov
+                .put_raw(keys::grant_by_patient(signer.as_bytes(), &tx_id), vec![]);
+            audit
+                .ov
+                .put_raw(keys::grant_by_grantee(&g.grantee, &tx_id), vec![]);
+            fx.new_grants.push((tx_id, g.clone(), *signer));
+            let detail = format!(
+                "grant {tx_id} to {grantee}: {} on {} until {}",
+                action_names(g.actions).join(","),
+                scope.describe(),
+                g.expires_ms
+            );
+            let op = if request.is_some() {
+                "approve"
+            } else {
+                "grant"
+            };
+            audit.event(op, signer, Some(signer.as_bytes()), None, detail);
+        }
+        Payload::ConsentRequest(r) => {
+            registered(audit.ov, signer, "requester", None)?;
+            not_suspended(audit.ov, signer)?;
+            let patient = ident(&r.patient)?;
+            registered(audit.ov, &patient, "patient", Some(v1::Role::Patient))?;
+            if patient == *signer {
+                return refuse("a patient does not request access to their own records");
+            }
+            let scope = scope_of(r.scope.as_ref())?;
+            if let Scope::Record(s) = &scope {
+                let slip = slip_entry(audit.ov, &Hash32(*s))?;
+                if slip.patient != r.patient {
+                    return refuse("the requested record belongs to another patient");
+                }
+            }
+            audit.ov.put(
+                keys::request(&tx_id),
+                &RequestEntry {
+                    requester: signer.as_bytes().to_vec(),
+                    patient: r.patient.clone(),
+                    scope: scope.clone(),
+                    actions: r.actions,
+                    expires_ms: r.expires_ms,
+                    purpose: r.purpose.clone(),
+                    height: ctx.height,
+                    outcome: RequestOutcome::Open,
+                },
+            );
+            audit
+                .ov
+                .put_raw(keys::request_by_patient(&r.patient, &tx_id), vec![]);
+            audit.ov.put_raw(
+                keys::request_by_requester(signer.as_bytes(), &tx_id),
+                vec![],
+            );
+            audit.event(
+                "request",
+                signer,
+                Some(&r.patient),
+                None,
+                format!(
+                    "request {tx_id}: {} on {} until {} ({})",
+                    action_names(r.actions).join(","),
+                    scope.describe(),
+                    r.expires_ms,
+                    r.purpose
+                ),
+            );
+        }
+        Payload::ConsentDenial(d) => {
+            let req_id = hash32(&d.request)?;
+            let Some(mut req) = audit.ov.get::<RequestEntry>(&keys::request(&req_id))? else {
+                return refuse(format!("request {req_id} does not exist"));
+            };
+            if req.patient != signer.as_bytes() {
+                return refuse(format!("request {req_id} was made to another patient"));
+            }
+            if req.outcome != RequestOutcome::Open {
+                return refuse(format!("request {req_id} was already answered"));
+            }
+            req.outcome = RequestOutcome::Denied {
+                reason: d.reason.clone(),
+                height: ctx.height,
+            };
+            audit.ov.put(keys::request(&req_id), &req);
+            audit.event(
+                "deny",
+                signer,
+                Some(signer.as_bytes()),
+                None,
+                format!("request {req_id}: {}", d.reason),
+            );
+        }
+        Payload::ConsentRevocation(r) => {
+            let grant_id = hash32(&r.grant)?;
+            let Some(mut grant) = audit.ov.get::<GrantEntry>(&keys::grant(&grant_id))? else {
+                return refuse(format!("grant {grant_id} does not exist"));
+            };
+            if grant.patient != signer.as_bytes() {
+                return refuse(format!("grant {grant_id} was made by another patient"));
+            }
+            if let Some(h) = grant.revoked_height {
+                return refuse(format!(
+                    "grant {grant_id} was already revoked at height {h}"
+                ));
+            }
+            grant.revoked_height = Some(ctx.height);
+            audit.ov.put(keys::grant(&grant_id), &grant);
+            fx.revoked_grants.push(grant_id);
+            audit.event(
+                "revoke",
+                signer,
+                Some(signer.as_bytes()),
+                None,
+                format!("grant {grant_id}"),
+            );
+        }
+        Payload::AccessRecord(a) => {
+            if ctx.validator_index(signer).is_none() {
+                return refuse("only a validator of this chain records accesses");
+            }
+            let request = hash32(&a.request)?;
+            let key = keys::access(&request, signer);
+            if audit.ov.contains(&key)? {
+                return refuse(format!("read request {request} is already recorded"));
+            }
+            audit.ov.put_raw(key, vec![u8::from(a.granted)]);
+            let slip_id = hash32(&a.slip_id)?;
+            let reader = ident(&a.reader)?;
+            let patient = audit
+                .ov
+                .get::<SlipEntry>(&keys::slip(&slip_id))?
+                .map(|s| s.patient);
+            let op = if a.granted { "read" } else { "read-refused" };
+            let detail = format!("by {reader} via node {signer}: {}", a.reason);
+            // The reader is the actor of the trail; the node that served it is in the detail.
+            audit.event(op, &reader, patient.as_deref(), Some(&slip_id), detail);
+        }
+        Payload::Suspension(s) => {
+            if ctx.validator_index(signer).is_none() && !ctx.is_authority(signer) {
+                return refuse("only a validator or an authority suspends an identity");
+            }
+            let id = ident(&s.identity)?;
+            registered(audit.ov, &id, "identity", None)?;
+            if audit.ov.contains(&keys::suspension(&id))? {
+                return refuse(format!("{id} is already suspended"));
+            }
+            audit.ov.put(
+                keys::suspension(&id),
+                &SuspensionEntry {
+                    reason: s.reason.clone(),
+                    by: signer.as_bytes().to_vec(),
+                    height: ctx.height,
+                },
+            );
+            audit.event("suspend", signer, None, None, format!("{id}: {}", s.reason));
+            // Also on the suspended identity's own trail.
+            audit.event(
+                "suspend",
+                &id,
+                None,
+                None,
+                format!("by {signer}: {}", s.reason),
+            );
+        }
+        Payload::SuspensionLift(l) => {
+            if !ctx.is_authority(signer) {
+                return refuse("only an authority lifts a suspension");
+            }
+            let id = ident(&l.identity)?;
+            if !audit.ov.contains(&keys::suspension(&id))? {
+                return refuse(format!("{id} is not suspended"));
+            }
+            audit.ov.delete(keys::suspension(&id));
+            fx.reinstated.push(id);
+            audit.event("reinstate", signer, None, None, format!("{id}"));
+            audit.event("reinstate", &id, None, None, format!("by {signer}"));
+        }
+        Payload::ConsortiumSlip(_) => {
+            return refuse(
+                "consortium slips belong on the consortium chain; the bridge submits them there",
+            )
+        }
+    }
+    Ok(fx)
+}
+
+/// The grant that lets `reader` perform `action` on record `slip_id` at `now_ms`, if any.
+pub fn find_grant(
+    ov: &Overlay,
+    reader: &Identity,
+    slip_id: &Hash32,
+    slip: &SlipEntry,
+    action: v1::ConsentAction,
+    now_ms: u64,
+    store: &medchain_storage::Store,
+) -> Result<Option<(Hash32, GrantEntry)>, ContractError> {
+    let prefix = [b"gg/".as_slice(), reader.as_bytes()].concat();
+    let rows = store
+        .chain_state_prefix(&prefix, 10_000)
+        .map_err(|e| ContractError::Storage(e.to_string()))?;
+    for (k, _) in rows {
+        let grant_id = hash32(&k[prefix.len()..])?;
+        let Some(g) = ov.get::<GrantEntry>(&keys::grant(&grant_id))? else {
+            continue;
+        };
+        if g.patient == slip.patient
+            && g.revoked_height.is_none()
+            && g.expires_ms > now_ms
+            && g.actions & action as u32 != 0
+            && g.scope.covers(slip_id, slip)
+        {
+            return Ok(Some((grant_id, g)));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests;

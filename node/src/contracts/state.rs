@@ -1,0 +1,259 @@
+//! The chain state the record contracts keep, its keys, and a write overlay for executing one
+//! block. Values are bincode-encoded serde structs; keys start with a short prefix naming the
+//! table and use fixed-width big-endian fields so that prefix scans walk in chain order.
+
+use std::collections::BTreeMap;
+
+use medchain_crypto::{Hash32, Identity};
+use medchain_storage::Store;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::ContractError;
+
+/// Registered participant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityEntry {
+    /// `v1::Role` as its number.
+    pub role: i32,
+    pub name: String,
+    pub encryption_key: Vec<u8>,
+    pub search_key: Vec<u8>,
+    pub height: u64,
+    pub registered_by: Vec<u8>,
+}
+
+/// What the chain knows of a record beyond its slip.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlipEntry {
+    pub patient: Vec<u8>,
+    pub doctor: Vec<u8>,
+    pub record_type: String,
+    pub ciphertext_hash: [u8; 32],
+    pub height: u64,
+    pub confirmed_height: Option<u64>,
+    pub deleted_height: Option<u64>,
+    pub replaces: Option<[u8; 32]>,
+    pub replaced_by: Option<[u8; 32]>,
+}
+
+/// Which records a grant or request covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scope {
+    Record([u8; 32]),
+    RecordType(String),
+    All,
+}
+
+impl Scope {
+    pub fn covers(&self, slip_id: &Hash32, slip: &SlipEntry) -> bool {
+        match self {
+            Scope::Record(s) => s == slip_id.as_bytes(),
+            Scope::RecordType(t) => *t == slip.record_type,
+            Scope::All => true,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Record(s) => format!("record:{}", hex::encode(s)),
+            Scope::RecordType(t) => format!("type:{t}"),
+            Scope::All => "all".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantEntry {
+    pub patient: Vec<u8>,
+    pub grantee: Vec<u8>,
+    pub scope: Scope,
+    pub actions: u32,
+    pub expires_ms: u64,
+    pub threshold: u32,
+    pub delegation_key: Vec<u8>,
+    /// Validator indexes holding a fragment.
+    pub proxies: Vec<u32>,
+    pub request: Option<[u8; 32]>,
+    pub height: u64,
+    pub revoked_height: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOutcome {
+    Open,
+    Approved { grant: [u8; 32], height: u64 },
+    Denied { reason: String, height: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEntry {
+    pub requester: Vec<u8>,
+    pub patient: Vec<u8>,
+    pub scope: Scope,
+    pub actions: u32,
+    pub expires_ms: u64,
+    pub purpose: String,
+    pub height: u64,
+    pub outcome: RequestOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspensionEntry {
+    pub reason: String,
+    pub by: Vec<u8>,
+    pub height: u64,
+}
+
+/// One line of the provenance trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// upload, update, confirm, delete, grant, approve, request, deny, revoke, read,
+    /// read-refused, register, suspend, unsuspend.
+    pub op: String,
+    pub height: u64,
+    pub index: u32,
+    pub time_ms: u64,
+    pub actor: Vec<u8>,
+    pub patient: Option<Vec<u8>>,
+    pub record: Option<[u8; 32]>,
+    pub detail: String,
+    pub transaction: [u8; 32],
+}
+
+pub mod keys {
+    use super::*;
+
+    pub fn identity(id: &Identity) -> Vec<u8> {
+        [b"id/".as_slice(), id.as_bytes()].concat()
+    }
+    pub fn suspension(id: &Identity) -> Vec<u8> {
+        [b"susp/".as_slice(), id.as_bytes()].concat()
+    }
+    pub fn slip(slip: &Hash32) -> Vec<u8> {
+        [b"slip/".as_slice(), slip.as_bytes()].concat()
+    }
+    pub fn grant(grant: &Hash32) -> Vec<u8> {
+        [b"grant/".as_slice(), grant.as_bytes()].concat()
+    }
+    /// Grants of a patient: `gp/ patient grant`.
+    pub fn grant_by_patient(patient: &[u8], grant: &Hash32) -> Vec<u8> {
+        [b"gp/".as_slice(), patient, grant.as_bytes()].concat()
+    }
+    /// Grants to a grantee: `gg/ grantee grant`.
+    pub fn grant_by_grantee(grantee: &[u8], grant: &Hash32) -> Vec<u8> {
+        [b"gg/".as_slice(), grantee, grant.as_bytes()].concat()
+    }
+    pub fn request(request: &Hash32) -> Vec<u8> {
+        [b"req/".as_slice(), request.as_bytes()].concat()
+    }
+    pub fn request_by_patient(patient: &[u8], request: &Hash32) -> Vec<u8> {
+        [b"rp/".as_slice(), patient, request.as_bytes()].concat()
+    }
+    pub fn request_by_requester(requester: &[u8], request: &Hash32) -> Vec<u8> {
+        [b"rr/".as_slice(), requester, request.as_bytes()].concat()
+    }
+    /// One access record per (read request, serving validator).
+    pub fn access(request: &Hash32, validator: &Identity) -> Vec<u8> {
+        [b"acc/".as_slice(), request.as_bytes(), validator.as_bytes()].concat()
+    }
+    pub fn access_prefix(request: &Hash32) -> Vec<u8> {
+        [b"acc/".as_slice(), request.as_bytes()].concat()
+    }
+    /// Why a committed transaction was refused by a contract.
+    pub fn failure(tx: &Hash32) -> Vec<u8> {
+        [b"fail/".as_slice(), tx.as_bytes()].concat()
+    }
+    /// Audit index by subject kind (`r` record, `p` patient, `a` actor) and subject bytes.
+    pub fn audit_prefix(kind: u8, subject: &[u8]) -> Vec<u8> {
+        [b"audit/".as_slice(), &[kind, b'/'], subject].concat()
+    }
+    pub fn audit(kind: u8, subject: &[u8], height: u64, index: u32, n: u8) -> Vec<u8> {
+        [
+            audit_prefix(kind, subject).as_slice(),
+            &height.to_be_bytes(),
+            &index.to_be_bytes(),
+            &[n],
+        ]
+        .concat()
+    }
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard())
+        .expect("chain-state values always encode")
+}
+
+pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, ContractError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| {
+            ContractError::Storage(format!(
+                "chain-state entry {} is corrupt: {e}",
+                String::from_utf8_lossy(&key[..key.len().min(8)])
+            ))
+        })
+}
+
+/// The committed state with the writes of the block being executed on top, and those of the
+/// transaction being executed on top of that (dropped if the transaction fails).
+#[derive(Debug)]
+pub struct Overlay<'a> {
+    store: &'a Store,
+    block: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    tx: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Overlay<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        Overlay {
+            store,
+            block: BTreeMap::new(),
+            tx: BTreeMap::new(),
+        }
+    }
+
+    pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ContractError> {
+        if let Some(v) = self.tx.get(key).or_else(|| self.block.get(key)) {
+            return Ok(v.clone());
+        }
+        self.store
+            .chain_state(key)
+            .map_err(|e| ContractError::Storage(e.to_string()))
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ContractError> {
+        self.get_raw(key)?.map(|b| decode(key, &b)).transpose()
+    }
+
+    pub fn contains(&self, key: &[u8]) -> Result<bool, ContractError> {
+        Ok(self.get_raw(key)?.is_some())
+    }
+
+    pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
+        self.tx.insert(key, Some(encode(value)));
+    }
+
+    pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.tx.insert(key, Some(value));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.tx.insert(key, None);
+    }
+
+    /// Keeps the current transaction's writes.
+    pub fn keep_tx(&mut self) {
+        let tx = std::mem::take(&mut self.tx);
+        self.block.extend(tx);
+    }
+
+    /// Drops the current transaction's writes.
+    pub fn drop_tx(&mut self) {
+        self.tx.clear();
+    }
+
+    pub fn into_writes(mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.keep_tx();
+        self.block.into_iter().collect()
+    }
+}

@@ -1,0 +1,351 @@
+use medchain_crypto::hash::domains;
+use medchain_crypto::keys::KeyMaterial;
+use medchain_proto::v1::consent_scope::Scope as S;
+use medchain_storage::Store;
+
+use super::*;
+use crate::client::records::{build_record_write, PatientKeys, RecordInput};
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Store,
+    authority: KeyMaterial,
+    validators: Vec<Identity>,
+    height: u64,
+}
+
+fn km(n: u8) -> KeyMaterial {
+    KeyMaterial::from_seed(&[n; 32]).unwrap()
+}
+
+fn id(k: &KeyMaterial) -> Identity {
+    k.signing_key().identity()
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        World {
+            _dir: dir,
+            store,
+            authority: km(100),
+            validators: (101..105).map(|n| id(&km(n))).collect(),
+            height: 0,
+        }
+    }
+
+    /// Executes one transaction as its own block and keeps its writes if it succeeds.
+    fn run(
+        &mut self,
+        signer: &Identity,
+        payload: Payload,
+        time_ms: u64,
+    ) -> Result<(Hash32, SideEffects), ContractError> {
+        let height = self.height + 1;
+        let authorities = [id(&self.authority)];
+        let ctx = ExecContext {
+            height,
+            index: 0,
+            time_ms,
+            authorities: &authorities,
+            validators: &self.validators,
+        };
+        let tx_id = medchain_crypto::digest(domains::TRANSACTION, &height.to_be_bytes());
+        let mut ov = Overlay::new(&self.store);
+        let fx = execute(&mut ov, &ctx, signer, tx_id, &payload)?;
+        let writes = ov.into_writes();
+        // Commit the writes as the ledger would (a block with no transactions of its own here).
+        let parent = self.store.tip().unwrap().map_or(Hash32::ZERO, |t| t.hash);
+        let keys: Vec<_> = (1..=4u8)
+            .map(|i| medchain_crypto::SigningKey::from_bytes(&[i; 32]).unwrap())
+            .collect();
+        let block = medchain_proto::ledger::make_block(&keys, "h", height, parent, time_ms, vec![]);
+        self.store.commit_block(&block, &writes, &[], &[]).unwrap();
+        self.height = height;
+        Ok((tx_id, fx))
+    }
+
+    fn register(&mut self, who: &KeyMaterial, role: v1::Role) {
+        let reg = crate::client::KeyCard::from_binding(&who.key_binding())
+            .registration(role, "x")
+            .unwrap();
+        let a = id(&self.authority);
+        self.run(&a, Payload::IdentityRegistration(reg), 1).unwrap();
+    }
+
+    fn write(
+        &mut self,
+        doctor: &KeyMaterial,
+        patient: &KeyMaterial,
+        record_type: &str,
+    ) -> Result<Hash32, ContractError> {
+        let w = build_record_write(
+            "h",
+            doctor,
+            &PatientKeys {
+                identity: id(patient),
+                encryption: patient.encryption_key().public_key(),
+                search: patient.search_key().public_key(),
+            },
+            &RecordInput {
+                plaintext: br#"{"resourceType":"Observation"}"#.to_vec(),
+                record_type: record_type.into(),
+                summary: String::new(),
+                keywords: vec![],
+                replaces: None,
+            },
+            1,
+            1,
+        )
+        .unwrap();
+        let payload = w.transaction.body.unwrap().payload.unwrap();
+        self.run(&id(doctor), payload, 1).map(|_| w.slip_id)
+    }
+}
+
+fn refused(r: Result<(Hash32, SideEffects), ContractError>, needle: &str) {
+    match r {
+        Err(ContractError::Refused(m)) => assert!(m.contains(needle), "{m:?} lacks {needle:?}"),
+        other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
+    }
+}
+
+fn scope(s: S) -> Option<v1::ConsentScope> {
+    Some(v1::ConsentScope { scope: Some(s) })
+}
+
+#[test]
+fn only_authorities_register_and_only_once() {
+    let mut w = World::new();
+    let alice = km(1);
+    let reg = crate::client::KeyCard::from_binding(&alice.key_binding())
+        .registration(v1::Role::Patient, "Alice")
+        .unwrap();
+    refused(
+        w.run(&id(&alice), Payload::IdentityRegistration(reg.clone()), 1),
+        "not an authority",
+    );
+    let a = id(&w.authority);
+    w.run(&a, Payload::IdentityRegistration(reg.clone()), 1)
+        .unwrap();
+    refused(
+        w.run(&a, Payload::IdentityRegistration(reg), 1),
+        "already registered",
+    );
+}
+
+#[test]
+fn records_need_registered_parties_and_only_the_patient_confirms() {
+    let mut w = World::new();
+    let (doctor, patient, other) = (km(1), km(2), km(3));
+    assert!(matches!(
+        w.write(&doctor, &patient, "Observation"),
+        Err(ContractError::Refused(m)) if m.contains("doctor") && m.contains("not registered")
+    ));
+    w.register(&doctor, v1::Role::Doctor);
+    w.register(&patient, v1::Role::Patient);
+    w.register(&other, v1::Role::Patient);
+    // A patient cannot write records.
+    assert!(w.write(&other, &patient, "Observation").is_err());
+    let slip = w.write(&doctor, &patient, "Observation").unwrap();
+    let confirm = |k: &KeyMaterial| {
+        Payload::PatientConfirmation(v1::PatientConfirmation {
+            slip_id: slip.as_bytes().to_vec(),
+            patient_signature: k
+                .signing_key()
+                .sign(domains::PATIENT_CONFIRMATION, slip.as_bytes())
+                .as_bytes()
+                .to_vec(),
+        })
+    };
+    refused(w.run(&id(&other), confirm(&other), 1), "another patient");
+    // A confirmation signature by someone else is refused even if the patient submits it.
+    refused(w.run(&id(&patient), confirm(&other), 1), "does not verify");
+    w.run(&id(&patient), confirm(&patient), 1).unwrap();
+    refused(
+        w.run(&id(&patient), confirm(&patient), 1),
+        "already confirmed",
+    );
+    let del = Payload::RecordDeletion(v1::RecordDeletion {
+        slip_id: slip.as_bytes().to_vec(),
+        reason: "duplicate".into(),
+    });
+    refused(w.run(&id(&doctor), del.clone(), 1), "only the patient");
+    let (_, fx) = w.run(&id(&patient), del.clone(), 1).unwrap();
+    assert_eq!(fx.erased_blobs.len(), 1);
+    refused(w.run(&id(&patient), del, 1), "already deleted");
+}
+
+#[test]
+fn grants_cover_their_scope_until_expiry_or_revocation() {
+    let mut w = World::new();
+    let (doctor_a, doctor_b, patient) = (km(1), km(2), km(3));
+    w.register(&doctor_a, v1::Role::Doctor);
+    w.register(&doctor_b, v1::Role::Doctor);
+    w.register(&patient, v1::Role::Patient);
+    let obs = w.write(&doctor_a, &patient, "Observation").unwrap();
+    let cond = w.write(&doctor_a, &patient, "Condition").unwrap();
+    // B requests read on Observations; the patient approves with a grant that references it.
+    let (req_id, _) = w
+        .run(
+            &id(&doctor_b),
+            Payload::ConsentRequest(v1::ConsentRequest {
+                patient: id(&patient).as_bytes().to_vec(),
+                scope: scope(S::RecordType("Observation".into())),
+                actions: 1,
+                expires_ms: 10_000,
+                purpose: "follow-up".into(),
+            }),
+            1,
+        )
+        .unwrap();
+    let grant = crate::client::consent::build_grant(
+        &crate::client::ChainInfo {
+            chain_id: "h".into(),
+            validators: vec![],
+        },
+        &patient,
+        &id(&doctor_b),
+        &doctor_b.encryption_key().public_key(),
+        scope(S::RecordType("Observation".into())).unwrap(),
+        1,
+        10_000,
+        Some(req_id),
+        0,
+    );
+    // No proxies with keys in this chain description: the client refuses a threshold of 0.
+    assert!(grant.is_err());
+    let grant = v1::ConsentGrant {
+        grantee: id(&doctor_b).as_bytes().to_vec(),
+        scope: scope(S::RecordType("Observation".into())),
+        actions: 1,
+        expires_ms: 10_000,
+        request: req_id.as_bytes().to_vec(),
+        delegation_key: medchain_crypto::delegation::DelegationVerifyingKey::of(&patient)
+            .to_bytes(),
+        threshold: 1,
+        fragments: vec![],
+    };
+    refused(
+        w.run(&id(&doctor_b), Payload::ConsentGrant(grant.clone()), 1),
+        "patient",
+    );
+    let (grant_id, _) = w
+        .run(&id(&patient), Payload::ConsentGrant(grant.clone()), 1)
+        .unwrap();
+    // The request is answered: a second approval is refused.
+    refused(
+        w.run(&id(&patient), Payload::ConsentGrant(grant), 1),
+        "already answered",
+    );
+
+    let ov = Overlay::new(&w.store);
+    let slip = |s: &Hash32| slip_entry(&ov, s).unwrap();
+    let b = id(&doctor_b);
+    let read = v1::ConsentAction::Read;
+    assert!(
+        find_grant(&ov, &b, &obs, &slip(&obs), read, 5_000, &w.store)
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        find_grant(&ov, &b, &cond, &slip(&cond), read, 5_000, &w.store)
+            .unwrap()
+            .is_none()
+    );
+    assert!(find_grant(
+        &ov,
+        &b,
+        &obs,
+        &slip(&obs),
+        v1::ConsentAction::Write,
+        5_000,
+        &w.store
+    )
+    .unwrap()
+    .is_none());
+    // Expired.
+    assert!(
+        find_grant(&ov, &b, &obs, &slip(&obs), read, 10_000, &w.store)
+            .unwrap()
+            .is_none()
+    );
+    drop(ov);
+    let revoke = Payload::ConsentRevocation(v1::ConsentRevocation {
+        grant: grant_id.as_bytes().to_vec(),
+    });
+    refused(w.run(&id(&doctor_a), revoke.clone(), 1), "another patient");
+    let (_, fx) = w.run(&id(&patient), revoke.clone(), 1).unwrap();
+    assert_eq!(fx.revoked_grants, vec![grant_id]);
+    refused(w.run(&id(&patient), revoke, 1), "already revoked");
+    let ov = Overlay::new(&w.store);
+    assert!(find_grant(
+        &ov,
+        &b,
+        &obs,
+        &slip_entry(&ov, &obs).unwrap(),
+        read,
+        5_000,
+        &w.store
+    )
+    .unwrap()
+    .is_none());
+}
+
+#[test]
+fn access_records_come_from_validators_once_per_request() {
+    let mut w = World::new();
+    let (doctor, patient) = (km(1), km(2));
+    w.register(&doctor, v1::Role::Doctor);
+    w.register(&patient, v1::Role::Patient);
+    let slip = w.write(&doctor, &patient, "Observation").unwrap();
+    let rec = Payload::AccessRecord(v1::AccessRecord {
+        reader: id(&doctor).as_bytes().to_vec(),
+        slip_id: slip.as_bytes().to_vec(),
+        request: vec![7; 32],
+        granted: false,
+        reason: "no grant".into(),
+        grant: vec![],
+        at_ms: 1,
+    });
+    refused(w.run(&id(&doctor), rec.clone(), 1), "only a validator");
+    let v = w.validators[0];
+    w.run(&v, rec.clone(), 1).unwrap();
+    refused(w.run(&v, rec, 1), "already recorded");
+    let trail = w
+        .store
+        .chain_state_prefix(&keys::audit_prefix(b'r', slip.as_bytes()), 100)
+        .unwrap();
+    let ops: Vec<String> = trail
+        .iter()
+        .map(|(k, v)| state::decode::<AuditEvent>(k, v).unwrap().op)
+        .collect();
+    assert_eq!(ops, vec!["upload", "read-refused"]);
+}
+
+#[test]
+fn suspended_identities_cannot_act_until_reinstated() {
+    let mut w = World::new();
+    let (doctor, patient) = (km(1), km(2));
+    w.register(&doctor, v1::Role::Doctor);
+    w.register(&patient, v1::Role::Patient);
+    let v = w.validators[1];
+    let suspend = Payload::Suspension(v1::Suspension {
+        identity: id(&doctor).as_bytes().to_vec(),
+        reason: "200 reads in 60 s".into(),
+    });
+    w.run(&v, suspend, 1).unwrap();
+    assert!(matches!(
+        w.write(&doctor, &patient, "Observation"),
+        Err(ContractError::Refused(m)) if m.contains("suspended")
+    ));
+    let lift = Payload::SuspensionLift(v1::SuspensionLift {
+        identity: id(&doctor).as_bytes().to_vec(),
+    });
+    refused(w.run(&v, lift.clone(), 1), "only an authority");
+    let a = id(&w.authority);
+    let (_, fx) = w.run(&a, lift, 1).unwrap();
+    assert_eq!(fx.reinstated, vec![id(&doctor)]);
+    w.write(&doctor, &patient, "Observation").unwrap();
+}

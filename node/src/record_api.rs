@@ -1,0 +1,627 @@
+//! The record workflow's client API (described in `docs/api/openapi.yaml`): chain description,
+//! identities, record upload and reads through the proxy, tamper check, consent listings and the
+//! audit trail.
+//!
+//! Uploads and reads carry protobuf bodies (`application/x-protobuf`): a record is up to 16 MiB
+//! of ciphertext, which JSON would double. A read is answered only after its access record (who,
+//! what, when, result) was accepted for the chain: no read goes unaudited, granted or refused.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use medchain_crypto::delegation::{check_fragment, reencrypt_for_grantee, DelegationVerifyingKey};
+use medchain_crypto::keys::EncryptionPublicKey;
+use medchain_crypto::record::{decrypt_record, EncryptedRecord};
+use medchain_crypto::{Hash32, Identity};
+use medchain_proto::canonical::{limits, Canonical};
+use medchain_proto::records::{action_names, verify_read_request};
+use medchain_proto::v1::{self, transaction_body::Payload};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::access_guard::Refusal;
+use crate::api::{internal, parse_hash, slip_json, ApiError};
+use crate::client::records::ciphertext_address;
+use crate::contracts::state::{
+    keys, AuditEvent, GrantEntry, IdentityEntry, RequestEntry, RequestOutcome, SlipEntry,
+    SuspensionEntry,
+};
+use crate::contracts::{self, state::Overlay};
+use crate::private_node::{now_ms, NodeHandle};
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, m.into())
+}
+
+fn not_found(m: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, m.into())
+}
+
+fn parse_identity(text: &str) -> Result<Identity, ApiError> {
+    text.parse::<Identity>()
+        .map_err(|e| bad(format!("identity {text:?}: {e}")))
+}
+
+fn state<T: serde::de::DeserializeOwned>(
+    node: &NodeHandle,
+    key: &[u8],
+) -> Result<Option<T>, ApiError> {
+    Overlay::new(&node.store).get(key).map_err(internal)
+}
+
+fn role_name(role: i32) -> &'static str {
+    match v1::Role::try_from(role) {
+        Ok(v1::Role::Patient) => "patient",
+        Ok(v1::Role::Doctor) => "doctor",
+        _ => "unspecified",
+    }
+}
+
+fn ident_text(bytes: &[u8]) -> String {
+    Identity::from_bytes(bytes)
+        .map(|i| i.to_string())
+        .unwrap_or_else(|_| hex::encode(bytes))
+}
+
+/// `GET /v1/chain`: what a client needs to build transactions and grants.
+pub async fn chain(State(node): State<NodeHandle>) -> Json<Value> {
+    Json((*node.chain).clone())
+}
+
+/// `GET /v1/identities/{id}`.
+pub async fn identity(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_identity(&id)?;
+    let entry: IdentityEntry = state(&node, &keys::identity(&id))?
+        .ok_or_else(|| not_found(format!("{id} is not registered on this chain")))?;
+    let suspended: Option<SuspensionEntry> = state(&node, &keys::suspension(&id))?;
+    Ok(Json(json!({
+        "identity": id.to_string(),
+        "role": role_name(entry.role),
+        "name": entry.name,
+        "encryption_key": hex::encode(&entry.encryption_key),
+        "search_key": hex::encode(&entry.search_key),
+        "height": entry.height,
+        "registered_by": ident_text(&entry.registered_by),
+        "suspended": suspended.map(|s| json!({
+            "reason": s.reason, "height": s.height, "by": ident_text(&s.by)
+        })),
+    })))
+}
+
+/// `POST /v1/records`: a `RecordUpload` (signed slip transaction + ciphertext). The node checks
+/// the transaction like any other (signatures, registration, replay), checks the ciphertext
+/// against the slip's content address and size, stores it, pushes it to the other validators and
+/// queues the transaction. Nothing is stored if any check fails.
+pub async fn upload(State(node): State<NodeHandle>, body: Bytes) -> Result<Response, ApiError> {
+    if body.len() > limits::RECORD_MESSAGE {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "upload of {} bytes: records are limited to {} bytes (16 MiB) of plaintext",
+                body.len(),
+                limits::RECORD_PLAINTEXT
+            ),
+        ));
+    }
+    let upload = v1::RecordUpload::decode_canonical(&body)
+        .map_err(|e| bad(format!("the body is not a canonical RecordUpload: {e}")))?;
+    let tx = upload
+        .transaction
+        .ok_or_else(|| bad("the upload carries no transaction"))?;
+    let content = match tx.body.as_ref().and_then(|b| b.payload.as_ref()) {
+        Some(Payload::PrivateSlip(s)) => s.content.clone().unwrap_or_default(),
+        _ => return Err(bad("the upload's transaction must carry a private slip")),
+    };
+    medchain_proto::records::check_slip_fields(&content).map_err(|e| bad(e.to_string()))?;
+    let address = ciphertext_address(&upload.ciphertext);
+    if address.as_bytes() != content.ciphertext_hash.as_slice()
+        || upload.ciphertext.len() as u64 != content.ciphertext_size
+    {
+        return Err(bad(
+            "the ciphertext does not match the slip's ciphertext_hash and ciphertext_size",
+        ));
+    }
+    EncryptedRecord::from_bytes(&upload.ciphertext)
+        .map_err(|e| bad(format!("the ciphertext is not an encrypted record: {e}")))?;
+    let bytes = tx.canonical_bytes();
+    let checked = node.check_client(bytes).await.map_err(submit_error)?;
+    // Store before the slip can commit anywhere, then let the other stores have it.
+    node.store
+        .put_record(&address, &upload.ciphertext)
+        .map_err(internal)?;
+    node.push_blob(upload.ciphertext).await;
+    let id = node.queue(checked).await.map_err(submit_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({ "id": id.to_hex(), "slip_id": slip_id_of(&tx).to_hex(), "status": "pending" }),
+        ),
+    )
+        .into_response())
+}
+
+fn slip_id_of(tx: &v1::Transaction) -> Hash32 {
+    match tx.body.as_ref().and_then(|b| b.payload.as_ref()) {
+        Some(Payload::PrivateSlip(s)) => Hash32::from_slice(&s.slip_id).unwrap_or_default(),
+        _ => Hash32::default(),
+    }
+}
+
+fn submit_error(e: crate::private_node::SubmitError) -> ApiError {
+    crate::api::submit_error(e)
+}
+
+fn record_state(node: &NodeHandle, slip: &Hash32) -> Result<(Value, SlipEntry), ApiError> {
+    let (loc, s) = node
+        .store
+        .slip(slip)
+        .map_err(internal)?
+        .ok_or_else(|| not_found(format!("record {slip} does not exist on this chain")))?;
+    let entry: SlipEntry = state(node, &keys::slip(slip))?
+        .ok_or_else(|| internal(format!("record {slip} has no state entry")))?;
+    let stored = node
+        .store
+        .record(&Hash32(entry.ciphertext_hash))
+        .map_err(internal)?;
+    let mut v = slip_json(slip, loc, &s)?;
+    v["confirmed_height"] = json!(entry.confirmed_height);
+    v["patient_confirmed"] = json!(entry.confirmed_height.is_some());
+    v["deleted_height"] = json!(entry.deleted_height);
+    v["replaced_by"] = json!(entry.replaced_by.map(hex::encode));
+    v["stored_here"] = json!(stored.is_some());
+    Ok((json!({ "slip": v }), entry))
+}
+
+/// `GET /v1/records/{slip}`: the slip and its state (confirmed, deleted, corrected).
+pub async fn record(
+    State(node): State<NodeHandle>,
+    Path(slip): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let slip = parse_hash(&slip, "slip id")?;
+    Ok(Json(record_state(&node, &slip)?.0))
+}
+
+/// `GET /v1/records/{slip}/verify`: recompute the stored ciphertext's hash and compare it with
+/// the chain. (The plaintext hash H(M) is checked by whoever decrypts: the client does.)
+pub async fn verify(
+    State(node): State<NodeHandle>,
+    Path(slip): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let slip = parse_hash(&slip, "slip id")?;
+    let (_, entry) = record_state(&node, &slip)?;
+    let expected = Hash32(entry.ciphertext_hash);
+    let stored = node.store.record(&expected).map_err(internal)?;
+    let (status, actual) = match (&stored, entry.deleted_height) {
+        (_, Some(_)) => ("deleted", None),
+        (None, None) => ("missing", None),
+        (Some(b), None) => {
+            let h = ciphertext_address(b);
+            (if h == expected { "intact" } else { "corrupted" }, Some(h))
+        }
+    };
+    Ok(Json(json!({
+        "slip_id": slip.to_hex(),
+        "status": status,
+        "ciphertext_hash_on_chain": expected.to_hex(),
+        "ciphertext_hash_stored": actual.map(|h| h.to_hex()),
+        "record_hash_on_chain": hex::encode(record_hash_of(&node, &slip)?),
+        "node": node.name(),
+    })))
+}
+
+fn record_hash_of(node: &NodeHandle, slip: &Hash32) -> Result<Vec<u8>, ApiError> {
+    Ok(node
+        .store
+        .slip(slip)
+        .map_err(internal)?
+        .and_then(|(_, s)| s.content.map(|c| c.record_hash))
+        .unwrap_or_default())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PatientQuery {
+    #[serde(default)]
+    pending: bool,
+}
+
+/// `GET /v1/patients/{id}/records[?pending=true]`: a patient's records in chain order.
+pub async fn patient_records(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(q): Query<PatientQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_identity(&id)?;
+    let mut out = Vec::new();
+    for slip in node.store.patient_slips(id.as_bytes()).map_err(internal)? {
+        let (v, entry) = record_state(&node, &slip)?;
+        if q.pending && (entry.confirmed_height.is_some() || entry.deleted_height.is_some()) {
+            continue;
+        }
+        out.push(v["slip"].clone());
+    }
+    Ok(Json(json!({ "patient": id.to_string(), "records": out })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConsentQuery {
+    patient: Option<String>,
+    grantee: Option<String>,
+}
+
+fn grant_json(id: &Hash32, g: &GrantEntry, now: u64) -> Value {
+    let status = if g.revoked_height.is_some() {
+        "revoked"
+    } else if g.expires_ms <= now {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "grant": id.to_hex(),
+        "patient": ident_text(&g.patient),
+        "grantee": ident_text(&g.grantee),
+        "scope": g.scope.describe(),
+        "actions": action_names(g.actions),
+        "expires_ms": g.expires_ms,
+        "threshold": g.threshold,
+        "proxies": g.proxies,
+        "request": g.request.map(hex::encode),
+        "height": g.height,
+        "revoked_height": g.revoked_height,
+        "status": status,
+    })
+}
+
+fn request_json(id: &Hash32, r: &RequestEntry) -> Value {
+    let (status, detail) = match &r.outcome {
+        RequestOutcome::Open => ("open", json!(null)),
+        RequestOutcome::Approved { grant, height } => (
+            "approved",
+            json!({"grant": hex::encode(grant), "height": height}),
+        ),
+        RequestOutcome::Denied { reason, height } => {
+            ("denied", json!({"reason": reason, "height": height}))
+        }
+    };
+    json!({
+        "request": id.to_hex(),
+        "requester": ident_text(&r.requester),
+        "patient": ident_text(&r.patient),
+        "scope": r.scope.describe(),
+        "actions": action_names(r.actions),
+        "expires_ms": r.expires_ms,
+        "purpose": r.purpose,
+        "height": r.height,
+        "status": status,
+        "outcome": detail,
+    })
+}
+
+fn ids_under(node: &NodeHandle, prefix: &[u8]) -> Result<Vec<Hash32>, ApiError> {
+    Ok(node
+        .store
+        .chain_state_prefix(prefix, 100_000)
+        .map_err(internal)?
+        .into_iter()
+        .filter_map(|(k, _)| Hash32::from_slice(&k[prefix.len()..]).ok())
+        .collect())
+}
+
+/// `GET /v1/consent?patient=ID` or `?grantee=ID`: grants and requests.
+pub async fn consent(
+    State(node): State<NodeHandle>,
+    Query(q): Query<ConsentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let now = now_ms();
+    let (grant_prefix, request_prefix) = match (&q.patient, &q.grantee) {
+        (Some(p), None) => {
+            let p = parse_identity(p)?;
+            (
+                [b"gp/".as_slice(), p.as_bytes()].concat(),
+                [b"rp/".as_slice(), p.as_bytes()].concat(),
+            )
+        }
+        (None, Some(g)) => {
+            let g = parse_identity(g)?;
+            (
+                [b"gg/".as_slice(), g.as_bytes()].concat(),
+                [b"rr/".as_slice(), g.as_bytes()].concat(),
+            )
+        }
+        _ => return Err(bad("give exactly one of ?patient=ID or ?grantee=ID")),
+    };
+    let mut grants = Vec::new();
+    for id in ids_under(&node, &grant_prefix)? {
+        if let Some(g) = state::<GrantEntry>(&node, &keys::grant(&id))? {
+            grants.push(grant_json(&id, &g, now));
+        }
+    }
+    let mut requests = Vec::new();
+    for id in ids_under(&node, &request_prefix)? {
+        if let Some(r) = state::<RequestEntry>(&node, &keys::request(&id))? {
+            requests.push(request_json(&id, &r));
+        }
+    }
+    Ok(Json(json!({ "grants": grants, "requests": requests })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    record: Option<String>,
+    patient: Option<String>,
+    actor: Option<String>,
+}
+
+/// `GET /v1/audit?record=SLIP | patient=ID | actor=ID`: the provenance trail in chain order.
+pub async fn audit(
+    State(node): State<NodeHandle>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let prefix = match (&q.record, &q.patient, &q.actor) {
+        (Some(r), None, None) => keys::audit_prefix(b'r', parse_hash(r, "record")?.as_bytes()),
+        (None, Some(p), None) => keys::audit_prefix(b'p', parse_identity(p)?.as_bytes()),
+        (None, None, Some(a)) => keys::audit_prefix(b'a', parse_identity(a)?.as_bytes()),
+        _ => {
+            return Err(bad(
+                "give exactly one of ?record=SLIP, ?patient=ID or ?actor=ID",
+            ))
+        }
+    };
+    let mut events = Vec::new();
+    for (k, v) in node
+        .store
+        .chain_state_prefix(&prefix, 100_000)
+        .map_err(internal)?
+    {
+        let e: AuditEvent = crate::contracts::state::decode(&k, &v).map_err(internal)?;
+        events.push(json!({
+            "op": e.op,
+            "height": e.height,
+            "index": e.index,
+            "time_ms": e.time_ms,
+            "actor": ident_text(&e.actor),
+            "patient": e.patient.as_deref().map(ident_text),
+            "record": e.record.map(hex::encode),
+            "detail": e.detail,
+            "transaction": hex::encode(e.transaction),
+        }));
+    }
+    Ok(Json(json!({ "events": events })))
+}
+
+fn refused(status: StatusCode, m: impl Into<String>) -> ApiError {
+    ApiError(status, m.into())
+}
+
+/// `POST /v1/records/{slip}/read`: a `SignedReadRequest`. See the module docs.
+pub async fn read(
+    State(node): State<NodeHandle>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(slip): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let slip = parse_hash(&slip, "slip id")?;
+    let signed = v1::SignedReadRequest::decode_canonical(&body).map_err(|e| {
+        bad(format!(
+            "the body is not a canonical SignedReadRequest: {e}"
+        ))
+    })?;
+    let req = verify_read_request(&signed).map_err(|e| bad(e.to_string()))?;
+    if req.request.chain_id != node.chain_id() {
+        return Err(bad(format!(
+            "the read request is for chain {:?}; this node serves {:?}",
+            req.request.chain_id,
+            node.chain_id()
+        )));
+    }
+    if req.slip_id != slip {
+        return Err(bad("the signed request names another record than the URL"));
+    }
+    let now = now_ms();
+    let admitted = node.access.lock().unwrap_or_else(|p| p.into_inner()).admit(
+        now,
+        &req.reader,
+        peer.ip(),
+        &req.digest,
+        req.request.timestamp_ms,
+    );
+    if let Err(refusal) = admitted {
+        tracing::info!(reader = %req.reader, source = %peer.ip(), reason = %refusal, "read refused");
+        return match refusal {
+            // Not a read attempt at all: nothing to audit twice.
+            Refusal::Replay => Err(refused(StatusCode::CONFLICT, refusal.to_string())),
+            Refusal::Stale { .. } => Err(bad(refusal.to_string())),
+            Refusal::SourceOverLimit { .. } => {
+                node.record_access(&req, false, &refusal.to_string(), None)
+                    .await?;
+                Err(refused(StatusCode::TOO_MANY_REQUESTS, refusal.to_string()))
+            }
+            Refusal::IdentityOverLimit { newly, .. } => {
+                node.record_access(&req, false, &refusal.to_string(), None)
+                    .await?;
+                if newly {
+                    node.suspend(&req.reader, &refusal.to_string()).await?;
+                }
+                Err(refused(StatusCode::TOO_MANY_REQUESTS, refusal.to_string()))
+            }
+        };
+    }
+    match serve_read(&node, &req, now) {
+        Ok((resp, reason, grant)) => {
+            node.record_access(&req, true, &reason, grant).await?;
+            Ok((
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                resp.canonical_bytes(),
+            )
+                .into_response())
+        }
+        Err(e) => {
+            tracing::info!(reader = %req.reader, record = %slip, reason = %e.1, "read refused");
+            node.record_access(&req, false, &e.1, None).await?;
+            Err(e)
+        }
+    }
+}
+
+/// Decides a read and builds the answer: (response, reason for the audit, grant used).
+fn serve_read(
+    node: &NodeHandle,
+    req: &medchain_proto::records::VerifiedReadRequest,
+    now: u64,
+) -> Result<(v1::ReadResponse, String, Option<Hash32>), ApiError> {
+    let ov = Overlay::new(&node.store);
+    let forbidden = |m: String| refused(StatusCode::FORBIDDEN, m);
+    contracts::registered(&ov, &req.reader, "reader", None)
+        .map_err(|e| forbidden(e.to_string()))?;
+    contracts::not_suspended(&ov, &req.reader).map_err(|e| forbidden(e.to_string()))?;
+    let entry = contracts::slip_entry(&ov, &req.slip_id).map_err(|e| not_found(e.to_string()))?;
+    if let Some(h) = entry.deleted_height {
+        return Err(refused(
+            StatusCode::GONE,
+            format!(
+                "record {} was deleted at height {h}; its ciphertext is erased",
+                req.slip_id
+            ),
+        ));
+    }
+    let address = Hash32(entry.ciphertext_hash);
+    let blob = node
+        .store
+        .record(&address)
+        .map_err(internal)?
+        .ok_or_else(|| {
+            refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this node does not hold record {} yet; retry shortly or ask another node",
+                    req.slip_id
+                ),
+            )
+        })?;
+    if ciphertext_address(&blob) != address {
+        tracing::error!(record = %req.slip_id, "stored ciphertext does not match its hash on chain");
+        return Err(refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "the stored ciphertext of record {} is corrupted (its hash differs from the chain); this node refuses to serve it — restore it from another node",
+                req.slip_id
+            ),
+        ));
+    }
+    if req.reader.as_bytes() == entry.patient.as_slice() {
+        return Ok((
+            v1::ReadResponse {
+                ciphertext: blob,
+                ..Default::default()
+            },
+            "owner".into(),
+            None,
+        ));
+    }
+    let found = contracts::find_grant(
+        &ov,
+        &req.reader,
+        &req.slip_id,
+        &entry,
+        v1::ConsentAction::Read,
+        now,
+        &node.store,
+    )
+    .map_err(internal)?;
+    let Some((grant_id, grant)) = found else {
+        return Err(forbidden(format!(
+            "{} holds no valid grant to read record {} (none, expired or revoked); ask the patient with `medchain consent request`",
+            req.reader, req.slip_id
+        )));
+    };
+    let fragment = node
+        .store
+        .node_secret(&fragment_key(&grant_id))
+        .map_err(internal)?
+        .ok_or_else(|| {
+            refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this node holds no re-encryption fragment for grant {grant_id}; ask another proxy of the chain"),
+            )
+        })?;
+    let owner: IdentityEntry = ov
+        .get(&keys::identity(
+            &Identity::from_bytes(&grant.patient).map_err(internal)?,
+        ))
+        .map_err(internal)?
+        .ok_or_else(|| internal("the grant's patient is not registered"))?;
+    let reader: IdentityEntry = ov
+        .get(&keys::identity(&req.reader))
+        .map_err(internal)?
+        .ok_or_else(|| internal("the reader is not registered"))?;
+    let owner_key = EncryptionPublicKey::from_bytes(&owner.encryption_key).map_err(internal)?;
+    let reader_key = EncryptionPublicKey::from_bytes(&reader.encryption_key).map_err(internal)?;
+    let vk = DelegationVerifyingKey::from_bytes(&grant.delegation_key).map_err(internal)?;
+    let checked = check_fragment(&fragment, &vk, &owner_key, &reader_key).map_err(internal)?;
+    let record = EncryptedRecord::from_bytes(&blob).map_err(internal)?;
+    let capsule_fragment = reencrypt_for_grantee(&record, &checked);
+    Ok((
+        v1::ReadResponse {
+            ciphertext: blob,
+            capsule_fragment,
+            grant: grant_id.as_bytes().to_vec(),
+            owner_encryption_key: owner.encryption_key.clone(),
+            delegation_key: grant.delegation_key.clone(),
+            threshold: grant.threshold,
+            proxy: node.me,
+        },
+        format!("grant {grant_id}"),
+        Some(grant_id),
+    ))
+}
+
+/// Node-secret key of this proxy's fragment of a grant.
+pub fn fragment_key(grant: &Hash32) -> Vec<u8> {
+    [b"frag/".as_slice(), grant.as_bytes()].concat()
+}
+
+/// A proxy keeps its fragment of a new grant: opens it with its encryption key and checks it
+/// against the patient's and grantee's registered keys. Returns why it did not, if it did not.
+pub fn keep_fragment(
+    node_key: &medchain_crypto::keys::KeyMaterial,
+    me: u32,
+    store: &medchain_storage::Store,
+    grant_id: &Hash32,
+    grant: &v1::ConsentGrant,
+    patient: &Identity,
+) -> Result<bool, String> {
+    let Some(sealed) = grant.fragments.iter().find(|f| f.proxy == me) else {
+        return Ok(false);
+    };
+    let ov = Overlay::new(store);
+    let owner: IdentityEntry = ov
+        .get(&keys::identity(patient))
+        .map_err(|e| e.to_string())?
+        .ok_or("patient not registered")?;
+    let grantee_id = Identity::from_bytes(&grant.grantee).map_err(|e| e.to_string())?;
+    let grantee: IdentityEntry = ov
+        .get(&keys::identity(&grantee_id))
+        .map_err(|e| e.to_string())?
+        .ok_or("grantee not registered")?;
+    let record = EncryptedRecord::from_bytes(&sealed.sealed).map_err(|e| e.to_string())?;
+    let fragment = decrypt_record(&node_key.encryption_key(), &record)
+        .map_err(|e| format!("cannot open the sealed fragment: {e}"))?;
+    let vk =
+        DelegationVerifyingKey::from_bytes(&grant.delegation_key).map_err(|e| e.to_string())?;
+    let owner_key =
+        EncryptionPublicKey::from_bytes(&owner.encryption_key).map_err(|e| e.to_string())?;
+    let grantee_key =
+        EncryptionPublicKey::from_bytes(&grantee.encryption_key).map_err(|e| e.to_string())?;
+    check_fragment(&fragment, &vk, &owner_key, &grantee_key).map_err(|e| e.to_string())?;
+    store
+        .put_node_secret(&fragment_key(grant_id), &fragment)
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
