@@ -18,6 +18,9 @@ use crate::CryptoError;
 const FORMAT_VERSION: u8 = 1;
 /// Largest capsule accepted when decoding (a real one is under 100 bytes).
 const MAX_CAPSULE_LEN: usize = 1024;
+/// Bytes every ciphertext has besides its plaintext: umbral's DEM prepends a 24-byte
+/// XChaCha20 nonce and appends a 16-byte Poly1305 tag.
+const DEM_OVERHEAD: usize = 24 + 16;
 
 /// The content hash `H(M)` recorded on chain for a plaintext record.
 pub fn record_hash(plaintext: &[u8]) -> Hash32 {
@@ -43,6 +46,29 @@ impl EncryptedRecord {
         out.extend_from_slice(&capsule);
         out.extend_from_slice(&self.ciphertext);
         out
+    }
+
+    /// Checks the wire form (version, capsule length in range, a ciphertext with its tag) without
+    /// decoding the capsule's curve points. Nodes use it on every slip's encrypted address: they
+    /// cannot decrypt it anyway, and a full parse costs about a signature verification.
+    pub fn check_format(bytes: &[u8]) -> Result<(), CryptoError> {
+        let malformed = |m: &str| CryptoError::MalformedRecord(m.to_string());
+        let (&version, rest) = bytes.split_first().ok_or_else(|| malformed("empty"))?;
+        if version != FORMAT_VERSION {
+            return Err(malformed(&format!(
+                "format version {version}, this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        if rest.len() < 4 {
+            return Err(malformed("truncated before the capsule length"));
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > MAX_CAPSULE_LEN || len + DEM_OVERHEAD > rest.len() - 4 {
+            return Err(malformed(
+                "capsule length out of range (truncated or corrupt)",
+            ));
+        }
+        Ok(())
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
@@ -130,6 +156,21 @@ mod tests {
                 EncryptedRecord::from_bytes(&tampered).and_then(|r| decrypt_record(&patient, &r));
             assert!(opened.is_err(), "flip at byte {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn format_check_accepts_real_records_and_rejects_broken_framing() {
+        let patient = KeyMaterial::generate().encryption_key();
+        let bytes = encrypt_record(&patient.public_key(), b"address")
+            .unwrap()
+            .to_bytes();
+        EncryptedRecord::check_format(&bytes).unwrap();
+        assert!(EncryptedRecord::check_format(&[]).is_err());
+        assert!(EncryptedRecord::check_format(&[2, 0, 0, 0, 0]).is_err());
+        assert!(EncryptedRecord::check_format(&bytes[..20]).is_err());
+        let mut huge = bytes.clone();
+        huge[1..5].copy_from_slice(&5_000u32.to_le_bytes());
+        assert!(EncryptedRecord::check_format(&huge).is_err());
     }
 
     #[test]

@@ -152,6 +152,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// One prepared upload: the transaction's id (hex) and the `RecordUpload` bytes.
+type Upload = (String, Vec<u8>);
+
 /// Runs the benchmark against a running devnet.
 pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     let (chain_id, all) = devnet_nodes(&cfg.devnet)?;
@@ -199,7 +202,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
         cfg.transactions
     );
     let per_client = cfg.transactions.div_ceil(clients);
-    let work: Vec<Vec<(String, Vec<u8>)>> = {
+    let work: Vec<Vec<Upload>> = {
         let chain_id = chain_id.clone();
         let total = cfg.transactions;
         let patient_keys: Vec<PatientKeys> = patients
@@ -210,7 +213,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
                 search: p.search_key().public_key(),
             })
             .collect();
-        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<(String, Vec<u8>)>>> {
+        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<Upload>>> {
             let now = now_ms();
             let mut all = Vec::new();
             for (c, doctor) in doctors.iter().enumerate() {
@@ -260,6 +263,11 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     let committed_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let refusals: Arc<Mutex<Vec<String>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    eprintln!(
+        "sending {} record writes from {clients} clients to {} nodes...",
+        cfg.transactions,
+        apis.len()
+    );
     let t0 = Instant::now();
 
     // Poller: records when each transaction's block appears on node 0.

@@ -351,6 +351,7 @@ pub fn start(
         access: access.clone(),
         own_nonce: Arc::new(AtomicU64::new(0)),
     };
+    let forwarded = spawn_forward_checker(ledger.clone(), submit_tx);
     let core = Core {
         replica,
         ledger,
@@ -361,7 +362,6 @@ pub fn start(
         exec_digest,
         status,
         status_tx,
-        submit_tx,
         next_sync_peer: 0,
         validators: validators.len() as u32,
         me,
@@ -370,6 +370,7 @@ pub fn start(
         node_key,
         access,
         missing_blobs: BTreeSet::new(),
+        forwarded,
     };
     let join = tokio::spawn(core.run(network.events, network.stats, submit_rx));
     Ok((handle, join))
@@ -385,7 +386,6 @@ struct Core {
     exec_digest: Hash32,
     status: Status,
     status_tx: watch::Sender<Status>,
-    submit_tx: mpsc::Sender<Submission>,
     next_sync_peer: u32,
     validators: u32,
     me: u32,
@@ -397,6 +397,37 @@ struct Core {
     access: Arc<Mutex<AccessGuard>>,
     /// Content addresses of committed records whose ciphertext this node still lacks.
     missing_blobs: BTreeSet<Hash32>,
+    /// Forwarded transactions on their way to the checker thread.
+    forwarded: mpsc::Sender<(u32, Vec<Vec<u8>>)>,
+}
+
+/// Checks transactions forwarded by other validators on one blocking thread, in the order they
+/// arrived, and queues the good ones: a peer's transactions keep their order (an access record
+/// and the confirmation that follows it are ordered as their origin queued them), and the core
+/// never waits for a signature check.
+fn spawn_forward_checker(
+    ledger: Arc<PrivateLedger>,
+    submit: mpsc::Sender<Submission>,
+) -> mpsc::Sender<(u32, Vec<Vec<u8>>)> {
+    let (tx, mut rx) = mpsc::channel::<(u32, Vec<Vec<u8>>)>(1_024);
+    tokio::task::spawn_blocking(move || {
+        while let Some((from, batch)) = rx.blocking_recv() {
+            for bytes in batch {
+                match ledger.check(&bytes) {
+                    Ok(checked) => {
+                        let (reply, _) = oneshot::channel();
+                        if submit.blocking_send((checked, false, reply)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = from, error = %e, "refused a forwarded transaction")
+                    }
+                }
+            }
+        }
+    });
+    tx
 }
 
 impl Core {
@@ -494,22 +525,9 @@ impl Core {
                         );
                         return Ok(());
                     }
-                    // Check off the core, then queue without forwarding (the origin sends to all).
-                    let ledger = self.ledger.clone();
-                    let submit = self.submit_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        for bytes in batch.transactions {
-                            match ledger.check(&bytes) {
-                                Ok(checked) => {
-                                    let (reply, _) = oneshot::channel();
-                                    let _ = submit.blocking_send((checked, false, reply));
-                                }
-                                Err(e) => {
-                                    tracing::info!(peer = from, error = %e, "refused a forwarded transaction")
-                                }
-                            }
-                        }
-                    });
+                    // Checked off the core, in arrival order, then queued without forwarding
+                    // (the origin sends to all).
+                    let _ = self.forwarded.send((from, batch.transactions)).await;
                 }
                 Some(Body::Blob(blob)) => self.store_blob(from, None, blob.ciphertext)?,
                 Some(Body::BlobResponse(resp)) if !resp.ciphertext.is_empty() => {

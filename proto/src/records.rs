@@ -115,7 +115,7 @@ pub fn check_slip_fields(content: &v1::SlipContent) -> Result<(), ProtoError> {
     field(
         KIND,
         "content.encrypted_address",
-        EncryptedRecord::from_bytes(&content.encrypted_address),
+        EncryptedRecord::check_format(&content.encrypted_address),
     )?;
     if content.encrypted_keywords.len() > MAX_KEYWORDS {
         return Err(invalid(
@@ -235,7 +235,7 @@ pub fn check_grant(g: &v1::ConsentGrant) -> Result<(), ProtoError> {
         field(
             KIND,
             "fragments.sealed",
-            EncryptedRecord::from_bytes(&f.sealed),
+            EncryptedRecord::check_format(&f.sealed),
         )?;
     }
     Ok(())
@@ -355,6 +355,48 @@ pub fn action_names(actions: u32) -> Vec<&'static str> {
     out
 }
 
+/// A well-formed slip content for tests and benchmarks: the record and its address encrypted to a
+/// fixed throwaway key, one encrypted keyword. Real clients build slips with the node's client
+/// (`medchain record add`), encrypting to the patient's registered keys.
+#[doc(hidden)]
+pub fn sample_slip_content(
+    doctor: &Identity,
+    patient: &Identity,
+    record: &[u8],
+) -> v1::SlipContent {
+    let keys = medchain_crypto::keys::KeyMaterial::from_seed(&[7; 32]).expect("32 bytes");
+    let sealed =
+        medchain_crypto::record::encrypt_record(&keys.encryption_key().public_key(), record)
+            .expect("encryption to a valid key")
+            .to_bytes();
+    let address = medchain_crypto::digest(medchain_crypto::hash::domains::STORAGE_ADDRESS, &sealed);
+    v1::SlipContent {
+        timestamp_ms: 1_700_000_000_000,
+        record_type: "Observation".into(),
+        summary: "sample".into(),
+        doctor: doctor.as_bytes().to_vec(),
+        patient: patient.as_bytes().to_vec(),
+        record_hash: medchain_crypto::record::record_hash(record)
+            .as_bytes()
+            .to_vec(),
+        encrypted_address: medchain_crypto::record::encrypt_record(
+            &keys.encryption_key().public_key(),
+            address.to_hex().as_bytes(),
+        )
+        .expect("encryption to a valid key")
+        .to_bytes(),
+        encrypted_keywords: vec![keys
+            .search_key()
+            .public_key()
+            .encrypt_keyword("sample")
+            .expect("valid keyword")
+            .to_bytes()],
+        replaces: vec![],
+        ciphertext_hash: address.as_bytes().to_vec(),
+        ciphertext_size: sealed.len() as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,47 +471,5 @@ mod tests {
         assert!(check_actions("t", 8).is_err());
         check_actions("t", 5).unwrap();
         assert_eq!(action_names(5), vec!["read", "copy"]);
-    }
-}
-
-/// A well-formed slip content for tests and benchmarks: the record and its address encrypted to a
-/// fixed throwaway key, one encrypted keyword. Real clients build slips with the node's client
-/// (`medchain record add`), encrypting to the patient's registered keys.
-#[doc(hidden)]
-pub fn sample_slip_content(
-    doctor: &Identity,
-    patient: &Identity,
-    record: &[u8],
-) -> v1::SlipContent {
-    let keys = medchain_crypto::keys::KeyMaterial::from_seed(&[7; 32]).expect("32 bytes");
-    let sealed =
-        medchain_crypto::record::encrypt_record(&keys.encryption_key().public_key(), record)
-            .expect("encryption to a valid key")
-            .to_bytes();
-    let address = medchain_crypto::digest(medchain_crypto::hash::domains::STORAGE_ADDRESS, &sealed);
-    v1::SlipContent {
-        timestamp_ms: 1_700_000_000_000,
-        record_type: "Observation".into(),
-        summary: "sample".into(),
-        doctor: doctor.as_bytes().to_vec(),
-        patient: patient.as_bytes().to_vec(),
-        record_hash: medchain_crypto::record::record_hash(record)
-            .as_bytes()
-            .to_vec(),
-        encrypted_address: medchain_crypto::record::encrypt_record(
-            &keys.encryption_key().public_key(),
-            address.to_hex().as_bytes(),
-        )
-        .expect("encryption to a valid key")
-        .to_bytes(),
-        encrypted_keywords: vec![keys
-            .search_key()
-            .public_key()
-            .encrypt_keyword("sample")
-            .expect("valid keyword")
-            .to_bytes()],
-        replaces: vec![],
-        ciphertext_hash: address.as_bytes().to_vec(),
-        ciphertext_size: sealed.len() as u64,
     }
 }

@@ -9,12 +9,13 @@ pub const CF_SLIPS: &str = "slips";
 pub const CF_PATIENT_INDEX: &str = "patient_index";
 pub const CF_CHAIN_STATE: &str = "chain_state";
 pub const CF_CONSENSUS_STATE: &str = "consensus_state";
-pub const CF_RECORDS: &str = "records";
+/// Folder (inside the data folder) of the off-chain record store: one file per ciphertext.
+pub const RECORDS_DIR: &str = "records";
 /// This node's own secrets derived from the chain (a proxy's re-encryption key fragments); never
 /// served to peers.
 pub const CF_NODE_SECRETS: &str = "node_secrets";
 
-pub const ALL_CFS: [&str; 10] = [
+pub const ALL_CFS: [&str; 9] = [
     CF_META,
     CF_BLOCKS,
     CF_BLOCK_HASHES,
@@ -23,7 +24,6 @@ pub const ALL_CFS: [&str; 10] = [
     CF_PATIENT_INDEX,
     CF_CHAIN_STATE,
     CF_CONSENSUS_STATE,
-    CF_RECORDS,
     CF_NODE_SECRETS,
 ];
 

@@ -20,6 +20,9 @@ use crate::StoreError;
 /// Version of the on-disk layout. Bump it whenever a column family or key layout changes.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The last committed block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChainTip {
@@ -368,7 +371,7 @@ impl Store {
         &self,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(
             self.cf(CF_CHAIN_STATE),
@@ -458,27 +461,64 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores an encrypted record blob under its content hash (content-addressed).
+    /// Where the ciphertext with content address `content_hash` lives:
+    /// `<data>/records/<first two hex digits>/<hash hex>`. Record ciphertexts (up to 16 MiB) are
+    /// files, not RocksDB values: large values would be rewritten by every compaction, and an
+    /// operator can back up, inspect and check them with ordinary tools.
+    pub fn record_path(&self, content_hash: &Hash32) -> PathBuf {
+        let hex = content_hash.to_hex();
+        self.path.join(RECORDS_DIR).join(&hex[..2]).join(hex)
+    }
+
+    /// Stores an encrypted record under its content address: written to a temporary file, synced,
+    /// then renamed into place, so a crash leaves either the whole ciphertext or none.
     pub fn put_record(&self, content_hash: &Hash32, blob: &[u8]) -> Result<(), StoreError> {
-        self.db.put_cf_opt(
-            self.cf(CF_RECORDS),
-            content_hash.as_bytes(),
-            blob,
-            &synced(),
-        )?;
+        let path = self.record_path(content_hash);
+        let dir = path.parent().expect("record paths have a parent");
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = dir.join(format!(".{}.tmp", content_hash.to_hex()));
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            std::io::Write::write_all(&mut f, blob).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 
+    /// The stored ciphertext, as found on disk (callers check it against its address).
     pub fn record(&self, content_hash: &Hash32) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .db
-            .get_cf(self.cf(CF_RECORDS), content_hash.as_bytes())?)
+        let path = self.record_path(content_hash);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
     }
 
     /// Destroys a record's ciphertext (erasure); the chain keeps its hash and history.
     pub fn delete_record(&self, content_hash: &Hash32) -> Result<(), StoreError> {
-        self.db
-            .delete_cf_opt(self.cf(CF_RECORDS), content_hash.as_bytes(), &synced())?;
+        let path = self.record_path(content_hash);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StoreError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
         Ok(())
     }
 }

@@ -229,7 +229,7 @@ impl Client {
                 &owner,
                 &vk,
                 &record,
-                &[resp.capsule_fragment.clone()],
+                std::slice::from_ref(&resp.capsule_fragment),
             )?
         };
         let expected = slip_json["record_hash"].as_str().unwrap_or_default();

@@ -1,0 +1,648 @@
+//! End-to-end: the record workflow on a 4-node network, driven only through the `medchain` CLI
+//! (which encrypts, decrypts and signs on the user's side) against real `medchain run` processes.
+//!
+//! One scenario, in order: register two doctors and a patient; doctor A writes three records; the
+//! patient confirms them; doctor B's read is refused and audited; B requests, the patient approves
+//! read on one record type; B reads exactly the granted records and no others; the patient
+//! revokes and B is refused again; a grant stops working once its time passes; a deleted record's
+//! ciphertext is gone; the audit trail shows every step in order; verify detects a corrupted
+//! ciphertext and the proxy refuses to serve it; bad input gets clear errors; a node restart
+//! loses nothing.
+
+use std::path::{Path, PathBuf};
+
+use medchain_tests::devnet::{http, Devnet};
+use medchain_tests::{medchain_with_env, text};
+use serde_json::Value;
+
+const FHIR: &str = "../../shared/testdata/fhir";
+
+fn fhir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(FHIR).join(name)
+}
+
+/// Runs a client command against node `api`; returns (success, stdout, stderr).
+fn cli(api: &str, args: &[&str]) -> (bool, String, String) {
+    let node = format!("http://{api}");
+    let out = medchain_with_env(args, &[("MEDCHAIN_NODE", &node)]);
+    let (o, e) = text(&out);
+    (out.status.success(), o, e)
+}
+
+/// Runs a client command that must succeed; returns its stdout's first line.
+fn ok(api: &str, args: &[&str]) -> String {
+    let (success, o, e) = cli(api, args);
+    assert!(success, "medchain {args:?} failed:\n{o}\n{e}");
+    o.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// Runs a client command that must fail; returns its stderr.
+fn refused(api: &str, args: &[&str]) -> String {
+    let (success, o, e) = cli(api, args);
+    assert!(!success, "medchain {args:?} should have failed:\n{o}\n{e}");
+    e
+}
+
+fn identity_of(dir: &Path, name: &str) -> String {
+    let card: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("{name}.card.json"))).unwrap(),
+    )
+    .unwrap();
+    card["identity"].as_str().unwrap().to_string()
+}
+
+fn audit_ops(api: &str, slip: &str) -> Vec<String> {
+    let (_, body) = http(api, "GET", &format!("/v1/audit?record={slip}"), None).unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["op"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn record_workflow_with_consent_proxy_reencryption_and_audit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = 33_000 + (std::process::id() % 200) as u16 * 150;
+    let mut net = Devnet::init(&tmp.path().join("devnet"), 4, base);
+    // node2 watches reads closely: a fourth read by one identity within a minute is abnormal.
+    let cfg = net.home(2).join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("max_reads_per_identity = 120", "max_reads_per_identity = 3"),
+    )
+    .unwrap();
+    for i in 0..4 {
+        net.start(i);
+    }
+    assert!(
+        net.wait(30, |n| (0..4)
+            .all(|i| n.status(i).is_some_and(|s| s["peers_connected"] == 3))),
+        "the four nodes did not connect:\n{}",
+        net.log(0)
+    );
+    let (n0, n1) = (net.apis[0].clone(), net.apis[1].clone());
+    let users = tmp.path().join("users");
+    std::fs::create_dir_all(&users).unwrap();
+    let key = |name: &str| {
+        users
+            .join(format!("{name}.key"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let authority = net.dir.join("authority.key").to_str().unwrap().to_string();
+
+    // Register two doctors and a patient.
+    for (name, role) in [
+        ("doc_a", "doctor"),
+        ("doc_b", "doctor"),
+        ("patient", "patient"),
+    ] {
+        ok(
+            &n0,
+            &["keygen", "--out", &key(name), "--insecure-plaintext"],
+        );
+        let card = users.join(format!("{name}.card.json"));
+        ok(
+            &n0,
+            &[
+                "identity",
+                "register",
+                "--card",
+                card.to_str().unwrap(),
+                "--role",
+                role,
+                "--name",
+                name,
+                "--key",
+                &authority,
+            ],
+        );
+    }
+    let patient = identity_of(&users, "patient");
+    let doc_b = identity_of(&users, "doc_b");
+    // One identity per participant.
+    let again = users.join("patient.card.json");
+    let e = refused(
+        &n0,
+        &[
+            "identity",
+            "register",
+            "--card",
+            again.to_str().unwrap(),
+            "--role",
+            "patient",
+            "--name",
+            "twice",
+            "--key",
+            &authority,
+        ],
+    );
+    assert!(e.contains("already registered"), "{e}");
+    // Only an authority registers.
+    let e = refused(
+        &n0,
+        &[
+            "identity",
+            "register",
+            "--card",
+            again.to_str().unwrap(),
+            "--role",
+            "patient",
+            "--name",
+            "x",
+            "--key",
+            &key("doc_a"),
+        ],
+    );
+    assert!(e.contains("not an authority"), "{e}");
+
+    // Doctor A writes three records (type derived from the FHIR resourceType).
+    let write = |file: &str, kw: &str| {
+        ok(
+            &n0,
+            &[
+                "record",
+                "add",
+                "--patient",
+                &patient,
+                "--file",
+                fhir(file).to_str().unwrap(),
+                "--keyword",
+                kw,
+                "--key",
+                &key("doc_a"),
+            ],
+        )
+    };
+    let s1 = write("observation-example.json", "body weight");
+    let s2 = write("patient-example.json", "demographics");
+    let s3 = write("observation-decimal.json", "glucose");
+
+    // The patient confirms them.
+    let pending = ok(&n1, &["record", "pending", "--key", &key("patient")]);
+    assert!(pending.contains(&s1), "{pending}");
+    for s in [&s1, &s2, &s3] {
+        ok(&n1, &["record", "confirm", s, "--key", &key("patient")]);
+    }
+    let pending = ok(&n1, &["record", "pending", "--key", &key("patient")]);
+    assert!(pending.contains("no records await"), "{pending}");
+
+    // Doctor B's read is refused (and audited).
+    let out = tmp.path().join("out.json");
+    let out_s = out.to_str().unwrap().to_string();
+    let e = refused(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s1,
+            "--out",
+            &out_s,
+            "--key",
+            &key("doc_b"),
+        ],
+    );
+    assert!(e.contains("holds no valid grant"), "{e}");
+
+    // B requests read on Observations; the patient approves.
+    let request = ok(
+        &n0,
+        &[
+            "consent",
+            "request",
+            "--patient",
+            &patient,
+            "--scope",
+            "type:Observation",
+            "--actions",
+            "read",
+            "--until",
+            "+10m",
+            "--purpose",
+            "second opinion",
+            "--key",
+            &key("doc_b"),
+        ],
+    );
+    let grant = ok(
+        &n1,
+        &["consent", "approve", &request, "--key", &key("patient")],
+    );
+    // A broader request is denied, and the denial is recorded.
+    let broad = ok(
+        &n0,
+        &[
+            "consent",
+            "request",
+            "--patient",
+            &patient,
+            "--scope",
+            "all",
+            "--until",
+            "+1d",
+            "--key",
+            &key("doc_b"),
+        ],
+    );
+    ok(
+        &n1,
+        &[
+            "consent",
+            "deny",
+            &broad,
+            "--reason",
+            "too broad",
+            "--key",
+            &key("patient"),
+        ],
+    );
+    let e = refused(
+        &n1,
+        &["consent", "approve", &broad, "--key", &key("patient")],
+    );
+    assert!(e.contains("denied"), "{e}");
+    // B reads and decrypts exactly the granted records, through two different proxies.
+    for (slip, file, api) in [
+        (&s1, "observation-example.json", &n0),
+        (&s3, "observation-decimal.json", &n1),
+    ] {
+        ok(
+            api,
+            &[
+                "record",
+                "get",
+                slip,
+                "--out",
+                &out_s,
+                "--key",
+                &key("doc_b"),
+            ],
+        );
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(fhir(file)).unwrap()
+        );
+    }
+    let e = refused(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s2,
+            "--out",
+            &out_s,
+            "--key",
+            &key("doc_b"),
+        ],
+    );
+    assert!(e.contains("holds no valid grant"), "{e}");
+    // Doctor A was never granted anything either.
+    refused(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s1,
+            "--out",
+            &out_s,
+            "--key",
+            &key("doc_a"),
+        ],
+    );
+
+    // The patient revokes: B is refused again.
+    ok(
+        &n1,
+        &["consent", "revoke", &grant, "--key", &key("patient")],
+    );
+    let e = refused(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s1,
+            "--out",
+            &out_s,
+            "--key",
+            &key("doc_b"),
+        ],
+    );
+    assert!(e.contains("holds no valid grant"), "{e}");
+
+    // A grant stops working once its time passes.
+    ok(
+        &n0,
+        &[
+            "consent",
+            "grant",
+            "--to",
+            &doc_b,
+            "--scope",
+            &format!("record:{s2}"),
+            "--actions",
+            "read",
+            "--until",
+            "+4s",
+            "--key",
+            &key("patient"),
+        ],
+    );
+    ok(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s2,
+            "--out",
+            &out_s,
+            "--key",
+            &key("doc_b"),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(fhir("patient-example.json")).unwrap()
+    );
+    assert!(
+        net.wait(20, |_| cli(
+            &n0,
+            &[
+                "record",
+                "get",
+                &s2,
+                "--out",
+                &out_s,
+                "--key",
+                &key("doc_b")
+            ]
+        )
+        .2
+        .contains("holds no valid grant")),
+        "the expired grant still worked"
+    );
+    let listing = cli(&n0, &["consent", "list", "--grantee", &doc_b]).1;
+    assert!(
+        listing.contains("revoked") && listing.contains("expired"),
+        "{listing}"
+    );
+
+    // The audit trail of s1 shows every step in chain order.
+    assert!(net.wait(10, |_| audit_ops(&n0, &s1).len() >= 7));
+    assert_eq!(
+        audit_ops(&n0, &s1),
+        vec![
+            "upload",
+            "read",
+            "confirm",
+            "read-refused",
+            "read",
+            "read-refused",
+            "read-refused"
+        ]
+    );
+    let patient_trail = cli(&n0, &["audit", "--patient", &patient]).1;
+    for op in [
+        "register", "upload", "confirm", "request", "approve", "revoke", "grant", "read",
+    ] {
+        assert!(patient_trail.contains(op), "{op} missing:\n{patient_trail}");
+    }
+
+    // Tamper check: corrupt s3's ciphertext on node0's disk.
+    let (_, body) = http(&n0, "GET", &format!("/v1/records/{s3}"), None).unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let address = v["slip"]["ciphertext_hash"].as_str().unwrap().to_string();
+    let blob = net
+        .home(0)
+        .join("data/records")
+        .join(&address[..2])
+        .join(&address);
+    let mut bytes = std::fs::read(&blob).expect("node0 stores the ciphertext as a file");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&blob, bytes).unwrap();
+    let e = refused(&n0, &["record", "verify", &s3]);
+    assert!(e.contains("corrupted"), "{e}");
+    let e = refused(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s3,
+            "--out",
+            &out_s,
+            "--key",
+            &key("patient"),
+        ],
+    );
+    assert!(
+        e.contains("corrupted") && e.contains("refuses to serve"),
+        "{e}"
+    );
+    // Another node's copy is intact and serves the patient.
+    ok(&n1, &["record", "verify", &s3, "--key", &key("patient")]);
+
+    // Deletion: the ciphertext is erased everywhere, the slip and its history stay.
+    ok(
+        &n1,
+        &[
+            "record",
+            "delete",
+            &s2,
+            "--reason",
+            "entered in error",
+            "--key",
+            &key("patient"),
+        ],
+    );
+    let e = refused(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s2,
+            "--out",
+            &out_s,
+            "--key",
+            &key("patient"),
+        ],
+    );
+    assert!(e.contains("deleted"), "{e}");
+    let (_, body) = http(&n1, "GET", &format!("/v1/records/{s2}/verify"), None).unwrap();
+    assert!(body.contains("\"deleted\""), "{body}");
+    assert_eq!(
+        audit_ops(&n1, &s2).last().map(String::as_str),
+        Some("delete")
+    );
+
+    // Bad input: an oversize record, an unknown patient, a replayed slip.
+    let big = tmp.path().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 16 * 1024 * 1024 + 1]).unwrap();
+    let e = refused(
+        &n0,
+        &[
+            "record",
+            "add",
+            "--patient",
+            &patient,
+            "--type",
+            "Binary",
+            "--file",
+            big.to_str().unwrap(),
+            "--key",
+            &key("doc_a"),
+        ],
+    );
+    assert!(e.contains("limited to") && e.contains("16 MiB"), "{e}");
+    // Exactly 16 MiB is a valid record (any bytes are).
+    std::fs::write(&big, vec![b'x'; 16 * 1024 * 1024]).unwrap();
+    let s4 = ok(
+        &n0,
+        &[
+            "record",
+            "add",
+            "--patient",
+            &patient,
+            "--type",
+            "Binary",
+            "--file",
+            big.to_str().unwrap(),
+            "--key",
+            &key("doc_a"),
+        ],
+    );
+    assert!(
+        net.wait(20, |_| cli(&n1, &["record", "verify", &s4]).0),
+        "not replicated"
+    );
+    ok(
+        &n1,
+        &[
+            "record",
+            "get",
+            &s4,
+            "--out",
+            &out_s,
+            "--key",
+            &key("patient"),
+        ],
+    );
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 16 * 1024 * 1024);
+    let e = refused(
+        &n0,
+        &[
+            "record",
+            "add",
+            "--patient",
+            &doc_b,
+            "--file",
+            fhir("observation-example.json").to_str().unwrap(),
+            "--key",
+            &key("doc_a"),
+        ],
+    );
+    assert!(e.contains("not a patient"), "{e}");
+
+    // Abnormal access: the fourth read within the window on node2 suspends the reader on chain;
+    // every node then refuses it until an authority reinstates it.
+    let n2 = net.apis[2].clone();
+    for _ in 0..3 {
+        ok(
+            &n2,
+            &[
+                "record",
+                "get",
+                &s1,
+                "--out",
+                &out_s,
+                "--key",
+                &key("patient"),
+            ],
+        );
+    }
+    let e = refused(
+        &n2,
+        &[
+            "record",
+            "get",
+            &s1,
+            "--out",
+            &out_s,
+            "--key",
+            &key("patient"),
+        ],
+    );
+    assert!(e.contains("abnormal access"), "{e}");
+    assert!(
+        net.wait(20, |_| cli(
+            &n0,
+            &[
+                "record",
+                "get",
+                &s1,
+                "--out",
+                &out_s,
+                "--key",
+                &key("patient")
+            ]
+        )
+        .2
+        .contains("suspended")),
+        "the suspension did not reach node0"
+    );
+    let e = refused(
+        &n0,
+        &["identity", "reinstate", &patient, "--key", &key("doc_a")],
+    );
+    assert!(e.contains("only an authority"), "{e}");
+    ok(
+        &n0,
+        &["identity", "reinstate", &patient, "--key", &authority],
+    );
+    ok(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s1,
+            "--out",
+            &out_s,
+            "--key",
+            &key("patient"),
+        ],
+    );
+
+    // A node restart loses nothing.
+    assert!(net.wait(20, |n| (0..4)
+        .all(|i| n.status(i).is_some_and(|s| s["mempool"] == 0))));
+    let height = net.height(0);
+    let trail = audit_ops(&n0, &s1);
+    net.kill(0);
+    net.start(0);
+    assert!(
+        net.wait(30, |n| n.height(0) >= height),
+        "node0 did not come back"
+    );
+    assert_eq!(audit_ops(&n0, &s1)[..trail.len()], trail[..]);
+    ok(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s1,
+            "--out",
+            &out_s,
+            "--key",
+            &key("patient"),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(fhir("observation-example.json")).unwrap()
+    );
+    ok(&n0, &["record", "verify", &s1]);
+}
