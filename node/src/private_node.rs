@@ -401,6 +401,21 @@ struct Core {
     forwarded: mpsc::Sender<(u32, Vec<Vec<u8>>)>,
 }
 
+/// Stores a ciphertext another validator pushed after an upload, under its content address.
+fn store_pushed_blob(store: &Store, ciphertext: Vec<u8>) -> Result<()> {
+    if ciphertext.len() > medchain_proto::canonical::limits::RECORD_CIPHERTEXT {
+        return Err(anyhow!(
+            "a pushed ciphertext of {} bytes is over the record limit",
+            ciphertext.len()
+        ));
+    }
+    let address = ciphertext_address(&ciphertext);
+    if !store.has_record(&address) {
+        store.put_record(&address, &ciphertext)?;
+    }
+    Ok(())
+}
+
 /// Checks transactions forwarded by other validators on one blocking thread, in the order they
 /// arrived, and queues the good ones: a peer's transactions keep their order (an access record
 /// and the confirmation that follows it are ordered as their origin queued them), and the core
@@ -529,7 +544,16 @@ impl Core {
                     // (the origin sends to all).
                     let _ = self.forwarded.send((from, batch.transactions)).await;
                 }
-                Some(Body::Blob(blob)) => self.store_blob(from, None, blob.ciphertext)?,
+                Some(Body::Blob(blob)) => {
+                    // A pushed ciphertext is written off the core: a synced file write per record
+                    // would otherwise serialise every vote behind the disk.
+                    let store = self.store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store_pushed_blob(&store, blob.ciphertext) {
+                            tracing::warn!(peer = from, error = %e, "could not store a pushed record ciphertext");
+                        }
+                    });
+                }
                 Some(Body::BlobResponse(resp)) if !resp.ciphertext.is_empty() => {
                     if let Ok(h) = Hash32::from_slice(&resp.ciphertext_hash) {
                         self.store_blob(from, Some(h), resp.ciphertext)?;
@@ -703,8 +727,7 @@ impl Core {
         Ok(())
     }
 
-    /// Stores a ciphertext pushed by (or fetched from) a validator, under its content address.
-    /// A fetched one must be the one asked for.
+    /// Stores a ciphertext fetched from a validator; it must be the one asked for.
     fn store_blob(
         &mut self,
         from: u32,
@@ -727,7 +750,7 @@ impl Core {
             );
             return Ok(());
         }
-        if self.store.record(&address)?.is_none() {
+        if !self.store.has_record(&address) {
             self.store.put_record(&address, &ciphertext)?;
         }
         if self.missing_blobs.remove(&address) {
@@ -740,7 +763,7 @@ impl Core {
     /// keep or destroy this proxy's re-encryption fragments.
     fn apply_effects(&mut self, fx: SideEffects) -> Result<()> {
         for address in fx.new_blobs {
-            if self.store.record(&address)?.is_none() {
+            if !self.store.has_record(&address) {
                 self.missing_blobs.insert(address);
             }
         }
@@ -782,6 +805,9 @@ impl Core {
     }
 
     async fn fetch_missing_blobs(&mut self) {
+        // Pushed copies may have landed since the commit that found them missing.
+        let store = self.store.clone();
+        self.missing_blobs.retain(|a| !store.has_record(a));
         let wanted: Vec<Hash32> = self.missing_blobs.iter().take(8).copied().collect();
         for address in wanted {
             let Some(peer) = self.pick_connected_peer() else {

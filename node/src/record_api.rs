@@ -128,15 +128,21 @@ pub async fn upload(State(node): State<NodeHandle>, body: Bytes) -> Result<Respo
             "the ciphertext does not match the slip's ciphertext_hash and ciphertext_size",
         ));
     }
-    EncryptedRecord::from_bytes(&upload.ciphertext)
+    // The framing only: the node cannot decrypt it, and the patient's client checks the rest.
+    EncryptedRecord::check_format(&upload.ciphertext)
         .map_err(|e| bad(format!("the ciphertext is not an encrypted record: {e}")))?;
     let bytes = tx.canonical_bytes();
     let checked = node.check_client(bytes).await.map_err(submit_error)?;
     // Store before the slip can commit anywhere, then let the other stores have it.
-    node.store
-        .put_record(&address, &upload.ciphertext)
-        .map_err(internal)?;
-    node.push_blob(upload.ciphertext).await;
+    let store = node.store.clone();
+    let ciphertext = upload.ciphertext;
+    let ciphertext = tokio::task::spawn_blocking(move || {
+        store.put_record(&address, &ciphertext).map(|()| ciphertext)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    node.push_blob(ciphertext).await;
     let id = node.queue(checked).await.map_err(submit_error)?;
     Ok((
         StatusCode::ACCEPTED,

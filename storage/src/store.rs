@@ -493,6 +493,11 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a ciphertext is stored (without reading it).
+    pub fn has_record(&self, content_hash: &Hash32) -> bool {
+        self.record_path(content_hash).is_file()
+    }
+
     /// The stored ciphertext, as found on disk (callers check it against its address).
     pub fn record(&self, content_hash: &Hash32) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.record_path(content_hash);
