@@ -48,30 +48,9 @@ impl EncryptedRecord {
         out
     }
 
-    /// Checks the wire form (version, capsule length in range, a ciphertext with its tag) without
-    /// decoding the capsule's curve points. Nodes use it on every slip's encrypted address: they
-    /// cannot decrypt it anyway, and a full parse costs about a signature verification.
-    pub fn check_format(bytes: &[u8]) -> Result<(), CryptoError> {
-        let malformed = |m: &str| CryptoError::MalformedRecord(m.to_string());
-        let (&version, rest) = bytes.split_first().ok_or_else(|| malformed("empty"))?;
-        if version != FORMAT_VERSION {
-            return Err(malformed(&format!(
-                "format version {version}, this build reads version {FORMAT_VERSION}"
-            )));
-        }
-        if rest.len() < 4 {
-            return Err(malformed("truncated before the capsule length"));
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        if len == 0 || len > MAX_CAPSULE_LEN || len + DEM_OVERHEAD > rest.len() - 4 {
-            return Err(malformed(
-                "capsule length out of range (truncated or corrupt)",
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+    /// Splits the wire form into (capsule bytes, ciphertext), checking the version, the capsule
+    /// length and that a ciphertext with its nonce and tag follows.
+    fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), CryptoError> {
         let malformed = |m: &str| CryptoError::MalformedRecord(m.to_string());
         let (&version, rest) = bytes.split_first().ok_or_else(|| malformed("empty"))?;
         if version != FORMAT_VERSION {
@@ -84,14 +63,25 @@ impl EncryptedRecord {
         }
         let (len, rest) = rest.split_at(4);
         let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-        if len > MAX_CAPSULE_LEN || len > rest.len() {
+        if len == 0 || len > MAX_CAPSULE_LEN || len + DEM_OVERHEAD > rest.len() {
             return Err(malformed(
                 "capsule length out of range (truncated or corrupt)",
             ));
         }
-        let (capsule, ciphertext) = rest.split_at(len);
-        let capsule =
-            Capsule::from_bytes(capsule).map_err(|e| malformed(&format!("capsule: {e}")))?;
+        Ok(rest.split_at(len))
+    }
+
+    /// Checks the wire form without decoding the capsule's curve points. Nodes use it on every
+    /// slip's encrypted address: they cannot decrypt it anyway, and a full parse costs about a
+    /// signature verification.
+    pub fn check_format(bytes: &[u8]) -> Result<(), CryptoError> {
+        Self::split(bytes).map(|_| ())
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let (capsule, ciphertext) = Self::split(bytes)?;
+        let capsule = Capsule::from_bytes(capsule)
+            .map_err(|e| CryptoError::MalformedRecord(format!("capsule: {e}")))?;
         Ok(EncryptedRecord {
             capsule,
             ciphertext: ciphertext.to_vec(),

@@ -810,36 +810,37 @@ impl Core {
         self.missing_blobs.retain(|a| !store.has_record(a));
         let wanted: Vec<Hash32> = self.missing_blobs.iter().take(8).copied().collect();
         for address in wanted {
-            let Some(peer) = self.pick_connected_peer() else {
+            let body = Body::BlobRequest(v1::BlobRequest {
+                ciphertext_hash: address.as_bytes().to_vec(),
+            });
+            if !self.ask_a_peer(body).await {
                 return;
-            };
-            let _ = self
-                .net
-                .send(NetCommand::Send {
-                    to: peer,
-                    msg: peer_message(Body::BlobRequest(v1::BlobRequest {
-                        ciphertext_hash: address.as_bytes().to_vec(),
-                    })),
-                })
-                .await;
+            }
         }
     }
 
     async fn poll_blocks(&mut self) {
         self.fetch_missing_blobs().await;
+        let body = Body::BlockRequest(v1::BlockRequest {
+            from_height: self.status.height + 1,
+            count: SYNC_BATCH,
+        });
+        self.ask_a_peer(body).await;
+    }
+
+    /// Sends a query to the next connected peer in turn; false if none is connected.
+    async fn ask_a_peer(&mut self, body: Body) -> bool {
         let Some(peer) = self.pick_connected_peer() else {
-            return;
+            return false;
         };
         let _ = self
             .net
             .send(NetCommand::Send {
                 to: peer,
-                msg: peer_message(Body::BlockRequest(v1::BlockRequest {
-                    from_height: self.status.height + 1,
-                    count: SYNC_BATCH,
-                })),
+                msg: peer_message(body),
             })
             .await;
+        true
     }
 
     fn pick_connected_peer(&mut self) -> Option<u32> {

@@ -26,6 +26,14 @@ fn key(args: &ClientArgs) -> Result<KeyMaterial> {
     load_key(path, args.password_file.as_deref())
 }
 
+/// Signs `payload` with `--key`, submits it to `--node` and waits for its block.
+async fn act(args: &ClientArgs, payload: Payload) -> Result<Value> {
+    let k = key(args)?;
+    let mut c = Client::connect(&args.node).await?;
+    let tx = c.sign(&k, payload);
+    Ok(c.submit_and_wait(&tx).await?.1)
+}
+
 fn identity_arg(text: &str) -> Result<Identity> {
     text.parse::<Identity>()
         .map_err(|e| anyhow!("{text:?} is not an identity: {e}"))
@@ -114,33 +122,29 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                 reason,
                 client: args,
             } => {
-                let authority = key(&args)?;
                 let id = identity_arg(&identity)?;
-                let mut c = Client::connect(&args.node).await?;
-                let tx = c.sign(
-                    &authority,
+                let v = act(
+                    &args,
                     Payload::Suspension(v1::Suspension {
                         identity: id.as_bytes().to_vec(),
                         reason,
                     }),
-                );
-                let (_, v) = c.submit_and_wait(&tx).await?;
+                )
+                .await?;
                 println!("suspended {id} at height {}", v["height"]);
             }
             IdentityCommand::Reinstate {
                 identity,
                 client: args,
             } => {
-                let authority = key(&args)?;
                 let id = identity_arg(&identity)?;
-                let mut c = Client::connect(&args.node).await?;
-                let tx = c.sign(
-                    &authority,
+                let v = act(
+                    &args,
                     Payload::SuspensionLift(v1::SuspensionLift {
                         identity: id.as_bytes().to_vec(),
                     }),
-                );
-                let (_, v) = c.submit_and_wait(&tx).await?;
+                )
+                .await?;
                 println!("reinstated {id} at height {}", v["height"]);
             }
         }
@@ -280,17 +284,15 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                 }
             }
             RecordCommand::Delete { slip, reason, client: args } => {
-                let k = key(&args)?;
                 let slip = hash_arg(&slip, "slip")?;
-                let mut c = Client::connect(&args.node).await?;
-                let tx = c.sign(
-                    &k,
+                let v = act(
+                    &args,
                     Payload::RecordDeletion(v1::RecordDeletion {
                         slip_id: slip.as_bytes().to_vec(),
                         reason,
                     }),
-                );
-                let (_, v) = c.submit_and_wait(&tx).await?;
+                )
+                .await?;
                 println!(
                     "record {slip} deleted at height {}: its ciphertext is erased on every node; the slip and its history stay",
                     v["height"]
@@ -385,30 +387,26 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 );
             }
             ConsentCommand::Deny { request, reason, client: args } => {
-                let patient = key(&args)?;
                 let req_id = hash_arg(&request, "request")?;
-                let mut c = Client::connect(&args.node).await?;
-                let tx = c.sign(
-                    &patient,
+                let v = act(
+                    &args,
                     Payload::ConsentDenial(v1::ConsentDenial {
                         request: req_id.as_bytes().to_vec(),
                         reason,
                     }),
-                );
-                let (_, v) = c.submit_and_wait(&tx).await?;
+                )
+                .await?;
                 println!("denied request {req_id} at height {}", v["height"]);
             }
             ConsentCommand::Revoke { grant, client: args } => {
-                let patient = key(&args)?;
                 let grant_id = hash_arg(&grant, "grant")?;
-                let mut c = Client::connect(&args.node).await?;
-                let tx = c.sign(
-                    &patient,
+                let v = act(
+                    &args,
                     Payload::ConsentRevocation(v1::ConsentRevocation {
                         grant: grant_id.as_bytes().to_vec(),
                     }),
-                );
-                let (_, v) = c.submit_and_wait(&tx).await?;
+                )
+                .await?;
                 println!(
                     "revoked grant {grant_id} at height {}; the proxies destroy their fragments",
                     v["height"]
