@@ -51,6 +51,16 @@ fn identity_of(dir: &Path, name: &str) -> String {
     card["identity"].as_str().unwrap().to_string()
 }
 
+/// Waits until every node has committed at least the highest height any node reports, so a step
+/// on one node sees what an earlier step committed through another.
+fn settle(net: &Devnet) {
+    let top = (0..4).map(|i| net.height(i)).max().unwrap_or(0);
+    assert!(
+        net.wait(20, |n| (0..4).all(|i| n.height(i) >= top)),
+        "the nodes did not reach height {top}"
+    );
+}
+
 fn audit_ops(api: &str, slip: &str) -> Vec<String> {
     let (_, body) = http(api, "GET", &format!("/v1/audit?record={slip}"), None).unwrap();
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -182,6 +192,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     let s1 = write("observation-example.json", "body weight");
     let s2 = write("patient-example.json", "demographics");
     let s3 = write("observation-decimal.json", "glucose");
+    settle(&net);
 
     // The patient confirms them.
     let pending = ok(&n1, &["record", "pending", "--key", &key("patient")]);
@@ -229,10 +240,12 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
             &key("doc_b"),
         ],
     );
+    settle(&net);
     let grant = ok(
         &n1,
         &["consent", "approve", &request, "--key", &key("patient")],
     );
+    settle(&net);
     // A broader request is denied, and the denial is recorded.
     let broad = ok(
         &n0,
@@ -249,6 +262,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
             &key("doc_b"),
         ],
     );
+    settle(&net);
     ok(
         &n1,
         &[
@@ -261,6 +275,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
             &key("patient"),
         ],
     );
+    settle(&net);
     let e = refused(
         &n1,
         &["consent", "approve", &broad, "--key", &key("patient")],
@@ -320,6 +335,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         &n1,
         &["consent", "revoke", &grant, "--key", &key("patient")],
     );
+    settle(&net);
     let e = refused(
         &n0,
         &[
@@ -459,6 +475,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
             &key("patient"),
         ],
     );
+    settle(&net);
     let e = refused(
         &n0,
         &[
@@ -603,6 +620,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         &n0,
         &["identity", "reinstate", &patient, "--key", &authority],
     );
+    settle(&net);
     ok(
         &n0,
         &[
