@@ -62,6 +62,7 @@ pub fn router(node: NodeHandle) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/status", get(status))
+        .route("/ready", get(ready))
         .route("/v1/transactions", post(submit))
         .route("/v1/transactions/{id}", get(transaction))
         .route("/v1/blocks/latest", get(latest_block))
@@ -106,6 +107,22 @@ pub async fn serve(addr: SocketAddr, node: NodeHandle) -> anyhow::Result<()> {
 
 async fn status(State(node): State<NodeHandle>) -> Json<Value> {
     Json(serde_json::to_value(&*node.status.borrow()).unwrap_or(Value::Null))
+}
+
+/// 200 when the node is in consensus (enough peers for a quorum) and caught up; 503 with the
+/// reason otherwise. For load balancers and orchestrators; `/health` only says the process answers.
+async fn ready(State(node): State<NodeHandle>) -> (StatusCode, Json<Value>) {
+    let status = node.status.borrow().clone();
+    match status.not_ready() {
+        None => (
+            StatusCode::OK,
+            Json(json!({"ready": true, "height": status.height})),
+        ),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason, "height": status.height})),
+        ),
+    }
 }
 
 async fn submit(

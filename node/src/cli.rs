@@ -52,6 +52,16 @@ pub enum Command {
     Consent(ConsentCommand),
     /// The provenance trail of a record, a patient or an actor, in chain order.
     Audit(AuditArgs),
+    /// A running node's state: height, last block, view and primary, peers, mempool, catch-up,
+    /// readiness.
+    Status {
+        /// The node's API.
+        #[arg(long, env = "MEDCHAIN_NODE", default_value = crate::client::DEFAULT_NODE)]
+        node: String,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How a client command reaches the chain and whose key it uses.

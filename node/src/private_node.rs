@@ -61,6 +61,31 @@ pub struct Status {
     pub committed_transactions: u64,
     /// (from, target) while fetching missing blocks.
     pub catching_up: Option<(u64, u64)>,
+    /// Timestamp of the last committed block (Unix ms), 0 before the first.
+    pub last_block_time_ms: u64,
+    /// Connected peers needed, with this node, for a PBFT quorum.
+    pub peers_needed: usize,
+}
+
+impl Status {
+    /// Why the node is not ready to serve (in consensus and caught up), if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.peers_connected < self.peers_needed {
+            return Some(format!(
+                "connected to {} of the {} other validators; {} are needed for a quorum",
+                self.peers_connected,
+                self.validators.saturating_sub(1),
+                self.peers_needed
+            ));
+        }
+        if let Some((from, target)) = self.catching_up {
+            return Some(format!(
+                "catching up: at height {} of at least {target} (fetching from {from})",
+                self.height
+            ));
+        }
+        None
+    }
 }
 
 /// Why a submitted transaction was refused.
@@ -324,7 +349,12 @@ pub fn start(
         .map(u64::from_be_bytes)
         .unwrap_or(0);
     let tip_hash = store.tip()?.map(|t| t.hash.to_hex()).unwrap_or_default();
+    let last_block_time_ms = store
+        .block(tip)?
+        .and_then(|b| b.header)
+        .map_or(0, |h| h.timestamp_ms);
     let status = Status {
+        last_block_time_ms,
         chain_id: g.chain_id.clone(),
         node: g.validators[me as usize].name.clone(),
         identity: key.identity().to_string(),
@@ -333,6 +363,7 @@ pub fn start(
         validators: validators.len(),
         mempool_capacity: MEMPOOL_CAPACITY,
         committed_transactions,
+        peers_needed: validators.quorum().saturating_sub(1),
         ..Status::default()
     };
     let (status_tx, status_rx) = watch::channel(status.clone());
@@ -897,6 +928,7 @@ impl Core {
         self.apply_effects(effects)?;
         self.status.height = tip.height;
         self.status.tip_hash = tip.hash.to_hex();
+        self.status.last_block_time_ms = entry.batch.as_ref().map_or(0, |b| b.timestamp_ms);
         self.status.view = self.replica.view();
         self.status.primary = (entry.view % self.validators as u64) as u32;
         if let Some((_, target)) = self.status.catching_up {

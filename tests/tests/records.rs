@@ -663,4 +663,13 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         std::fs::read(fhir("observation-example.json")).unwrap()
     );
     ok(&n0, &["record", "verify", &s1]);
+
+    // The operator's view of the restarted node.
+    assert!(
+        net.wait(20, |_| cli(&n0, &["status"]).1.contains("ready       yes")),
+        "node0 not ready after its restart: {}",
+        cli(&n0, &["status"]).1
+    );
+    let (code, body) = http(&n0, "GET", "/ready", None).unwrap();
+    assert_eq!(code, 200, "{body}");
 }

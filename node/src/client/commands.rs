@@ -492,3 +492,73 @@ pub fn audit(args: AuditArgs) -> Result<()> {
 fn short(id: &str) -> &str {
     &id[..id.len().min(20)]
 }
+
+/// `medchain status`: what an operator checks first.
+pub fn status(node: &str, json: bool) -> Result<()> {
+    runtime()?.block_on(async move {
+        let mut c = Client::connect(node).await?;
+        let s = c
+            .get("/v1/status")
+            .await?
+            .ok_or_else(|| anyhow!("the node at {node} serves no status"))?;
+        let ready = c.get_with_status("/ready").await?;
+        if json {
+            let mut all = s.clone();
+            all["ready"] = ready.1.clone();
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            return Ok(());
+        }
+        let primary = s["primary"].as_u64().unwrap_or(0) as usize;
+        let primary_name = c
+            .chain
+            .validators
+            .get(primary)
+            .map_or_else(|| format!("validator {primary}"), |v| v.name.clone());
+        let last = s["last_block_time_ms"].as_u64().unwrap_or(0);
+        let ago = if last == 0 {
+            "no block yet".to_string()
+        } else {
+            format!(
+                "{} ({} s ago)",
+                time_text(last),
+                now_ms().saturating_sub(last) / 1_000
+            )
+        };
+        println!(
+            "{} ({}) on chain {}",
+            s["node"].as_str().unwrap_or_default(),
+            s["identity"].as_str().unwrap_or_default(),
+            s["chain_id"].as_str().unwrap_or_default()
+        );
+        println!(
+            "height      {}  (tip {})",
+            s["height"],
+            &s["tip_hash"].as_str().unwrap_or_default()
+                [..16.min(s["tip_hash"].as_str().unwrap_or_default().len())]
+        );
+        println!("last block  {ago}");
+        println!("view        {}, primary {primary_name}", s["view"]);
+        println!(
+            "peers       {} of {} connected ({} needed for a quorum)",
+            s["peers_connected"],
+            s["validators"].as_u64().unwrap_or(1).saturating_sub(1),
+            s["peers_needed"]
+        );
+        println!("mempool     {} of {}", s["mempool"], s["mempool_capacity"]);
+        println!("committed   {} transactions", s["committed_transactions"]);
+        match s["catching_up"].as_array() {
+            Some(a) if a.len() == 2 => {
+                println!("catch-up    at height {} of at least {}", s["height"], a[1])
+            }
+            _ => println!("catch-up    none"),
+        }
+        match ready.0 {
+            200 => println!("ready       yes"),
+            _ => println!(
+                "ready       no: {}",
+                ready.1["reason"].as_str().unwrap_or("unknown")
+            ),
+        }
+        Ok(())
+    })
+}

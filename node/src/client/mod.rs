@@ -145,6 +145,12 @@ impl Client {
         }
     }
 
+    /// GET a JSON resource whatever its status: (status, body).
+    pub async fn get_with_status(&mut self, path: &str) -> Result<(u16, Value)> {
+        let (status, body) = self.http.request("GET", path, None).await?;
+        Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+    }
+
     /// POST protobuf bytes; the answer's bytes on success.
     pub async fn post_proto(&mut self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
         let (status, bytes) = self
