@@ -63,6 +63,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/status", get(status))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/v1/transactions", post(submit))
         .route("/v1/transactions/{id}", get(transaction))
         .route("/v1/blocks/latest", get(latest_block))
@@ -125,6 +126,20 @@ async fn ready(State(node): State<NodeHandle>) -> (StatusCode, Json<Value>) {
     }
 }
 
+/// Prometheus text exposition.
+async fn metrics(State(node): State<NodeHandle>) -> Response {
+    let status = node.status.borrow().clone();
+    let text = node.metrics.render(&status, node.store.path());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 async fn submit(
     State(node): State<NodeHandle>,
     Json(req): Json<SubmitRequest>,
@@ -150,7 +165,27 @@ async fn submit(
             StatusCode::ACCEPTED,
             Json(json!({ "id": id.to_hex(), "status": "pending" })),
         )),
-        Err(e) => Err(submit_error(e)),
+        Err(e) => {
+            node.metrics.reject(reject_reason(&e));
+            Err(submit_error(e))
+        }
+    }
+}
+
+/// The metric label of a refusal.
+pub(crate) fn reject_reason(e: &SubmitError) -> &'static str {
+    match e {
+        SubmitError::Tx(TxError::Malformed(_)) => "malformed",
+        SubmitError::Tx(TxError::WrongChain { .. }) => "wrong_chain",
+        SubmitError::Tx(TxError::Invalid(_)) => "invalid_signature_or_form",
+        SubmitError::Tx(TxError::AlreadyCommitted { .. }) => "already_committed",
+        SubmitError::Tx(TxError::NonceUsed { .. }) => "nonce_used",
+        SubmitError::Tx(TxError::Refused(_)) => "refused_by_contract",
+        SubmitError::Tx(TxError::Storage(_)) => "storage",
+        SubmitError::Mempool(MempoolError::Full { .. }) => "mempool_full",
+        SubmitError::Mempool(MempoolError::Duplicate(_)) => "duplicate",
+        SubmitError::Mempool(MempoolError::NonceTaken { .. }) => "nonce_pending",
+        SubmitError::Closed => "shutting_down",
     }
 }
 

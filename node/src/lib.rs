@@ -18,6 +18,7 @@ pub mod http_client;
 pub mod ledger;
 pub mod logging;
 pub mod mempool;
+pub mod metrics;
 pub mod net;
 pub mod password;
 pub mod private_node;

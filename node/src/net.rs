@@ -82,6 +82,7 @@ async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<v1:
     }
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
+    crate::metrics::PEER_BYTES_IN.fetch_add(4 + len as u64, std::sync::atomic::Ordering::Relaxed);
     decode_peer_message(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -92,6 +93,8 @@ async fn write_message<T: AsyncWrite + Unpin + Send>(
     let bytes = msg.canonical_bytes();
     io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     io.write_all(&bytes).await?;
+    crate::metrics::PEER_BYTES_OUT
+        .fetch_add(4 + bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     io.close().await
 }
 

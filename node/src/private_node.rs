@@ -118,6 +118,7 @@ pub struct NodeHandle {
     net: mpsc::Sender<NetCommand>,
     pub access: Arc<Mutex<AccessGuard>>,
     own_nonce: Arc<AtomicU64>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -154,6 +155,7 @@ impl NodeHandle {
             .await
             .map_err(|_| SubmitError::Closed)?;
         rx.await.map_err(|_| SubmitError::Closed)??;
+        self.metrics.transactions_accepted.inc();
         Ok(id)
     }
 
@@ -369,6 +371,7 @@ pub fn start(
     let (status_tx, status_rx) = watch::channel(status.clone());
     let (submit_tx, submit_rx) = mpsc::channel(16_384);
     let node_key = Arc::new(keys);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let access = Arc::new(Mutex::new(AccessGuard::new(loaded.config.access.clone())));
     let handle = NodeHandle {
         store: store.clone(),
@@ -381,6 +384,7 @@ pub fn start(
         net: network.commands.clone(),
         access: access.clone(),
         own_nonce: Arc::new(AtomicU64::new(0)),
+        metrics: metrics.clone(),
     };
     let forwarded = spawn_forward_checker(ledger.clone(), submit_tx);
     let core = Core {
@@ -402,6 +406,8 @@ pub fn start(
         access,
         missing_blobs: BTreeSet::new(),
         forwarded,
+        metrics,
+        seen_view: 0,
     };
     let join = tokio::spawn(core.run(network.events, network.stats, submit_rx));
     Ok((handle, join))
@@ -430,6 +436,9 @@ struct Core {
     missing_blobs: BTreeSet<Hash32>,
     /// Forwarded transactions on their way to the checker thread.
     forwarded: mpsc::Sender<(u32, Vec<Vec<u8>>)>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The highest view the replica has been in (view changes are counted from it).
+    seen_view: u64,
 }
 
 /// Stores a ciphertext another validator pushed after an upload, under its content address.
@@ -699,6 +708,13 @@ impl Core {
     /// Feeds one event to the replica and performs its actions in order.
     async fn step(&mut self, event: Event) -> Result<()> {
         let actions = self.replica.handle(now_ms(), event, &*self.ledger);
+        let view = self.replica.view();
+        if view > self.seen_view {
+            if self.seen_view > 0 || self.status.height > 0 {
+                self.metrics.view_changes.inc_by(view - self.seen_view);
+            }
+            self.seen_view = view;
+        }
         for a in actions {
             match a {
                 Action::Persist(delta) => crate::replica_state::persist(&self.store, &delta)?,
@@ -929,6 +945,11 @@ impl Core {
         self.status.height = tip.height;
         self.status.tip_hash = tip.hash.to_hex();
         self.status.last_block_time_ms = entry.batch.as_ref().map_or(0, |b| b.timestamp_ms);
+        self.metrics.commits.inc();
+        if self.status.catching_up.is_none() {
+            let round = now_ms().saturating_sub(self.status.last_block_time_ms);
+            self.metrics.round_seconds.observe(round as f64 / 1_000.0);
+        }
         self.status.view = self.replica.view();
         self.status.primary = (entry.view % self.validators as u64) as u32;
         if let Some((_, target)) = self.status.catching_up {

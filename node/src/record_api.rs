@@ -100,6 +100,17 @@ pub async fn identity(
 /// against the slip's content address and size, stores it, pushes it to the other validators and
 /// queues the transaction. Nothing is stored if any check fails.
 pub async fn upload(State(node): State<NodeHandle>, body: Bytes) -> Result<Response, ApiError> {
+    let result = upload_checked(&node, body).await;
+    let outcome = if result.is_ok() {
+        "accepted"
+    } else {
+        "refused"
+    };
+    node.metrics.record_call("upload", outcome);
+    result
+}
+
+async fn upload_checked(node: &NodeHandle, body: Bytes) -> Result<Response, ApiError> {
     if body.len() > limits::RECORD_MESSAGE {
         return Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -132,7 +143,10 @@ pub async fn upload(State(node): State<NodeHandle>, body: Bytes) -> Result<Respo
     EncryptedRecord::check_format(&upload.ciphertext)
         .map_err(|e| bad(format!("the ciphertext is not an encrypted record: {e}")))?;
     let bytes = tx.canonical_bytes();
-    let checked = node.check_client(bytes).await.map_err(submit_error)?;
+    let checked = node
+        .check_client(bytes)
+        .await
+        .map_err(|e| submit_error(node, e))?;
     // Store before the slip can commit anywhere, then let the other stores have it.
     let store = node.store.clone();
     let ciphertext = upload.ciphertext;
@@ -143,7 +157,10 @@ pub async fn upload(State(node): State<NodeHandle>, body: Bytes) -> Result<Respo
     .map_err(internal)?
     .map_err(internal)?;
     node.push_blob(ciphertext).await;
-    let id = node.queue(checked).await.map_err(submit_error)?;
+    let id = node
+        .queue(checked)
+        .await
+        .map_err(|e| submit_error(node, e))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(
@@ -160,7 +177,8 @@ fn slip_id_of(tx: &v1::Transaction) -> Hash32 {
     }
 }
 
-fn submit_error(e: crate::private_node::SubmitError) -> ApiError {
+fn submit_error(node: &NodeHandle, e: crate::private_node::SubmitError) -> ApiError {
+    node.metrics.reject(crate::api::reject_reason(&e));
     crate::api::submit_error(e)
 }
 
@@ -411,6 +429,24 @@ pub async fn read(
     State(node): State<NodeHandle>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(slip): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let result = read_checked(&node, peer, slip, body).await;
+    let outcome = match &result {
+        Ok(_) => "granted",
+        Err(ApiError(StatusCode::FORBIDDEN | StatusCode::GONE, _)) => "refused",
+        Err(ApiError(StatusCode::TOO_MANY_REQUESTS, _)) => "throttled",
+        Err(ApiError(StatusCode::BAD_REQUEST | StatusCode::CONFLICT, _)) => "bad_request",
+        Err(_) => "error",
+    };
+    node.metrics.record_call("read", outcome);
+    result
+}
+
+async fn read_checked(
+    node: &NodeHandle,
+    peer: SocketAddr,
+    slip: String,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let slip = parse_hash(&slip, "slip id")?;

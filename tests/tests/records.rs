@@ -672,4 +672,21 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     );
     let (code, body) = http(&n0, "GET", "/ready", None).unwrap();
     assert_eq!(code, 200, "{body}");
+
+    // Its metrics count what happened (node1 served reads and refusals before the restart).
+    let (code, text) = http(&n1, "GET", "/metrics", None).unwrap();
+    assert_eq!(code, 200);
+    for needle in [
+        "medchain_height ",
+        "medchain_commits_total ",
+        "medchain_record_api_calls_total{call=\"read\",result=\"granted\"}",
+        "medchain_transactions_accepted_total ",
+        "medchain_peers_connected 3",
+        "medchain_round_seconds_bucket",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle} missing from /metrics:\n{text}"
+        );
+    }
 }
