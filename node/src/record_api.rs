@@ -495,7 +495,7 @@ async fn read_checked(
             }
         };
     }
-    match serve_read(&node, &req, now) {
+    match serve_read(node, &req, now) {
         Ok((resp, reason, grant)) => {
             node.record_access(&req, true, &reason, grant).await?;
             Ok((
