@@ -34,6 +34,20 @@ pub enum Command {
     Init(InitArgs),
     /// Run a node from its home folder until interrupted (SIGINT or SIGTERM).
     Run(RunArgs),
+    /// One command for a local network: create (or reuse) a 4-node hospital chain on 127.0.0.1
+    /// in `--dir`, start it, run a short demo of the record workflow, and keep it running until
+    /// Ctrl-C.
+    Devnet {
+        #[arg(long, value_name = "DIR", default_value = "devnet")]
+        dir: PathBuf,
+        /// Stop the nodes and exit once the demo is done.
+        #[arg(long)]
+        exit_after_demo: bool,
+        /// First port (used when the folder is created): node i listens for peers on base+i and
+        /// serves its API on base+100+i.
+        #[arg(long, default_value_t = 26_600)]
+        base_port: u16,
+    },
     /// Load-test a running local network: signed record writes from concurrent clients; reports
     /// submitted, committed, throughput and commit latency.
     Bench(BenchArgs),

@@ -18,6 +18,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Keygen(args) => keygen(args),
         Command::Init(args) => init(args),
         Command::Run(args) => run_node(args),
+        Command::Devnet {
+            dir,
+            exit_after_demo,
+            base_port,
+        } => crate::devnet::run(dir, exit_after_demo, base_port),
         Command::Bench(args) => bench(args),
         Command::Config(ConfigCommand::Check { home }) => config_check(&home),
         Command::Identity(cmd) => crate::client::commands::identity(cmd),
@@ -180,7 +185,7 @@ fn dev_params() -> ChainParams {
 fn init(args: InitArgs) -> Result<()> {
     if let Some(n) = args.devnet {
         let out = args.out.clone().context("--devnet needs --out DIR")?;
-        return init_devnet(n, &out, &args);
+        return init_devnet(n, &out, args.base_port, &args.chain_id);
     }
     let home = args.home.clone().context("--home DIR is required")?;
     let home = &home;
@@ -235,19 +240,16 @@ fn init(args: InitArgs) -> Result<()> {
 }
 
 /// N home folders of a local private network on 127.0.0.1 with one shared genesis.
-fn init_devnet(n: usize, out: &Path, args: &InitArgs) -> Result<()> {
+pub(crate) fn init_devnet(n: usize, out: &Path, base_port: u16, chain_id: &str) -> Result<()> {
     if n < 4 {
         bail!("--devnet {n}: a PBFT network needs at least 4 nodes to tolerate one fault");
     }
     if n > 64 {
         bail!("--devnet {n}: at most 64 nodes on one machine");
     }
-    let last = args.base_port as usize + 100 + n;
+    let last = base_port as usize + 100 + n;
     if last > u16::MAX as usize {
-        bail!(
-            "--base-port {} leaves no room for {n} nodes",
-            args.base_port
-        );
+        bail!("--base-port {} leaves no room for {n} nodes", base_port);
     }
     ensure_empty(out, "--out")?;
     let key_rel = Path::new("keys/node.key");
@@ -260,8 +262,8 @@ fn init_devnet(n: usize, out: &Path, args: &InitArgs) -> Result<()> {
     for i in 0..n {
         let home = out.join(format!("node{i}"));
         let keys = write_new_key(&home.join(key_rel), &plaintext)?;
-        let p2p = format!("/ip4/127.0.0.1/tcp/{}", args.base_port as usize + i);
-        let api = format!("127.0.0.1:{}", args.base_port as usize + 100 + i);
+        let p2p = format!("/ip4/127.0.0.1/tcp/{}", base_port as usize + i);
+        let api = format!("127.0.0.1:{}", base_port as usize + 100 + i);
         write_config(&home, NodeMode::Private, true, key_rel, &p2p, &api)?;
         validators.push(GenesisValidator {
             name: format!("node{i}"),
@@ -274,7 +276,7 @@ fn init_devnet(n: usize, out: &Path, args: &InitArgs) -> Result<()> {
     // The devnet's registration authority: a key kept beside the nodes, not on them.
     let authority = write_new_key(&out.join(DEVNET_AUTHORITY_KEY), &plaintext)?;
     let genesis = Genesis {
-        chain_id: args.chain_id.clone(),
+        chain_id: chain_id.to_string(),
         kind: NodeMode::Private,
         genesis_time_ms: now_ms(),
         params: dev_params(),
@@ -297,7 +299,7 @@ fn init_devnet(n: usize, out: &Path, args: &InitArgs) -> Result<()> {
     }
     println!(
         "devnet of {n} private-chain nodes (chain {:?}) in {}",
-        args.chain_id,
+        chain_id,
         out.display()
     );
     for (i, api) in apis.iter().enumerate() {

@@ -14,6 +14,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod contracts;
+pub mod devnet;
 pub mod http_client;
 pub mod ledger;
 pub mod logging;

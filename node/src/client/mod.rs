@@ -227,6 +227,38 @@ impl Client {
         }
     }
 
+    /// Waits until this node has record `slip` (written through another node).
+    pub async fn wait_for_record(&mut self, slip: &Hash32) -> Result<()> {
+        for _ in 0..100 {
+            if self.get(&format!("/v1/records/{slip}")).await?.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("record {slip} did not reach this node within 10 s")
+    }
+
+    /// Waits until this node is at least as high as `other`.
+    pub async fn wait_for_height_of(&mut self, other: &mut Client) -> Result<()> {
+        let target = other
+            .get("/v1/status")
+            .await?
+            .and_then(|s| s["height"].as_u64())
+            .unwrap_or(0);
+        for _ in 0..100 {
+            let h = self
+                .get("/v1/status")
+                .await?
+                .and_then(|s| s["height"].as_u64())
+                .unwrap_or(0);
+            if h >= target {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("this node did not reach height {target} within 10 s")
+    }
+
     /// Submits and waits for the commit.
     pub async fn submit_and_wait(&mut self, tx: &v1::Transaction) -> Result<(Hash32, Value)> {
         let id = self.submit(tx).await?;

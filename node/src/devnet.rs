@@ -1,0 +1,303 @@
+//! `medchain devnet`: the one-command local network. It creates (or reuses) a 4-node hospital
+//! chain on 127.0.0.1 in a folder, starts the nodes as child processes (logs beside them), runs a
+//! short scripted demo of the record workflow through the client library with a readable
+//! summary, and keeps the network running until Ctrl-C (or exits after the demo). Ctrl-C reaches
+//! the nodes too (same process group); each shuts down cleanly and this command waits for them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use medchain_crypto::keys::KeyMaterial;
+use medchain_crypto::keystore::{self, Protection};
+use medchain_proto::v1::{self, transaction_body::Payload};
+
+use crate::client::consent::{build_grant, parse_scope};
+use crate::client::records::{build_record_write, RecordInput};
+use crate::client::{fresh_nonce, now_ms, Client, KeyCard};
+
+/// Nodes of the local network.
+pub const NODES: usize = 4;
+/// The API address of node `i`, read from its config (a reused folder keeps its ports).
+fn api_of(dir: &Path, i: usize) -> Result<String> {
+    let loaded = crate::config::load(&dir.join(format!("node{i}")))?;
+    Ok(format!("http://{}", loaded.config.api.listen))
+}
+
+/// Children, stopped cleanly (SIGTERM, then waited for) when dropped.
+struct Nodes(Vec<Child>);
+
+impl Nodes {
+    fn stop(&mut self) {
+        for c in &self.0 {
+            // SIGTERM through kill(1): the node's handler shuts it down cleanly.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn start_nodes(dir: &Path) -> Result<Nodes> {
+    let exe = std::env::current_exe().context("locating the medchain binary")?;
+    let mut children = Vec::new();
+    for i in 0..NODES {
+        let log_path = dir.join(format!("node{i}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let child = Command::new(&exe)
+            .args(["run", "--home"])
+            .arg(dir.join(format!("node{i}")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node{i}"))?;
+        children.push(child);
+    }
+    Ok(Nodes(children))
+}
+
+/// A demo participant's key in `dir/demo`, created on first use.
+fn participant(dir: &Path, name: &str) -> Result<KeyMaterial> {
+    let path = dir.join("demo").join(format!("{name}.key"));
+    if path.exists() {
+        return Ok(keystore::read_key_file(&path, None)?);
+    }
+    let keys = KeyMaterial::generate();
+    keystore::write_key_file(&path, &keys, &Protection::InsecurePlaintext)?;
+    KeyCard::from_binding(&keys.key_binding()).write(&crate::client::card_path(&path))?;
+    Ok(keys)
+}
+
+async fn wait_ready(nodes: &mut Nodes, apis: &[String]) -> Result<()> {
+    for _ in 0..150 {
+        let mut ready = 0;
+        for api in apis {
+            if let Ok(mut c) = Client::connect(api).await {
+                if matches!(c.get_with_status("/ready").await, Ok((200, _))) {
+                    ready += 1;
+                }
+            }
+        }
+        if ready == NODES {
+            return Ok(());
+        }
+        for (i, c) in nodes.0.iter_mut().enumerate() {
+            if let Some(status) = c.try_wait()? {
+                bail!("node{i} exited ({status}); see its log");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the nodes did not become ready within 30 s; see the node logs")
+}
+
+async fn register(
+    c: &mut Client,
+    authority: &KeyMaterial,
+    who: &KeyMaterial,
+    role: v1::Role,
+    name: &str,
+) -> Result<()> {
+    let id = who.signing_key().identity();
+    if c.get(&format!("/v1/identities/{id}")).await?.is_some() {
+        return Ok(());
+    }
+    let reg = KeyCard::from_binding(&who.key_binding()).registration(role, name)?;
+    let tx = c.sign(authority, Payload::IdentityRegistration(reg));
+    c.submit_and_wait(&tx).await?;
+    Ok(())
+}
+
+/// The scripted walk through the record workflow.
+async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
+    let authority =
+        keystore::read_key_file(&dir.join(crate::commands::DEVNET_AUTHORITY_KEY), None)?;
+    let (doctor_a, doctor_b, patient) = (
+        participant(dir, "doctor-a")?,
+        participant(dir, "doctor-b")?,
+        participant(dir, "patient")?,
+    );
+    let mut c0 = Client::connect(&apis[0]).await?;
+    let mut c1 = Client::connect(&apis[1]).await?;
+    let patient_id = patient.signing_key().identity();
+    let b_id = doctor_b.signing_key().identity();
+    println!("demo: the record workflow on chain {:?}", c0.chain.chain_id);
+
+    register(
+        &mut c0,
+        &authority,
+        &doctor_a,
+        v1::Role::Doctor,
+        "Dr A (demo)",
+    )
+    .await?;
+    register(
+        &mut c0,
+        &authority,
+        &doctor_b,
+        v1::Role::Doctor,
+        "Dr B (demo)",
+    )
+    .await?;
+    register(
+        &mut c0,
+        &authority,
+        &patient,
+        v1::Role::Patient,
+        "Patient (demo)",
+    )
+    .await?;
+    println!(
+        "  1. registered two doctors and a patient (keys in {})",
+        dir.join("demo").display()
+    );
+
+    let record = crate::bench::sample_observation(now_ms());
+    let keys = c0.patient_keys(&patient_id).await?;
+    let w = build_record_write(
+        &c0.chain.chain_id.clone(),
+        &doctor_a,
+        &keys,
+        &RecordInput {
+            plaintext: record.clone(),
+            record_type: "Observation".into(),
+            summary: "blood pressure panel".into(),
+            keywords: vec!["blood pressure".into()],
+            replaces: None,
+        },
+        fresh_nonce(),
+        now_ms(),
+    )?;
+    let slip = c0.upload_record(&w).await?;
+    println!(
+        "  2. Dr A wrote an encrypted FHIR Observation ({} bytes of ciphertext): record {slip}",
+        w.ciphertext.len()
+    );
+    c1.wait_for_record(&slip).await?;
+    c1.confirm(&patient, &slip).await?;
+    println!("  3. the patient checked the doctor's signature and H(M), and co-signed it");
+    match c0.read(&doctor_b, &slip).await {
+        Err(e) => println!("  4. Dr B's read was refused and audited: {e}"),
+        Ok(_) => bail!("Dr B read the record without a grant"),
+    }
+    let grantee_key = c0.identity(&b_id).await?.encryption_key()?;
+    let grant = build_grant(
+        &c0.chain,
+        &patient,
+        &b_id,
+        &grantee_key,
+        parse_scope(&format!("record:{slip}"))?,
+        v1::ConsentAction::Read as u32,
+        now_ms() + 10 * 60 * 1000,
+        None,
+        1,
+    )?;
+    let (grant_id, _) = c0
+        .submit_and_wait(&c0.sign(&patient, Payload::ConsentGrant(grant)))
+        .await?;
+    println!("  5. the patient granted Dr B read on it for 10 minutes: grant {grant_id}");
+    c1.wait_for_height_of(&mut c0).await?;
+    let read = c1.read(&doctor_b, &slip).await?;
+    if read != record {
+        bail!("Dr B decrypted something else than the record");
+    }
+    println!(
+        "  6. Dr B read it through node1's proxy re-encryption: {} bytes, identical to what Dr A wrote",
+        read.len()
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let trail = c0
+        .get(&format!("/v1/audit?record={slip}"))
+        .await?
+        .unwrap_or_default();
+    println!("  7. the record's audit trail:");
+    for e in trail["events"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "       height {:>5}  {:<12} {}",
+            e["height"],
+            e["op"].as_str().unwrap_or_default(),
+            e["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .take(90)
+                .collect::<String>()
+        );
+    }
+    let v = c0
+        .get(&format!("/v1/records/{slip}/verify"))
+        .await?
+        .ok_or_else(|| anyhow!("record {slip} vanished"))?;
+    println!(
+        "  8. tamper check on node0: stored ciphertext {}",
+        v["status"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Runs `medchain devnet`.
+pub fn run(dir: PathBuf, exit_after_demo: bool, base_port: u16) -> Result<()> {
+    if dir.join("node0/config.toml").exists() {
+        println!(
+            "reusing the devnet in {} (delete it for a fresh chain)",
+            dir.display()
+        );
+    } else {
+        crate::commands::init_devnet(NODES, &dir, base_port, "hospital-dev")?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let apis = (0..NODES)
+        .map(|i| api_of(&dir, i))
+        .collect::<Result<Vec<_>>>()?;
+    runtime.block_on(async move {
+        let mut nodes = start_nodes(&dir)?;
+        println!(
+            "starting {NODES} nodes (logs in {}/node*.log)...",
+            dir.display()
+        );
+        wait_ready(&mut nodes, &apis).await?;
+        for (i, api) in apis.iter().enumerate() {
+            println!("  node{i}: {api}  (status: medchain status --node {api})");
+        }
+        if let Err(e) = demo(&dir, &apis).await {
+            println!("demo failed: {e:#}");
+            if exit_after_demo {
+                nodes.stop();
+                return Err(e);
+            }
+        }
+        if exit_after_demo {
+            println!("demo done; stopping the nodes");
+            nodes.stop();
+            return Ok(());
+        }
+        println!("the devnet is running; Ctrl-C stops it");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        println!("stopping the nodes...");
+        nodes.stop();
+        println!("stopped");
+        Ok(())
+    })
+}
