@@ -158,7 +158,17 @@ impl PrivateLedger {
     /// Everything a transaction must pass to be ordered: form, signatures and replay.
     pub fn check(&self, bytes: &[u8]) -> Result<CheckedTx, TxError> {
         let (tx, id) = self.check_form(bytes)?;
-        self.check_not_committed(&tx, &id)?;
+        self.checked(&tx, id, bytes)
+    }
+
+    /// The replay check of a decoded, verified transaction.
+    fn checked(
+        &self,
+        tx: &v1::Transaction,
+        id: Hash32,
+        bytes: &[u8],
+    ) -> Result<CheckedTx, TxError> {
+        self.check_not_committed(tx, &id)?;
         let body = tx.body.as_ref().expect("checked by check_form");
         Ok(CheckedTx {
             id,
@@ -195,8 +205,8 @@ impl PrivateLedger {
     /// forwarded by other validators get [`Self::check`] only: this node's state may lag theirs by
     /// a block, and the contracts decide again, deterministically, at commit.
     pub fn check_client(&self, bytes: &[u8], now_ms: u64) -> Result<CheckedTx, TxError> {
-        let checked = self.check(bytes)?;
-        let (tx, _) = self.check_form(bytes)?;
+        let (tx, id) = self.check_form(bytes)?;
+        let checked = self.checked(&tx, id, bytes)?;
         let body = tx.body.as_ref().expect("checked by check_form");
         let signer =
             Identity::from_bytes(&body.signer).map_err(|e| TxError::Malformed(e.to_string()))?;

@@ -137,6 +137,21 @@ impl Devnet {
         self.children[i] = Some(child);
     }
 
+    /// Starts every node and waits until each is connected to all the others.
+    pub fn start_all_connected(&mut self) {
+        let n = self.children.len();
+        for i in 0..n {
+            self.start(i);
+        }
+        assert!(
+            self.wait(30, |d| (0..n).all(|i| d
+                .status(i)
+                .is_some_and(|s| s["peers_connected"] == n - 1))),
+            "the {n} nodes did not connect:\n{}",
+            self.log(0)
+        );
+    }
+
     /// SIGKILLs node `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {

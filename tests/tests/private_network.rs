@@ -60,15 +60,7 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     let tmp = tempfile::tempdir().unwrap();
     let base = 31_000 + (std::process::id() % 200) as u16 * 150;
     let mut net = Devnet::init(&tmp.path().join("devnet"), 4, base);
-    for i in 0..4 {
-        net.start(i);
-    }
-    assert!(
-        net.wait(30, |n| (0..4)
-            .all(|i| n.status(i).is_some_and(|s| s["peers_connected"] == 3))),
-        "the four nodes did not connect:\n{}",
-        net.log(0)
-    );
+    net.start_all_connected();
     let all = [0, 1, 2, 3];
     let mut accepted: Vec<String> = Vec::new();
 

@@ -85,15 +85,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         text.replace("max_reads_per_identity = 120", "max_reads_per_identity = 3"),
     )
     .unwrap();
-    for i in 0..4 {
-        net.start(i);
-    }
-    assert!(
-        net.wait(30, |n| (0..4)
-            .all(|i| n.status(i).is_some_and(|s| s["peers_connected"] == 3))),
-        "the four nodes did not connect:\n{}",
-        net.log(0)
-    );
+    net.start_all_connected();
     let (n0, n1) = (net.apis[0].clone(), net.apis[1].clone());
     let users = tmp.path().join("users");
     std::fs::create_dir_all(&users).unwrap();
