@@ -463,6 +463,15 @@ async fn read_checked(
     if req.slip_id != slip {
         return Err(bad("the signed request names another record than the URL"));
     }
+    // A request some node already recorded on chain is a replay, even after this node restarted
+    // (its in-memory replay window starts empty).
+    let recorded = node
+        .store
+        .chain_state_prefix(&keys::access_prefix(&req.digest), 1)
+        .map_err(internal)?;
+    if !recorded.is_empty() {
+        return Err(refused(StatusCode::CONFLICT, Refusal::Replay.to_string()));
+    }
     let now = now_ms();
     let admitted = node.access.lock().unwrap_or_else(|p| p.into_inner()).admit(
         now,
