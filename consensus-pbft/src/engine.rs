@@ -10,7 +10,7 @@ use medchain_proto::v1::{self, pbft_message::Kind};
 use medchain_proto::{Canonical, Hashed};
 
 use crate::config::Config;
-use crate::event::{Action, Event, Timer};
+use crate::event::{Action, Event, Note, Timer};
 use crate::log::Slot;
 use crate::persist::{PersistDelta, PersistedHeader, PersistedState, SlotRecord};
 use crate::view_change::{
@@ -264,6 +264,27 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
 
     fn set_timer(&mut self, timer: Timer, at_ms: u64) {
         self.effects.push(Action::SetTimer { timer, at_ms });
+    }
+
+    fn note(&mut self, note: Note) {
+        self.effects.push(Action::Note(note));
+    }
+
+    /// Reports a dropped input; `view` and `seq` are what the input claimed (0 when it has none).
+    fn refuse(
+        &mut self,
+        from: Option<ReplicaId>,
+        what: &'static str,
+        (view, seq): (u64, u64),
+        reason: impl Into<String>,
+    ) {
+        self.note(Note::Refused {
+            from,
+            what,
+            view,
+            seq,
+            reason: reason.into(),
+        });
     }
 
     fn cancel_timer(&mut self, timer: Timer) {
@@ -545,6 +566,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                 proposer: self.cfg.me,
             };
             let ids: Vec<Hash32> = candidates.iter().map(|p| p.id).collect();
+            let ids_len = ids.len();
             let digest = batch.digest();
             let slot = self.slots.entry(seq).or_default();
             if slot.accepted_in(self.view).is_some() {
@@ -570,6 +592,11 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             self.dirty = true;
             self.touch(seq);
             self.broadcast(msg);
+            self.note(Note::Proposed {
+                view: self.view,
+                seq,
+                items: ids_len,
+            });
             self.check_prepared(seq);
         }
         self.update_progress_timer(now);
@@ -578,10 +605,18 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
     // ---- messages ----
 
     fn on_message(&mut self, now: u64, m: v1::PbftMessage, app: &impl Application) {
-        if m.replica == self.cfg.me
-            || verify_signature(&m, &self.cfg.chain_id, &self.cfg.validators, &self.verifier)
-                .is_err()
+        if m.replica == self.cfg.me {
+            return;
+        }
+        if let Err(e) =
+            verify_signature(&m, &self.cfg.chain_id, &self.cfg.validators, &self.verifier)
         {
+            self.refuse(
+                Some(m.replica),
+                kind_name(&m),
+                claimed_slot(&m),
+                e.to_string(),
+            );
             return;
         }
         match m.kind.clone() {
@@ -591,7 +626,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             Some(Kind::Checkpoint(c)) => self.on_checkpoint(now, m, c),
             Some(Kind::ViewChange(_)) => self.on_view_change(now, m),
             Some(Kind::NewView(_)) => self.on_new_view(now, m, app),
-            None => {}
+            None => self.refuse(Some(m.replica), "message", (0, 0), "no kind"),
         }
     }
 
@@ -604,11 +639,19 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         app: &impl Application,
     ) {
         if m.replica != self.cfg.primary(pp.view) {
+            let reason = format!(
+                "the sender is not the primary of view {} (replica {} is)",
+                pp.view,
+                self.cfg.primary(pp.view)
+            );
+            self.refuse(Some(m.replica), "pre-prepare", (pp.view, pp.seq), reason);
             return;
         }
         // A fresh batch names the primary that built it (re-proposals in a new view keep their
         // original proposer and arrive through the new-view message instead).
         if m.batch.as_ref().is_some_and(|b| b.proposer != m.replica) {
+            let reason = "its batch names another proposer";
+            self.refuse(Some(m.replica), "pre-prepare", (pp.view, pp.seq), reason);
             return;
         }
         if self.view_changing && pp.view == self.view {
@@ -628,29 +671,65 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             return false;
         };
         let (view, seq) = (pp.view, pp.seq);
+        let from = Some(m.replica);
         let Ok(digest) = digest_field(&pp.digest) else {
+            self.refuse(from, "pre-prepare", (view, seq), "malformed digest");
             return false;
         };
         let Some(batch) = m.batch.clone() else {
+            self.refuse(from, "pre-prepare", (view, seq), "no batch");
             return false;
         };
-        if batch.digest() != digest || batch.items.len() > self.cfg.max_batch {
+        if batch.digest() != digest {
+            self.refuse(
+                from,
+                "pre-prepare",
+                (view, seq),
+                "the batch does not match its digest",
+            );
+            return false;
+        }
+        if batch.items.len() > self.cfg.max_batch {
+            let reason = format!(
+                "{} items, over the limit of {}",
+                batch.items.len(),
+                self.cfg.max_batch
+            );
+            self.refuse(from, "pre-prepare", (view, seq), reason);
             return false;
         }
         if let Some(d) = self.slots.get(&seq).and_then(|s| s.accepted_in(view)) {
+            if d != digest {
+                let reason = "a second proposal for this view and sequence (primary equivocation)";
+                self.refuse(from, "pre-prepare", (view, seq), reason);
+            }
             return d == digest;
         }
         let ids: Vec<Hash32> = batch.items.iter().map(|i| item_id(i)).collect();
         let unique: HashSet<&Hash32> = ids.iter().collect();
-        if unique.len() != ids.len()
-            || ids
-                .iter()
-                .any(|id| self.in_flight.get(id).is_some_and(|s| *s != seq))
-        {
+        if unique.len() != ids.len() {
+            self.refuse(
+                from,
+                "pre-prepare",
+                (view, seq),
+                "an item appears twice in the batch",
+            );
             return false;
         }
-        if seq > self.exec_seq && app.validate(seq, &batch).is_err() {
+        if let Some(other) = ids
+            .iter()
+            .find_map(|id| self.in_flight.get(id).filter(|s| **s != seq))
+        {
+            let reason = format!("an item is already proposed at sequence {other}");
+            self.refuse(from, "pre-prepare", (view, seq), reason);
             return false;
+        }
+        if seq > self.exec_seq {
+            if let Err(e) = app.validate(seq, &batch) {
+                let reason = format!("the batch is invalid: {e}");
+                self.refuse(from, "pre-prepare", (view, seq), reason);
+                return false;
+            }
         }
         let slot = self.slots.entry(seq).or_default();
         slot.batches.insert(digest, batch);
@@ -695,10 +774,14 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         if view != self.view || !self.in_window(seq) {
             return;
         }
+        let what = if is_prepare { "prepare" } else { "commit" };
         if is_prepare && from == self.cfg.primary(view) {
+            let reason = "the primary does not prepare its own proposal";
+            self.refuse(Some(from), what, (view, seq), reason);
             return;
         }
         let Ok(d) = digest_field(digest) else {
+            self.refuse(Some(from), what, (view, seq), "malformed digest");
             return;
         };
         let slot = self.slots.entry(seq).or_default();
@@ -753,6 +836,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             let msg = self.sign(Kind::Commit(commit(v, seq, &d)), None);
             self.record_own_vote(seq, &msg);
             self.broadcast(msg);
+            self.note(Note::Prepared { view: v, seq });
         }
         self.check_committed(seq);
     }
@@ -877,10 +961,24 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
     // ---- rule 7: checkpoints ----
 
     fn on_checkpoint(&mut self, now: u64, m: v1::PbftMessage, c: v1::Checkpoint) {
-        if c.seq <= self.stable.seq || !c.seq.is_multiple_of(self.cfg.checkpoint_interval) {
+        if c.seq <= self.stable.seq {
+            return;
+        }
+        if !c.seq.is_multiple_of(self.cfg.checkpoint_interval) {
+            let reason = format!(
+                "not at a checkpoint interval ({})",
+                self.cfg.checkpoint_interval
+            );
+            self.refuse(Some(m.replica), "checkpoint", (0, c.seq), reason);
             return;
         }
         let Ok(d) = digest_field(&c.state_digest) else {
+            self.refuse(
+                Some(m.replica),
+                "checkpoint",
+                (0, c.seq),
+                "malformed digest",
+            );
             return;
         };
         // Bound memory against a sender spraying far-future checkpoints: beyond the window keep
@@ -927,6 +1025,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
     fn adopt_stable(&mut self, claim: CheckpointClaim) {
         let seq = claim.seq;
         self.stable = claim;
+        self.note(Note::Stable { seq });
         self.slots = self.slots.split_off(&(seq + 1));
         self.checkpoints = self.checkpoints.split_off(&(seq + 1));
         self.in_flight.retain(|_, s| *s > seq);
@@ -974,13 +1073,17 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             if e.seq != self.exec_seq + 1 {
                 continue;
             }
-            let Ok(digest) = verify_committed_batch(
+            let digest = match verify_committed_batch(
                 &e,
                 &self.cfg.chain_id,
                 &self.cfg.validators,
                 &self.verifier,
-            ) else {
-                break;
+            ) {
+                Ok(d) => d,
+                Err(err) => {
+                    self.refuse(None, "transferred batch", (e.view, e.seq), err.to_string());
+                    break;
+                }
             };
             self.apply(now, digest, e, app);
             progressed = true;
@@ -1012,6 +1115,10 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         if target <= self.view {
             return;
         }
+        self.note(Note::ViewChange {
+            from_view: self.view,
+            to_view: target,
+        });
         self.view = target;
         self.view_changing = true;
         self.consecutive_view_changes = self.consecutive_view_changes.saturating_add(1);
@@ -1091,8 +1198,12 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
     }
 
     fn on_view_change(&mut self, now: u64, m: v1::PbftMessage) {
-        let Ok(vc) = verify_view_change(&self.cfg, &self.verifier, &m) else {
-            return;
+        let vc = match verify_view_change(&self.cfg, &self.verifier, &m) {
+            Ok(vc) => vc,
+            Err(e) => {
+                self.refuse(Some(m.replica), "view change", claimed_slot(&m), e);
+                return;
+            }
         };
         let (sender, target) = (vc.sender, vc.new_view);
         if target < self.view || (target == self.view && !self.view_changing) {
@@ -1179,8 +1290,12 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         if nv.view < self.view || (nv.view == self.view && !self.view_changing) {
             return;
         }
-        let Ok((v, plan, pre_prepares)) = verify_new_view(&self.cfg, &self.verifier, &m) else {
-            return;
+        let (v, plan, pre_prepares) = match verify_new_view(&self.cfg, &self.verifier, &m) {
+            Ok(x) => x,
+            Err(e) => {
+                self.refuse(Some(m.replica), "new view", claimed_slot(&m), e);
+                return;
+            }
         };
         self.enter_new_view(now, v, plan, pre_prepares, m);
         let early = std::mem::take(&mut self.early_pre_prepares);
@@ -1204,6 +1319,11 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         if self.view_changing {
             self.cancel_timer(Timer::ViewChange(self.view));
         }
+        self.note(Note::NewView {
+            view: v,
+            primary: self.cfg.primary(v),
+            reproposed: pre_prepares.len(),
+        });
         self.view = v;
         self.view_changing = false;
         self.new_view_msg = Some(nv);
@@ -1268,6 +1388,32 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                 }
             }
         }
+    }
+}
+
+/// A message's kind, for notes.
+fn kind_name(m: &v1::PbftMessage) -> &'static str {
+    match &m.kind {
+        Some(Kind::PrePrepare(_)) => "pre-prepare",
+        Some(Kind::Prepare(_)) => "prepare",
+        Some(Kind::Commit(_)) => "commit",
+        Some(Kind::Checkpoint(_)) => "checkpoint",
+        Some(Kind::ViewChange(_)) => "view change",
+        Some(Kind::NewView(_)) => "new view",
+        None => "message without a kind",
+    }
+}
+
+/// The (view, sequence) a message claims, for notes; 0 where it names none.
+fn claimed_slot(m: &v1::PbftMessage) -> (u64, u64) {
+    match &m.kind {
+        Some(Kind::PrePrepare(p)) => (p.view, p.seq),
+        Some(Kind::Prepare(p)) => (p.view, p.seq),
+        Some(Kind::Commit(c)) => (c.view, c.seq),
+        Some(Kind::Checkpoint(c)) => (0, c.seq),
+        Some(Kind::ViewChange(v)) => (v.new_view, v.stable_seq),
+        Some(Kind::NewView(n)) => (n.view, 0),
+        None => (0, 0),
     }
 }
 

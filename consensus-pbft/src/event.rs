@@ -75,4 +75,38 @@ pub enum Action {
         from_seq: u64,
         target_seq: u64,
     },
+    /// Something the engine did or refused, for the operator's logs and metrics. Nothing depends
+    /// on notes for safety or liveness; a driver may drop them (the simulator does).
+    Note(Note),
+}
+
+/// What the engine reports about its progress and about input it refused. The node logs
+/// progress at debug and refusals at info, each with its view and sequence number, so an operator
+/// can follow a round or find the peer that sends bad messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// This replica, as primary, proposed a batch.
+    Proposed { view: u64, seq: u64, items: usize },
+    /// A batch gathered a prepare quorum here and this replica sent its commit.
+    Prepared { view: u64, seq: u64 },
+    /// A checkpoint became stable; everything up to `seq` is garbage-collected.
+    Stable { seq: u64 },
+    /// This replica left `from_view` for `to_view` (its progress timer fired with work
+    /// outstanding, or more than f others had already left).
+    ViewChange { from_view: u64, to_view: u64 },
+    /// View `view` began under `primary`, re-proposing `reproposed` batches from the old view.
+    NewView {
+        view: u64,
+        primary: ReplicaId,
+        reproposed: usize,
+    },
+    /// A message or transferred batch failed a check and was dropped. `from` is the claimed
+    /// sender (`None` for state transfer, whose peer only the driver knows).
+    Refused {
+        from: Option<ReplicaId>,
+        what: &'static str,
+        view: u64,
+        seq: u64,
+        reason: String,
+    },
 }

@@ -73,7 +73,7 @@ mod view_change;
 
 pub use config::Config;
 pub use engine::{chain_state_digest, Application, Replica};
-pub use event::{Action, Event, Timer};
+pub use event::{Action, Event, Note, Timer};
 pub use persist::{PersistDelta, PersistedHeader, PersistedState, SlotRecord};
 
 /// Why a view-change message would be refused (for diagnostics and the simulator's traces).

@@ -132,7 +132,8 @@ impl<V: Verifier + Clone> LocalCluster<V> {
                 }
                 Action::SetTimer { .. }
                 | Action::CancelTimer(_)
-                | Action::RequestStateTransfer { .. } => {}
+                | Action::RequestStateTransfer { .. }
+                | Action::Note(_) => {}
             }
         }
     }

@@ -40,8 +40,45 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, Json(json!({ "error": self.1.clone() }))).into_response();
+        response.extensions_mut().insert(Refusal(self.1));
+        response
     }
+}
+
+/// The message of a refused request, carried to the logging layer.
+#[derive(Clone, Debug)]
+struct Refusal(String);
+
+/// Logs every refused request with its method, path, source, status and reason: client errors at
+/// info (a "not found" at debug, since clients poll for their transactions), server errors at
+/// error. Refusals the framework makes itself (bad JSON, bodies over the limit) are logged too,
+/// with the status's name as the reason.
+async fn log_refusals(
+    axum::extract::ConnectInfo(source): axum::extract::ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        let reason = response
+            .extensions()
+            .get::<Refusal>()
+            .map_or(status.canonical_reason().unwrap_or(""), |r| r.0.as_str());
+        let source = source.ip();
+        let code = status.as_u16();
+        if status.is_server_error() {
+            tracing::error!(%method, path, %source, status = code, reason, "request failed");
+        } else if status == StatusCode::NOT_FOUND {
+            tracing::debug!(%method, path, %source, status = code, reason, "not found");
+        } else {
+            tracing::info!(%method, path, %source, status = code, reason, "refused a request");
+        }
+    }
+    response
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -88,6 +125,7 @@ pub fn router(node: NodeHandle) -> Router {
                 .route("/v1/records", post(record_api::upload))
                 .layer(DefaultBodyLimit::max(limits::RECORD_MESSAGE + 1_024)),
         )
+        .layer(axum::middleware::from_fn(log_refusals))
         .with_state(node)
 }
 

@@ -15,9 +15,10 @@ use crate::logging::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "medchain", version, propagate_version = true)]
 pub struct Cli {
-    /// Log output format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "MEDCHAIN_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    /// Log output format (stderr). `medchain run` defaults to `[log] format` of the node's config;
+    /// other commands to human.
+    #[arg(long, global = true, value_enum, env = "MEDCHAIN_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     pub command: Command,

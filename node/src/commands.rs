@@ -11,13 +11,18 @@ use crate::cli::{
     BenchArgs, Cli, Command, ConfigCommand, InitArgs, KeygenArgs, PasswordArgs, RunArgs,
 };
 use crate::config::{self, ChainParams, Genesis, GenesisAuthority, GenesisValidator, NodeMode};
+use crate::logging::LogFormat;
 use crate::password;
 
 pub fn run(cli: Cli) -> Result<()> {
+    // A node logs as its config says (it is read first); everything else logs at info.
+    if !matches!(cli.command, Command::Run(_)) {
+        crate::logging::init(cli.log_format.unwrap_or_default(), "info");
+    }
     match cli.command {
         Command::Keygen(args) => keygen(args),
         Command::Init(args) => init(args),
-        Command::Run(args) => run_node(args),
+        Command::Run(args) => run_node(args, cli.log_format),
         Command::Devnet {
             dir,
             exit_after_demo,
@@ -316,8 +321,12 @@ pub(crate) fn init_devnet(n: usize, out: &Path, base_port: u16, chain_id: &str) 
     Ok(())
 }
 
-fn run_node(args: RunArgs) -> Result<()> {
+fn run_node(args: RunArgs, log_format: Option<LogFormat>) -> Result<()> {
     let loaded = config::load(&args.home)?;
+    crate::logging::init(
+        log_format.unwrap_or(loaded.config.log.format),
+        &loaded.config.log.level,
+    );
     if loaded.config.mode != NodeMode::Private {
         bail!(
             "{}: consortium mode cannot run yet: the consortium node (DPoS over the network) is not built; run a private-chain node (mode = \"private\")",

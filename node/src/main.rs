@@ -3,7 +3,6 @@ use medchain_node::cli::Cli;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    medchain_node::logging::init(cli.log_format);
     match medchain_node::commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

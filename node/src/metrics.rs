@@ -48,6 +48,13 @@ pub struct Metrics {
     bytes_out: Gauge,
     store_bytes: Gauge,
     pub record_api: Family<Call, Counter>,
+    /// Peer messages dropped because they failed a check, by message kind.
+    pub peer_messages_refused: Family<Kind, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    pub kind: String,
 }
 
 impl Default for Metrics {
@@ -66,6 +73,7 @@ impl Default for Metrics {
             bytes_out: Gauge::default(),
             store_bytes: Gauge::default(),
             record_api: Family::default(),
+            peer_messages_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,6 +132,11 @@ impl Default for Metrics {
             "Record API calls by call and result",
             m.record_api.clone(),
         );
+        registry.register(
+            "peer_messages_refused",
+            "Peer messages dropped because they failed a check, by kind",
+            m.peer_messages_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -147,6 +160,14 @@ impl Metrics {
         self.transactions_rejected
             .get_or_create(&Reason {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn refuse_peer_message(&self, kind: &str) {
+        self.peer_messages_refused
+            .get_or_create(&Kind {
+                kind: kind.to_string(),
             })
             .inc();
     }

@@ -428,7 +428,17 @@ async fn run(
                             tracing::debug!(%peer, %error, "request failed");
                         }
                         request_response::Event::InboundFailure { peer, error, .. } => {
-                            tracing::debug!(%peer, %error, "inbound request failed");
+                            let name = by_peer.get(&peer).map_or("unknown", |p| p.name.as_str());
+                            match &error {
+                                // The codec refused the bytes: oversize, not canonical, or not a
+                                // peer message.
+                                request_response::InboundFailure::Io(e)
+                                    if e.kind() == io::ErrorKind::InvalidData =>
+                                {
+                                    tracing::info!(peer = name, %peer, error = %e, "refused a malformed peer message");
+                                }
+                                _ => tracing::debug!(peer = name, %peer, %error, "inbound request failed"),
+                            }
                         }
                         request_response::Event::ResponseSent { .. } => {}
                     },

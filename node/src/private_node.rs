@@ -21,7 +21,7 @@ use anyhow::{anyhow, Context, Result};
 use medchain_crypto::keys::KeyMaterial;
 use medchain_crypto::validators::{CachingVerifier, ValidatorSet};
 use medchain_crypto::{Hash32, Identity, SigningKey};
-use medchain_pbft::{chain_state_digest, Action, Config, Event, Replica, Timer};
+use medchain_pbft::{chain_state_digest, Action, Config, Event, Note, Replica, Timer};
 use medchain_proto::canonical::peer_message;
 use medchain_proto::ledger::committed_batch_of;
 use medchain_proto::v1::{self, peer_message::Body};
@@ -408,6 +408,7 @@ pub fn start(
         forwarded,
         metrics,
         seen_view: 0,
+        catch_up: None,
     };
     let join = tokio::spawn(core.run(network.events, network.stats, submit_rx));
     Ok((handle, join))
@@ -439,6 +440,21 @@ struct Core {
     metrics: Arc<crate::metrics::Metrics>,
     /// The highest view the replica has been in (view changes are counted from it).
     seen_view: u64,
+    /// While catching up: where it started and when, and when progress was last logged.
+    catch_up: Option<CatchUpProgress>,
+}
+
+/// A node this far behind its peers counts as catching up (not ready); smaller gaps are the normal
+/// lag of a replica that has not yet seen the last commit.
+const CATCH_UP_GAP: u64 = 8;
+/// Catch-up progress is logged at most this often.
+const CATCH_UP_LOG_MS: u64 = 2_000;
+
+#[derive(Debug, Clone, Copy)]
+struct CatchUpProgress {
+    start_height: u64,
+    start_ms: u64,
+    logged_ms: u64,
 }
 
 /// Stores a ciphertext another validator pushed after an upload, under its content address.
@@ -611,16 +627,20 @@ impl Core {
                         }
                     }
                     let before = self.status.height;
-                    let newest = entries.last().map_or(0, |e| e.seq);
+                    let peer_tip = resp.tip_height;
+                    if peer_tip >= before + CATCH_UP_GAP {
+                        self.behind(peer_tip);
+                    }
                     self.step(Event::StateTransfer(entries)).await?;
-                    if self.status.height > before {
-                        tracing::info!(
-                            applied = self.status.height - before,
-                            height = self.status.height,
-                            peer_has_at_least = newest,
-                            peer = from,
-                            "catching up"
-                        );
+                    self.log_catch_up();
+                    // Still behind and the answer helped: ask again now rather than at the next
+                    // sync tick, so catch-up runs at network speed.
+                    if self.status.height > before && peer_tip > self.status.height {
+                        self.ask_a_peer(Body::BlockRequest(v1::BlockRequest {
+                            from_height: self.status.height + 1,
+                            count: SYNC_BATCH,
+                        }))
+                        .await;
                     }
                 }
                 _ => {}
@@ -638,7 +658,7 @@ impl Core {
                     Ok(h) => self.store.record(&h)?.unwrap_or_default(),
                     Err(_) => Vec::new(),
                 };
-                tracing::debug!(
+                tracing::trace!(
                     peer = from,
                     found = !ciphertext.is_empty(),
                     "served a blob request"
@@ -678,7 +698,7 @@ impl Core {
                         None => break,
                     }
                 }
-                tracing::debug!(
+                tracing::trace!(
                     peer = from,
                     from_height = request.from_height,
                     served = blocks.len(),
@@ -688,7 +708,10 @@ impl Core {
                     .net
                     .send(NetCommand::Respond {
                         channel,
-                        msg: peer_message(Body::BlockResponse(v1::BlockResponse { blocks })),
+                        msg: peer_message(Body::BlockResponse(v1::BlockResponse {
+                            blocks,
+                            tip_height: self.status.height,
+                        })),
                     })
                     .await;
             }
@@ -745,12 +768,13 @@ impl Core {
                 Action::CancelTimer(timer) => {
                     self.timers.remove(&timer);
                 }
+                Action::Note(note) => self.on_note(note),
                 Action::RequestStateTransfer {
                     from_seq,
                     target_seq,
                 } => {
                     let peer = self.pick_sync_peer();
-                    self.status.catching_up = Some((from_seq, target_seq));
+                    self.behind(target_seq);
                     tracing::info!(
                         from = from_seq,
                         target = target_seq,
@@ -772,6 +796,91 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Peers are at `target` or above while this node is below: it is catching up (not ready)
+    /// until it reaches `target`.
+    fn behind(&mut self, target: u64) {
+        let height = self.status.height;
+        if target <= height {
+            return;
+        }
+        let (from, old_target) = self.status.catching_up.unwrap_or((height + 1, 0));
+        if self.catch_up.is_none() {
+            let now = now_ms();
+            self.catch_up = Some(CatchUpProgress {
+                start_height: height,
+                start_ms: now,
+                logged_ms: now,
+            });
+        }
+        self.status.catching_up = Some((from, old_target.max(target)));
+    }
+
+    /// Logs catch-up progress (height, target, percentage, rate, time left) every
+    /// [`CATCH_UP_LOG_MS`]; a catch-up shorter than that logs only its end ("caught up").
+    fn log_catch_up(&mut self) {
+        let (Some((_, target)), Some(progress)) = (self.status.catching_up, self.catch_up.as_mut())
+        else {
+            return;
+        };
+        let now = now_ms();
+        if now < progress.logged_ms + CATCH_UP_LOG_MS {
+            return;
+        }
+        progress.logged_ms = now;
+        let height = self.status.height;
+        let done = height.saturating_sub(progress.start_height);
+        let total = target.saturating_sub(progress.start_height).max(1);
+        let seconds = now.saturating_sub(progress.start_ms).max(1) as f64 / 1_000.0;
+        let rate = done as f64 / seconds;
+        let left = target.saturating_sub(height);
+        tracing::info!(
+            height,
+            target,
+            percent = (done * 100 / total).min(100),
+            blocks_per_sec = format!("{rate:.0}"),
+            eta_secs = if rate > 0.0 {
+                (left as f64 / rate).ceil() as u64
+            } else {
+                0
+            },
+            "catching up"
+        );
+    }
+
+    /// Logs what the engine noted: progress at debug with view and sequence, view changes at
+    /// info, refused messages at info with the claimed sender and the reason (and counts them).
+    fn on_note(&self, note: Note) {
+        match note {
+            Note::Proposed { view, seq, items } => {
+                tracing::debug!(view, seq, items, "proposed a batch")
+            }
+            Note::Prepared { view, seq } => {
+                tracing::debug!(view, seq, "prepared (quorum of prepares); sent commit")
+            }
+            Note::Stable { seq } => tracing::debug!(seq, "checkpoint stable"),
+            Note::ViewChange { from_view, to_view } => tracing::info!(
+                from_view,
+                to_view,
+                "leaving the view: no progress with work outstanding, or others left it"
+            ),
+            Note::NewView {
+                view,
+                primary,
+                reproposed,
+            } => tracing::info!(view, primary, reproposed, "entered a new view"),
+            Note::Refused {
+                from,
+                what,
+                view,
+                seq,
+                reason,
+            } => {
+                self.metrics.refuse_peer_message(what);
+                tracing::info!(peer = ?from, what, view, seq, reason, "refused a consensus message");
+            }
+        }
     }
 
     /// Stores a ciphertext fetched from a validator; it must be the one asked for.
@@ -954,7 +1063,11 @@ impl Core {
         self.status.primary = (entry.view % self.validators as u64) as u32;
         if let Some((_, target)) = self.status.catching_up {
             if tip.height >= target {
-                tracing::info!(height = tip.height, "caught up");
+                let (blocks, seconds) = self.catch_up.take().map_or((0, 0.0), |c| {
+                    let ms = now_ms().saturating_sub(c.start_ms);
+                    (tip.height - c.start_height, ms as f64 / 1_000.0)
+                });
+                tracing::info!(height = tip.height, blocks, seconds, "caught up");
                 self.status.catching_up = None;
             }
         }

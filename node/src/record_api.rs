@@ -481,7 +481,6 @@ async fn read_checked(
         req.request.timestamp_ms,
     );
     if let Err(refusal) = admitted {
-        tracing::info!(reader = %req.reader, source = %peer.ip(), reason = %refusal, "read refused");
         return match refusal {
             // Not a read attempt at all: nothing to audit twice.
             Refusal::Replay => Err(refused(StatusCode::CONFLICT, refusal.to_string())),
@@ -511,7 +510,6 @@ async fn read_checked(
                 .into_response())
         }
         Err(e) => {
-            tracing::info!(reader = %req.reader, record = %slip, reason = %e.1, "read refused");
             node.record_access(&req, false, &e.1, None).await?;
             Err(e)
         }

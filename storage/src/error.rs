@@ -21,6 +21,14 @@ pub enum StoreError {
         "data folder {path} holds data but no medchain schema version; it is not a medchain store"
     )]
     NotAStore { path: PathBuf },
+    #[error("data folder {path} belongs to the chain with genesis {stored}, but the config's genesis hashes to {expected}; point data_dir at this chain's data (or an empty folder to sync from peers), or use the genesis this data was made with")]
+    OtherGenesis {
+        path: PathBuf,
+        stored: String,
+        expected: String,
+    },
+    #[error("backup target {0} already exists; choose a new folder for each backup")]
+    BackupExists(PathBuf),
     #[error("block at height {got} cannot be appended: the next height is {expected}")]
     NotNextHeight { expected: u64, got: u64 },
     #[error("block at height {height} does not extend the tip: its previous hash is {got}, the tip is {expected}")]

@@ -29,6 +29,7 @@ pub const ALL_CFS: [&str; 9] = [
 
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 pub const META_TIP: &[u8] = b"tip";
+pub const META_GENESIS: &[u8] = b"genesis_hash";
 
 pub fn height_key(height: u64) -> [u8; 8] {
     height.to_be_bytes()

@@ -16,4 +16,4 @@ mod lock;
 mod store;
 
 pub use error::StoreError;
-pub use store::{ChainTip, ConsensusChanges, Store, TxLocation, SCHEMA_VERSION};
+pub use store::{BackupSummary, ChainTip, ConsensusChanges, Store, TxLocation, SCHEMA_VERSION};

@@ -87,6 +87,53 @@ fn synced() -> WriteOptions {
     wo
 }
 
+/// What a backup holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSummary {
+    pub height: u64,
+    pub tip: Option<Hash32>,
+    /// Record ciphertext files copied, and their bytes.
+    pub records: usize,
+    pub record_bytes: u64,
+}
+
+/// Copies `<from>/<xx>/<hash>` files (not temporaries) to `to`, syncing each file and folder.
+fn copy_records(from: &Path, to: &Path) -> Result<(usize, u64), StoreError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
+    let mut count = 0;
+    let mut bytes = 0;
+    let Ok(shards) = std::fs::read_dir(from) else {
+        return Ok((0, 0));
+    };
+    for shard in shards {
+        let shard = shard.map_err(io(from))?;
+        if !shard.file_type().map_err(io(&shard.path()))?.is_dir() {
+            continue;
+        }
+        let target = to.join(shard.file_name());
+        std::fs::create_dir_all(&target).map_err(io(&target))?;
+        for file in std::fs::read_dir(shard.path()).map_err(io(&shard.path()))? {
+            let file = file.map_err(io(&shard.path()))?;
+            if file.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let dest = target.join(file.file_name());
+            bytes += std::fs::copy(file.path(), &dest).map_err(io(&dest))?;
+            std::fs::File::open(&dest)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&dest))?;
+            count += 1;
+        }
+        std::fs::File::open(&target)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&target))?;
+    }
+    Ok((count, bytes))
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -184,6 +231,73 @@ impl Store {
         let height = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
         let hash = Hash32::from_slice(&v[8..]).expect("32 bytes");
         Ok(Some(ChainTip { height, hash }))
+    }
+
+    /// The hash of the genesis this data folder was made with (`None` for a fresh folder).
+    pub fn genesis_hash(&self) -> Result<Option<Hash32>, StoreError> {
+        match self.db.get_cf(self.cf(CF_META), META_GENESIS)? {
+            None => Ok(None),
+            Some(v) => Hash32::from_slice(&v)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt {
+                    what: "genesis hash".into(),
+                    reason: format!("{} bytes", v.len()),
+                }),
+        }
+    }
+
+    /// Ties this data folder to one genesis: the first call records `hash`, later calls refuse
+    /// any other. A node started with an edited or foreign genesis over existing data would
+    /// otherwise verify new blocks against a validator set its stored chain was not built with.
+    pub fn pin_genesis(&self, hash: &Hash32) -> Result<(), StoreError> {
+        match self.genesis_hash()? {
+            Some(stored) if stored == *hash => Ok(()),
+            Some(stored) => Err(StoreError::OtherGenesis {
+                path: self.path.clone(),
+                stored: stored.to_hex(),
+                expected: hash.to_hex(),
+            }),
+            None => Ok(self.db.put_cf_opt(
+                self.cf(CF_META),
+                META_GENESIS,
+                hash.as_bytes(),
+                &synced(),
+            )?),
+        }
+    }
+
+    /// Writes a consistent copy of this store into `out`, which must not exist: a RocksDB
+    /// checkpoint (hard-linked where the file system allows) and a copy of every record
+    /// ciphertext, each synced. The copy is itself a data folder (restoring is putting it in
+    /// place), and it is opened and checked before this returns.
+    pub fn backup(&self, out: &Path) -> Result<BackupSummary, StoreError> {
+        if out.exists() {
+            return Err(StoreError::BackupExists(out.to_path_buf()));
+        }
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let tip = self.tip()?;
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(out)?;
+        let (records, record_bytes) =
+            copy_records(&self.path.join(RECORDS_DIR), &out.join(RECORDS_DIR))?;
+        let copy = Store::open(out)?;
+        let copied_tip = copy.tip()?;
+        if copied_tip != tip {
+            return Err(StoreError::Corrupt {
+                what: "backup".into(),
+                reason: format!("its tip {copied_tip:?} differs from the store's {tip:?}"),
+            });
+        }
+        Ok(BackupSummary {
+            height: tip.map_or(0, |t| t.height),
+            tip: tip.map(|t| t.hash),
+            records,
+            record_bytes,
+        })
     }
 
     /// Appends a committed block with its state changes, atomically and durably.

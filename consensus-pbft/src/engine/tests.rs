@@ -209,9 +209,20 @@ fn forged_and_foreign_messages_are_dropped() {
     );
     // Signed by the primary for another chain.
     let foreign = sign(&ks[0], "other-chain", 0, kind, Some(batch));
-    for m in [forged, foreign] {
+    // Dropped with nothing sent or stored; only a note for the operator, naming the claimed
+    // sender and the slot.
+    for (m, why) in [(forged, "signature"), (foreign, "other-chain")] {
         let out = net.replicas[1].handle(0, Event::Message(m), &net.ledgers[1]);
-        assert!(out.is_empty(), "{out:?}");
+        match &out[..] {
+            [Action::Note(Note::Refused {
+                from: Some(0),
+                what: "pre-prepare",
+                view: 0,
+                seq: 1,
+                reason,
+            })] => assert!(reason.contains(why), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
 
@@ -235,6 +246,8 @@ fn shape(a: &Action) -> String {
         Action::SetTimer { timer, .. } => format!("set:{timer:?}"),
         Action::CancelTimer(t) => format!("cancel:{t:?}"),
         Action::RequestStateTransfer { from_seq, .. } => format!("transfer:{from_seq}"),
+        Action::Note(Note::Refused { what, .. }) => format!("refused:{what}"),
+        Action::Note(n) => format!("note:{}", format!("{n:?}").split(' ').next().unwrap_or("")),
     }
 }
 
@@ -294,7 +307,7 @@ fn normal_case_at_a_backup_step_by_step() {
         ),
         (
             Event::Message(prepare(2)),
-            vec!["persist", "send:commit"],
+            vec!["note:Prepared", "persist", "send:commit"],
             0,
         ), // primary + 1 + 2 = q
         (Event::Message(prepare(3)), vec![], 0),
@@ -305,7 +318,8 @@ fn normal_case_at_a_backup_step_by_step() {
             vec!["execute:1", "cancel:Progress"],
             1,
         ),
-        (Event::Message(pp(&other)), vec![], 1), // conflicting pre-prepare: ignored
+        // A conflicting pre-prepare (primary equivocation): refused, nothing sent.
+        (Event::Message(pp(&other)), vec!["refused:pre-prepare"], 1),
         (Event::Message(commit_from(0)), vec![], 1),
         (Event::Timer(Timer::Progress), vec![], 1), // nothing outstanding: no view change
     ];

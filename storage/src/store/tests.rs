@@ -355,3 +355,63 @@ fn skipped_repeats_keep_the_first_location() {
     );
     assert_eq!(store.block(2).unwrap().unwrap().transactions.len(), 2);
 }
+
+#[test]
+fn genesis_is_pinned_on_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = medchain_crypto::digest(domains::RECORD_CONTENT, b"genesis a");
+    let theirs = medchain_crypto::digest(domains::RECORD_CONTENT, b"genesis b");
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.genesis_hash().unwrap(), None);
+        store.pin_genesis(&ours).unwrap();
+        store.pin_genesis(&ours).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.genesis_hash().unwrap(), Some(ours));
+    let err = store.pin_genesis(&theirs).unwrap_err();
+    assert!(matches!(err, StoreError::OtherGenesis { .. }), "{err}");
+    assert!(err.to_string().contains(&ours.to_hex()), "{err}");
+    assert_eq!(store.genesis_hash().unwrap(), Some(ours));
+}
+
+#[test]
+fn backup_is_a_whole_data_folder_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let store = Store::open(&live).unwrap();
+    let (doctor, patient) = (key(2), key(3));
+    for n in 1..=3 {
+        let b = next_block(&store, vec![slip_tx(&doctor, &patient, n)]);
+        store.commit_block(&b, &[], &[], &[]).unwrap();
+    }
+    let blob = medchain_crypto::digest(domains::RECORD_CONTENT, b"blob");
+    store.put_record(&blob, b"ciphertext").unwrap();
+    store
+        .pin_genesis(&medchain_crypto::digest(domains::RECORD_CONTENT, b"g"))
+        .unwrap();
+
+    let out = dir.path().join("backups/one");
+    let summary = store.backup(&out).unwrap();
+    assert_eq!(summary.height, 3);
+    assert_eq!(summary.tip, store.tip().unwrap().map(|t| t.hash));
+    assert_eq!((summary.records, summary.record_bytes), (1, 10));
+    let err = store.backup(&out).unwrap_err();
+    assert!(matches!(err, StoreError::BackupExists(_)), "{err}");
+
+    // The live store goes on; the copy is a store of its own with the same chain.
+    let b4 = next_block(&store, vec![slip_tx(&doctor, &patient, 4)]);
+    store.commit_block(&b4, &[], &[], &[]).unwrap();
+    drop(store);
+    let copy = Store::open(&out).unwrap();
+    assert_eq!(copy.tip().unwrap().unwrap().height, 3);
+    assert_eq!(
+        copy.block(2).unwrap(),
+        Store::open(&live).unwrap().block(2).unwrap()
+    );
+    assert_eq!(copy.record(&blob).unwrap().unwrap(), b"ciphertext");
+    assert_eq!(
+        copy.genesis_hash().unwrap(),
+        Some(medchain_crypto::digest(domains::RECORD_CONTENT, b"g"))
+    );
+}

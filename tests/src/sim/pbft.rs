@@ -604,6 +604,11 @@ impl Sim<'_> {
                 ..
             } => self.commit(r, entry, digest, repeats),
             Action::RequestStateTransfer { from_seq, .. } => self.state_transfer(r, from_seq),
+            Action::Note(note) => {
+                if self.trace.keeps_lines() {
+                    self.trace.record(format!("t={} r{r} {note:?}", self.now));
+                }
+            }
         }
     }
 
