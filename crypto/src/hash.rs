@@ -97,6 +97,7 @@ pub mod domains {
     pub const STORAGE_ADDRESS: Domain = Domain("medchain v1 storage address");
     pub const GRANT_ID: Domain = Domain("medchain v1 consent grant id");
     pub const READ_REQUEST: Domain = Domain("medchain v1 read request");
+    pub const GENESIS: Domain = Domain("medchain v1 genesis");
 }
 
 /// Hashes `bytes` under `domain`.

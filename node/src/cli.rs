@@ -55,6 +55,31 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Build a chain's genesis file: start one, add each validator and authority from their key
+    /// cards, then copy it to every node.
+    #[command(subcommand)]
+    Genesis(GenesisCommand),
+    /// Copy a stopped node's data folder (chain, state, record ciphertexts) into a new folder,
+    /// consistently, and check the copy. The key file is not included: keep it backed up
+    /// separately and offline.
+    Backup {
+        /// The node's home folder.
+        #[arg(long, value_name = "DIR")]
+        home: PathBuf,
+        /// Folder to create for the backup (must not exist).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Put a backup made by `medchain backup` in place as a stopped node's data folder, after
+    /// checking that it belongs to this node's chain. The data folder must be absent or empty.
+    Restore {
+        /// The node's home folder.
+        #[arg(long, value_name = "DIR")]
+        home: PathBuf,
+        /// The backup folder.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
     /// Participants: register (an authority), show, suspend, reinstate.
     #[command(subcommand)]
     Identity(IdentityCommand),
@@ -408,6 +433,54 @@ pub struct InitArgs {
 
     #[command(flatten)]
     pub password: PasswordArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenesisCommand {
+    /// Start a genesis file with no validators or authorities yet.
+    New {
+        /// The file to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The chain's ID, e.g. hospital-a.
+        #[arg(long)]
+        chain_id: String,
+        /// Which chain: a hospital's private chain or the consortium chain.
+        #[arg(long, value_enum, default_value_t = InitMode::Private)]
+        kind: InitMode,
+        /// Development cadences (blocks within 200 ms) instead of production ones.
+        #[arg(long, conflicts_with_all = ["block_interval_ms", "max_block_transactions"])]
+        development: bool,
+        /// Cut a block when the oldest pending transaction has waited this long (default ten
+        /// minutes, DESIGN.md; interactive use wants seconds).
+        #[arg(long)]
+        block_interval_ms: Option<u64>,
+        /// ...or as soon as this many transactions are pending (default 128).
+        #[arg(long)]
+        max_block_transactions: Option<u32>,
+    },
+    /// Add a validator (a replica) from its key card (`keys/node.card.json` of its home folder).
+    AddValidator {
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        card: PathBuf,
+        /// Its name in logs and status.
+        #[arg(long)]
+        name: String,
+        /// Where the other validators reach it (libp2p multiaddr), e.g. /ip4/10.0.0.11/tcp/26656.
+        #[arg(long)]
+        address: String,
+    },
+    /// Add an authority (the key that registers doctors and patients) from its key card.
+    AddAuthority {
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        card: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

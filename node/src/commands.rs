@@ -13,6 +13,7 @@ use crate::cli::{
 use crate::config::{self, ChainParams, Genesis, GenesisAuthority, GenesisValidator, NodeMode};
 use crate::logging::LogFormat;
 use crate::password;
+use medchain_storage::{Store, StoreError};
 
 pub fn run(cli: Cli) -> Result<()> {
     // A node logs as its config says (it is read first); everything else logs at info.
@@ -30,6 +31,9 @@ pub fn run(cli: Cli) -> Result<()> {
         } => crate::devnet::run(dir, exit_after_demo, base_port),
         Command::Bench(args) => bench(args),
         Command::Config(ConfigCommand::Check { home }) => config_check(&home),
+        Command::Genesis(cmd) => crate::genesis_cmd::run(cmd),
+        Command::Backup { home, out } => backup(&home, &out),
+        Command::Restore { home, from } => restore(&home, &from),
         Command::Identity(cmd) => crate::client::commands::identity(cmd),
         Command::Record(cmd) => crate::client::commands::record(cmd),
         Command::Consent(cmd) => crate::client::commands::consent(cmd),
@@ -51,11 +55,13 @@ fn protection(args: &PasswordArgs) -> Result<Protection> {
     })
 }
 
-/// Writes a fresh key and prints what others need to know of it.
+/// Writes a fresh key and its public key card beside it (`x.key` -> `x.card.json`).
 fn write_new_key(path: &Path, args: &PasswordArgs) -> Result<KeyMaterial> {
     let protection = protection(args)?;
     let keys = KeyMaterial::generate();
     keystore::write_key_file(path, &keys, &protection)?;
+    crate::client::KeyCard::from_binding(&keys.key_binding())
+        .write(&crate::client::card_path(path))?;
     Ok(keys)
 }
 
@@ -66,7 +72,6 @@ fn keygen(args: KeygenArgs) -> Result<()> {
     let keys = write_new_key(&args.out, &args.password)?;
     let binding = keys.key_binding();
     let card_path = crate::client::card_path(&args.out);
-    crate::client::KeyCard::from_binding(&binding).write(&card_path)?;
     println!("identity:        {}", binding.identity);
     println!(
         "encryption key:  {}",
@@ -96,7 +101,7 @@ fn keygen(args: KeygenArgs) -> Result<()> {
     Ok(())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -119,13 +124,35 @@ fn ensure_empty(dir: &Path, flag: &str) -> Result<()> {
 }
 
 fn write_genesis(home: &Path, genesis: &Genesis, note: &str) -> Result<()> {
+    write_genesis_file(&home.join("genesis.toml"), genesis, note)
+}
+
+/// Writes a genesis file with a header comment, atomically (a crash leaves the old file or the
+/// new one, never half of one).
+pub(crate) fn write_genesis_file(path: &Path, genesis: &Genesis, note: &str) -> Result<()> {
     let text = format!(
         "# Genesis of chain {:?}: identical on every node of the chain.\n{note}\n\n{}",
         genesis.chain_id,
         toml::to_string_pretty(genesis).context("serialising genesis")?
     );
-    let path = home.join("genesis.toml");
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_config(
@@ -179,7 +206,7 @@ max_reads_per_source = 600
 
 /// A local network cuts blocks within 200 ms (not the 10 minutes of a production chain) so a
 /// transaction commits well inside a second at moderate load.
-fn dev_params() -> ChainParams {
+pub(crate) fn dev_params() -> ChainParams {
     ChainParams {
         block_interval_ms: 200,
         checkpoint_interval: 20,
@@ -237,10 +264,14 @@ fn init(args: InitArgs) -> Result<()> {
     println!("identity:  {identity}");
     println!("config:    {}", home.join(config::CONFIG_FILE).display());
     println!(
-        "genesis:   {} (template: add the other validators)",
+        "genesis:   {} (template listing this node only; replace it with the chain's genesis from `medchain genesis`)",
         home.join("genesis.toml").display()
     );
     println!("key:       {}", home.join(key_rel).display());
+    println!(
+        "key card:  {} (public: give it to whoever builds the genesis)",
+        crate::client::card_path(&home.join(key_rel)).display()
+    );
     Ok(())
 }
 
@@ -428,12 +459,111 @@ async fn shutdown_signal() {
 
 fn config_check(home: &Path) -> Result<()> {
     let loaded = config::load(home)?;
+    let genesis = loaded.genesis.hash();
     println!(
-        "{}: config and genesis are valid ({} node of chain {:?}, {} validators)",
+        "{}: config and genesis are valid ({} node of chain {:?}, {} validators, {} authorities)",
         home.display(),
         loaded.config.mode,
         loaded.genesis.chain_id,
-        loaded.genesis.validators.len()
+        loaded.genesis.validators.len(),
+        loaded.genesis.authorities.len()
+    );
+    println!("genesis hash: {genesis} (the same on every node of the chain)");
+    let data = loaded.data_path();
+    if is_empty_dir(&data)? {
+        println!(
+            "data folder:  {} (empty: the node will fetch the chain from its peers)",
+            data.display()
+        );
+        return Ok(());
+    }
+    // The same checks the node makes at start: schema version, then the genesis pin.
+    match Store::open(&data) {
+        Ok(store) => {
+            store.check_genesis(&genesis)?;
+            let height = store.tip()?.map_or(0, |t| t.height);
+            println!(
+                "data folder:  {} (height {height}, this genesis)",
+                data.display()
+            );
+        }
+        Err(StoreError::InUse { pid, .. }) => println!(
+            "data folder:  {} (in use by the running node, process {pid}; not checked)",
+            data.display()
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
+}
+
+fn backup(home: &Path, out: &Path) -> Result<()> {
+    let loaded = config::load(home)?;
+    let data = loaded.data_path();
+    if is_empty_dir(&data)? {
+        bail!("{} holds no data yet: nothing to back up", data.display());
+    }
+    // Taking the store's lock is what makes the copy consistent; a running node holds it and the
+    // error names its process.
+    let store = Store::open(&data)?;
+    store.check_genesis(&loaded.genesis.hash())?;
+    let s = store.backup(out)?;
+    println!(
+        "backed up {} to {}: height {}{}, {} record ciphertexts ({} bytes); copy checked",
+        data.display(),
+        out.display(),
+        s.height,
+        s.tip
+            .map(|t| format!(" (tip {})", &t.to_hex()[..16]))
+            .unwrap_or_default(),
+        s.records,
+        s.record_bytes
+    );
+    println!(
+        "not included: the node key {} (keep it backed up separately, offline)",
+        loaded.key_path().display()
+    );
+    Ok(())
+}
+
+fn restore(home: &Path, from: &Path) -> Result<()> {
+    let loaded = config::load(home)?;
+    let data = loaded.data_path();
+    if !is_empty_dir(&data)? {
+        bail!(
+            "{} is not empty; stop the node and move the folder away first (restore never overwrites data)",
+            data.display()
+        );
+    }
+    if !from.is_dir() {
+        bail!("{} is not a backup folder", from.display());
+    }
+    let backup =
+        Store::open(from).with_context(|| format!("opening the backup {}", from.display()))?;
+    if !backup.check_genesis(&loaded.genesis.hash())? {
+        bail!(
+            "{} records no genesis: it was not made by a node of this chain",
+            from.display()
+        );
+    }
+    if data.exists() {
+        std::fs::remove_dir(&data)
+            .with_context(|| format!("removing the empty {}", data.display()))?;
+    }
+    let s = backup.backup(&data)?;
+    println!(
+        "restored {} into {}: height {}, {} record ciphertexts; start the node and it fetches the blocks committed since",
+        from.display(),
+        data.display(),
+        s.height,
+        s.records
     );
     Ok(())
 }

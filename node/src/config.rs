@@ -176,6 +176,17 @@ pub struct GenesisValidator {
     pub encryption_key: Option<String>,
 }
 
+impl Genesis {
+    /// What every node of the chain must agree on, as one hash: the genesis's fields in a fixed
+    /// order (JSON of the typed struct), so comments and layout of the TOML do not matter. A data
+    /// folder is pinned to it at first start; operators compare it across nodes
+    /// (`medchain config check` prints it).
+    pub fn hash(&self) -> medchain_crypto::Hash32 {
+        let fields = serde_json::to_vec(self).expect("a genesis always serialises");
+        medchain_crypto::digest(medchain_crypto::hash::domains::GENESIS, &fields)
+    }
+}
+
 /// One problem found in a file, with where and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -260,6 +271,11 @@ fn read_toml<T: serde::de::DeserializeOwned>(
         what,
         message: e.to_string(),
     })
+}
+
+/// Reads a genesis file (shape only; [`validate`] checks meaning in the context of a node).
+pub fn read_genesis(file: &Path) -> Result<Genesis, ConfigError> {
+    read_toml(file, "medchain genesis")
 }
 
 /// Loads and validates `home/config.toml` and the genesis file it names.

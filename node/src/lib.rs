@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod contracts;
 pub mod devnet;
+pub mod genesis_cmd;
 pub mod http_client;
 pub mod ledger;
 pub mod logging;

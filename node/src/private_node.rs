@@ -48,6 +48,8 @@ pub const FORWARD_BATCH: usize = 256;
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Status {
     pub chain_id: String,
+    /// The genesis's hash (identical on every node of the chain).
+    pub genesis_hash: String,
     pub node: String,
     pub identity: String,
     pub height: u64,
@@ -281,6 +283,7 @@ pub fn start(
         Arc::new(Store::open(&loaded.data_path()).with_context(|| {
             format!("opening the data folder {}", loaded.data_path().display())
         })?);
+    store.pin_genesis(&g.hash())?;
     let ledger = Arc::new(PrivateLedger::new(
         store.clone(),
         g.chain_id.clone(),
@@ -358,6 +361,7 @@ pub fn start(
     let status = Status {
         last_block_time_ms,
         chain_id: g.chain_id.clone(),
+        genesis_hash: g.hash().to_hex(),
         node: g.validators[me as usize].name.clone(),
         identity: key.identity().to_string(),
         height: tip,

@@ -250,19 +250,24 @@ impl Store {
     /// any other. A node started with an edited or foreign genesis over existing data would
     /// otherwise verify new blocks against a validator set its stored chain was not built with.
     pub fn pin_genesis(&self, hash: &Hash32) -> Result<(), StoreError> {
+        if !self.check_genesis(hash)? {
+            self.db
+                .put_cf_opt(self.cf(CF_META), META_GENESIS, hash.as_bytes(), &synced())?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a data folder pinned to another genesis, writing nothing: true when pinned to
+    /// `hash`, false when no genesis is recorded yet.
+    pub fn check_genesis(&self, hash: &Hash32) -> Result<bool, StoreError> {
         match self.genesis_hash()? {
-            Some(stored) if stored == *hash => Ok(()),
+            Some(stored) if stored == *hash => Ok(true),
             Some(stored) => Err(StoreError::OtherGenesis {
                 path: self.path.clone(),
                 stored: stored.to_hex(),
                 expected: hash.to_hex(),
             }),
-            None => Ok(self.db.put_cf_opt(
-                self.cf(CF_META),
-                META_GENESIS,
-                hash.as_bytes(),
-                &synced(),
-            )?),
+            None => Ok(false),
         }
     }
 
