@@ -72,24 +72,24 @@ fn keygen(args: KeygenArgs) -> Result<()> {
     let keys = write_new_key(&args.out, &args.password)?;
     let binding = keys.key_binding();
     let card_path = crate::client::card_path(&args.out);
-    println!("identity:        {}", binding.identity);
-    println!(
+    out!("identity:        {}", binding.identity);
+    out!(
         "encryption key:  {}",
         hex::encode(binding.encryption_key.to_bytes())
     );
-    println!(
+    out!(
         "search key:      {}",
         hex::encode(binding.search_key.to_bytes())
     );
-    println!(
+    out!(
         "binding sig:     {}",
         hex::encode(binding.signature.as_bytes())
     );
-    println!(
+    out!(
         "key card:        {} (public: give it to the authority that registers you)",
         card_path.display()
     );
-    println!(
+    out!(
         "key file:        {} ({})",
         args.out.display(),
         if args.password.insecure_plaintext {
@@ -260,15 +260,15 @@ fn init(args: InitArgs) -> Result<()> {
         &args.p2p_listen,
         &args.api_listen,
     )?;
-    println!("initialised {} node in {}", mode, home.display());
-    println!("identity:  {identity}");
-    println!("config:    {}", home.join(config::CONFIG_FILE).display());
-    println!(
+    out!("initialised {} node in {}", mode, home.display());
+    out!("identity:  {identity}");
+    out!("config:    {}", home.join(config::CONFIG_FILE).display());
+    out!(
         "genesis:   {} (template listing this node only; replace it with the chain's genesis from `medchain genesis`)",
         home.join("genesis.toml").display()
     );
-    println!("key:       {}", home.join(key_rel).display());
-    println!(
+    out!("key:       {}", home.join(key_rel).display());
+    out!(
         "key card:  {} (public: give it to whoever builds the genesis)",
         crate::client::card_path(&home.join(key_rel)).display()
     );
@@ -333,22 +333,22 @@ pub(crate) fn init_devnet(n: usize, out: &Path, base_port: u16, chain_id: &str) 
         config::load(&out.join(format!("node{i}")))
             .with_context(|| format!("checking the generated node{i}"))?;
     }
-    println!(
+    out!(
         "devnet of {n} private-chain nodes (chain {:?}) in {}",
         chain_id,
         out.display()
     );
     for (i, api) in apis.iter().enumerate() {
-        println!(
+        out!(
             "  node{i}: medchain run --home {}   (API http://{api})",
             out.join(format!("node{i}")).display()
         );
     }
-    println!(
+    out!(
         "  authority key (registers doctors and patients): {}",
         out.join(DEVNET_AUTHORITY_KEY).display()
     );
-    println!("keys are UNENCRYPTED (development only)");
+    out!("keys are UNENCRYPTED (development only)");
     Ok(())
 }
 
@@ -412,9 +412,9 @@ fn bench(args: BenchArgs) -> Result<()> {
         timeout: std::time::Duration::from_secs(args.timeout_secs),
     }))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        out!(
             "submitted {} from {} clients{}: accepted {}, refused {}",
             report.submitted,
             args.clients,
@@ -427,13 +427,15 @@ fn bench(args: BenchArgs) -> Result<()> {
             report.refused
         );
         for r in &report.refusals {
-            println!("  refused: {r}");
+            out!("  refused: {r}");
         }
-        println!(
+        out!(
             "committed {} in {:.2} s: {:.0} tx/s",
-            report.committed, report.seconds, report.tps
+            report.committed,
+            report.seconds,
+            report.tps
         );
-        println!(
+        out!(
             "commit latency (sent -> in a block on node 0): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             report.p50_ms, report.p99_ms, report.max_ms
         );
@@ -460,7 +462,7 @@ async fn shutdown_signal() {
 fn config_check(home: &Path) -> Result<()> {
     let loaded = config::load(home)?;
     let genesis = loaded.genesis.hash();
-    println!(
+    out!(
         "{}: config and genesis are valid ({} node of chain {:?}, {} validators, {} authorities)",
         home.display(),
         loaded.config.mode,
@@ -468,10 +470,10 @@ fn config_check(home: &Path) -> Result<()> {
         loaded.genesis.validators.len(),
         loaded.genesis.authorities.len()
     );
-    println!("genesis hash: {genesis} (the same on every node of the chain)");
+    out!("genesis hash: {genesis} (the same on every node of the chain)");
     let data = loaded.data_path();
     if is_empty_dir(&data)? {
-        println!(
+        out!(
             "data folder:  {} (empty: the node will fetch the chain from its peers)",
             data.display()
         );
@@ -482,12 +484,12 @@ fn config_check(home: &Path) -> Result<()> {
         Ok(store) => {
             store.check_genesis(&genesis)?;
             let height = store.tip()?.map_or(0, |t| t.height);
-            println!(
+            out!(
                 "data folder:  {} (height {height}, this genesis)",
                 data.display()
             );
         }
-        Err(StoreError::InUse { pid, .. }) => println!(
+        Err(StoreError::InUse { pid, .. }) => out!(
             "data folder:  {} (in use by the running node, process {pid}; not checked)",
             data.display()
         ),
@@ -515,7 +517,7 @@ fn backup(home: &Path, out: &Path) -> Result<()> {
     let store = Store::open(&data)?;
     store.check_genesis(&loaded.genesis.hash())?;
     let s = store.backup(out)?;
-    println!(
+    out!(
         "backed up {} to {}: height {}{}, {} record ciphertexts ({} bytes); copy checked",
         data.display(),
         out.display(),
@@ -526,7 +528,7 @@ fn backup(home: &Path, out: &Path) -> Result<()> {
         s.records,
         s.record_bytes
     );
-    println!(
+    out!(
         "not included: the node key {} (keep it backed up separately, offline)",
         loaded.key_path().display()
     );
@@ -558,7 +560,7 @@ fn restore(home: &Path, from: &Path) -> Result<()> {
             .with_context(|| format!("removing the empty {}", data.display()))?;
     }
     let s = backup.backup(&data)?;
-    println!(
+    out!(
         "restored {} into {}: height {}, {} record ciphertexts; start the node and it fetches the blocks committed since",
         from.display(),
         data.display(),

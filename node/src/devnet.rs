@@ -137,7 +137,7 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
     let mut c1 = Client::connect(&apis[1]).await?;
     let patient_id = patient.signing_key().identity();
     let b_id = doctor_b.signing_key().identity();
-    println!("demo: the record workflow on chain {:?}", c0.chain.chain_id);
+    out!("demo: the record workflow on chain {:?}", c0.chain.chain_id);
 
     register(
         &mut c0,
@@ -163,7 +163,7 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         "Patient (demo)",
     )
     .await?;
-    println!(
+    out!(
         "  1. registered two doctors and a patient (keys in {})",
         dir.join("demo").display()
     );
@@ -185,15 +185,15 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         now_ms(),
     )?;
     let slip = c0.upload_record(&w).await?;
-    println!(
+    out!(
         "  2. Dr A wrote an encrypted FHIR Observation ({} bytes of ciphertext): record {slip}",
         w.ciphertext.len()
     );
     c1.wait_for_record(&slip).await?;
     c1.confirm(&patient, &slip).await?;
-    println!("  3. the patient checked the doctor's signature and H(M), and co-signed it");
+    out!("  3. the patient checked the doctor's signature and H(M), and co-signed it");
     match c0.read(&doctor_b, &slip).await {
-        Err(e) => println!("  4. Dr B's read was refused and audited: {e}"),
+        Err(e) => out!("  4. Dr B's read was refused and audited: {e}"),
         Ok(_) => bail!("Dr B read the record without a grant"),
     }
     let grantee_key = c0.identity(&b_id).await?.encryption_key()?;
@@ -211,13 +211,13 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
     let (grant_id, _) = c0
         .submit_and_wait(&c0.sign(&patient, Payload::ConsentGrant(grant)))
         .await?;
-    println!("  5. the patient granted Dr B read on it for 10 minutes: grant {grant_id}");
+    out!("  5. the patient granted Dr B read on it for 10 minutes: grant {grant_id}");
     c1.wait_for_height_of(&mut c0).await?;
     let read = c1.read(&doctor_b, &slip).await?;
     if read != record {
         bail!("Dr B decrypted something else than the record");
     }
-    println!(
+    out!(
         "  6. Dr B read it through node1's proxy re-encryption: {} bytes, identical to what Dr A wrote",
         read.len()
     );
@@ -226,9 +226,9 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         .get(&format!("/v1/audit?record={slip}"))
         .await?
         .unwrap_or_default();
-    println!("  7. the record's audit trail:");
+    out!("  7. the record's audit trail:");
     for e in trail["events"].as_array().cloned().unwrap_or_default() {
-        println!(
+        out!(
             "       height {:>5}  {:<12} {}",
             e["height"],
             e["op"].as_str().unwrap_or_default(),
@@ -244,7 +244,7 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         .get(&format!("/v1/records/{slip}/verify"))
         .await?
         .ok_or_else(|| anyhow!("record {slip} vanished"))?;
-    println!(
+    out!(
         "  8. tamper check on node0: stored ciphertext {}",
         v["status"].as_str().unwrap_or_default()
     );
@@ -254,7 +254,7 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
 /// Runs `medchain devnet`.
 pub fn run(dir: PathBuf, exit_after_demo: bool, base_port: u16) -> Result<()> {
     if dir.join("node0/config.toml").exists() {
-        println!(
+        out!(
             "reusing the devnet in {} (delete it for a fresh chain)",
             dir.display()
         );
@@ -269,35 +269,35 @@ pub fn run(dir: PathBuf, exit_after_demo: bool, base_port: u16) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     runtime.block_on(async move {
         let mut nodes = start_nodes(&dir)?;
-        println!(
+        out!(
             "starting {NODES} nodes (logs in {}/node*.log)...",
             dir.display()
         );
         wait_ready(&mut nodes, &apis).await?;
         for (i, api) in apis.iter().enumerate() {
-            println!("  node{i}: {api}  (status: medchain status --node {api})");
+            out!("  node{i}: {api}  (status: medchain status --node {api})");
         }
         if let Err(e) = demo(&dir, &apis).await {
-            println!("demo failed: {e:#}");
+            out!("demo failed: {e:#}");
             if exit_after_demo {
                 nodes.stop();
                 return Err(e);
             }
         }
         if exit_after_demo {
-            println!("demo done; stopping the nodes");
+            out!("demo done; stopping the nodes");
             nodes.stop();
             return Ok(());
         }
-        println!("the devnet is running; Ctrl-C stops it");
+        out!("the devnet is running; Ctrl-C stops it");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        println!("stopping the nodes...");
+        out!("stopping the nodes...");
         nodes.stop();
-        println!("stopped");
+        out!("stopped");
         Ok(())
     })
 }

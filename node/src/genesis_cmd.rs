@@ -77,7 +77,7 @@ fn new(
         authorities: Vec::new(),
     };
     write_genesis_file(out, &genesis, NOTE)?;
-    println!(
+    out!(
         "wrote {} ({kind} chain {chain_id:?}); next: `medchain genesis add-validator` for each replica and `add-authority` for the registration office",
         out.display()
     );
@@ -133,14 +133,14 @@ fn add_validator(genesis: &Path, card: &Path, name: &str, address: &str) -> Resu
         encryption_key: Some(hex::encode(binding.encryption_key.to_bytes())),
     });
     write_genesis_file(genesis, &g, NOTE)?;
-    println!(
+    out!(
         "added validator {name} ({}) at {address}: {} validator(s) in {}",
         binding.identity,
         g.validators.len(),
         genesis.display()
     );
     if g.kind == crate::config::NodeMode::Private && g.validators.len() < 4 {
-        println!("a private chain needs at least 4 validators (PBFT tolerates one fault in four)");
+        out!("a private chain needs at least 4 validators (PBFT tolerates one fault in four)");
     }
     Ok(())
 }
@@ -152,7 +152,7 @@ fn add_authority(genesis: &Path, card: &Path, name: &str) -> Result<()> {
         identity: binding.identity,
     });
     write_genesis_file(genesis, &g, NOTE)?;
-    println!(
+    out!(
         "added authority {name} ({}): {} authority(ies) in {}",
         binding.identity,
         g.authorities.len(),

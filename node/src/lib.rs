@@ -6,6 +6,9 @@
 //! and clap. `anyhow` is used only in the command handlers (the binary's edge); the configuration
 //! module has typed errors.
 
+#[macro_use]
+mod output;
+
 pub mod access_guard;
 pub mod api;
 pub mod bench;

@@ -93,7 +93,7 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                 let mut c = Client::connect(&args.node).await?;
                 let tx = c.sign(&authority, Payload::IdentityRegistration(reg));
                 let (_, v) = c.submit_and_wait(&tx).await?;
-                println!(
+                out!(
                     "registered {} {name:?} as {} at height {}",
                     card.identity,
                     match role {
@@ -115,7 +115,7 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                     .ok_or_else(|| {
                         anyhow!("{id} is not registered on chain {}", c.chain.chain_id)
                     })?;
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                out!("{}", serde_json::to_string_pretty(&info)?);
             }
             IdentityCommand::Suspend {
                 identity,
@@ -131,7 +131,7 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                     }),
                 )
                 .await?;
-                println!("suspended {id} at height {}", v["height"]);
+                out!("suspended {id} at height {}", v["height"]);
             }
             IdentityCommand::Reinstate {
                 identity,
@@ -145,7 +145,7 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                     }),
                 )
                 .await?;
-                println!("reinstated {id} at height {}", v["height"]);
+                out!("reinstated {id} at height {}", v["height"]);
             }
         }
         Ok(())
@@ -161,7 +161,7 @@ fn print_record(v: &Value) {
     } else {
         "awaiting the patient's confirmation".into()
     };
-    println!(
+    out!(
         "{}  {}  height {}  doctor {}  {}",
         s["slip_id"].as_str().unwrap_or_default(),
         s["record_type"].as_str().unwrap_or_default(),
@@ -216,7 +216,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     now_ms(),
                 )?;
                 let slip = c.upload_record(&w).await?;
-                println!("{slip}");
+                out!("{slip}");
                 eprintln!(
                     "record {slip} ({record_type}, {} bytes encrypted) written for {patient}; it awaits the patient's confirmation",
                     w.ciphertext.len()
@@ -227,7 +227,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                 let slip = hash_arg(&slip, "slip")?;
                 let mut c = Client::connect(&args.node).await?;
                 let plaintext = c.confirm(&patient, &slip).await?;
-                println!(
+                out!(
                     "confirmed record {slip} ({} bytes, doctor's signature and H(M) checked)",
                     plaintext.len()
                 );
@@ -241,7 +241,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     .unwrap_or_default();
                 let list = v["records"].as_array().cloned().unwrap_or_default();
                 if list.is_empty() {
-                    println!("no records await confirmation by {id}");
+                    out!("no records await confirmation by {id}");
                 }
                 for r in list {
                     print_record(&serde_json::json!({ "slip": r }));
@@ -254,7 +254,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                 let plaintext = c.read(&reader, &slip).await?;
                 std::fs::write(&out, &plaintext)
                     .with_context(|| format!("writing {}", out.display()))?;
-                println!(
+                out!(
                     "record {slip}: {} bytes written to {} (hash checked against the chain)",
                     plaintext.len(),
                     out.display()
@@ -268,7 +268,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     .await?
                     .ok_or_else(|| anyhow!("record {slip} does not exist"))?;
                 let status = v["status"].as_str().unwrap_or_default().to_string();
-                println!(
+                out!(
                     "record {slip} on node {}: stored ciphertext {status} (chain {}, stored {})",
                     v["node"].as_str().unwrap_or_default(),
                     v["ciphertext_hash_on_chain"].as_str().unwrap_or_default(),
@@ -277,7 +277,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                 if status == "intact" && args.key.is_some() {
                     let reader = key(&args)?;
                     c.read(&reader, &slip).await?;
-                    println!("plaintext hash matches H(M) on chain");
+                    out!("plaintext hash matches H(M) on chain");
                 }
                 if status != "intact" {
                     bail!("record {slip} failed the tamper check: {status}");
@@ -293,7 +293,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     }),
                 )
                 .await?;
-                println!(
+                out!(
                     "record {slip} deleted at height {}: its ciphertext is erased on every node; the slip and its history stay",
                     v["height"]
                 );
@@ -324,7 +324,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 )?;
                 let tx = c.sign(&patient, Payload::ConsentGrant(grant));
                 let (id, v) = c.submit_and_wait(&tx).await?;
-                println!("{id}");
+                out!("{id}");
                 eprintln!("grant {id} to {grantee} on {scope} ({actions}) committed at height {}", v["height"]);
             }
             ConsentCommand::Request { patient, scope, actions, until, purpose, client: args } => {
@@ -342,7 +342,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                     }),
                 );
                 let (id, v) = c.submit_and_wait(&tx).await?;
-                println!("{id}");
+                out!("{id}");
                 eprintln!("request {id} to {patient} committed at height {}", v["height"]);
             }
             ConsentCommand::Approve { request, client: args } => {
@@ -378,7 +378,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 )?;
                 let tx = c.sign(&patient, Payload::ConsentGrant(grant));
                 let (id, v) = c.submit_and_wait(&tx).await?;
-                println!("{id}");
+                out!("{id}");
                 eprintln!(
                     "approved request {req_id}: grant {id} to {requester} on {} ({actions}) until {} committed at height {}",
                     req["scope"].as_str().unwrap_or_default(),
@@ -396,7 +396,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                     }),
                 )
                 .await?;
-                println!("denied request {req_id} at height {}", v["height"]);
+                out!("denied request {req_id} at height {}", v["height"]);
             }
             ConsentCommand::Revoke { grant, client: args } => {
                 let grant_id = hash_arg(&grant, "grant")?;
@@ -407,7 +407,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                     }),
                 )
                 .await?;
-                println!(
+                out!(
                     "revoked grant {grant_id} at height {}; the proxies destroy their fragments",
                     v["height"]
                 );
@@ -422,7 +422,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 let mut c = Client::connect(&args.node).await?;
                 let v = c.get(&format!("/v1/consent?{query}")).await?.unwrap_or_default();
                 for g in v["grants"].as_array().cloned().unwrap_or_default() {
-                    println!(
+                    out!(
                         "grant   {}  {} -> {}  {}  {}  until {}  {}",
                         g["grant"].as_str().unwrap_or_default(),
                         g["patient"].as_str().unwrap_or_default(),
@@ -434,7 +434,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                     );
                 }
                 for r in v["requests"].as_array().cloned().unwrap_or_default() {
-                    println!(
+                    out!(
                         "request {}  {} -> {}  {}  {}  until {}  {}",
                         r["request"].as_str().unwrap_or_default(),
                         r["requester"].as_str().unwrap_or_default(),
@@ -466,11 +466,11 @@ pub fn audit(args: AuditArgs) -> Result<()> {
             .unwrap_or_default();
         let events = v["events"].as_array().cloned().unwrap_or_default();
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&events)?);
+            out!("{}", serde_json::to_string_pretty(&events)?);
             return Ok(());
         }
         for e in &events {
-            println!(
+            out!(
                 "{:>6}.{:<3} {}  {:<12} actor {}{}  {}",
                 e["height"],
                 e["index"],
@@ -505,7 +505,7 @@ pub fn status(node: &str, json: bool) -> Result<()> {
         if json {
             let mut all = s.clone();
             all["ready"] = ready.1.clone();
-            println!("{}", serde_json::to_string_pretty(&all)?);
+            out!("{}", serde_json::to_string_pretty(&all)?);
             return Ok(());
         }
         let primary = s["primary"].as_u64().unwrap_or(0) as usize;
@@ -524,37 +524,37 @@ pub fn status(node: &str, json: bool) -> Result<()> {
                 now_ms().saturating_sub(last) / 1_000
             )
         };
-        println!(
+        out!(
             "{} ({}) on chain {}",
             s["node"].as_str().unwrap_or_default(),
             s["identity"].as_str().unwrap_or_default(),
             s["chain_id"].as_str().unwrap_or_default()
         );
-        println!(
+        out!(
             "height      {}  (tip {})",
             s["height"],
             &s["tip_hash"].as_str().unwrap_or_default()
                 [..16.min(s["tip_hash"].as_str().unwrap_or_default().len())]
         );
-        println!("last block  {ago}");
-        println!("view        {}, primary {primary_name}", s["view"]);
-        println!(
+        out!("last block  {ago}");
+        out!("view        {}, primary {primary_name}", s["view"]);
+        out!(
             "peers       {} of {} connected ({} needed for a quorum)",
             s["peers_connected"],
             s["validators"].as_u64().unwrap_or(1).saturating_sub(1),
             s["peers_needed"]
         );
-        println!("mempool     {} of {}", s["mempool"], s["mempool_capacity"]);
-        println!("committed   {} transactions", s["committed_transactions"]);
+        out!("mempool     {} of {}", s["mempool"], s["mempool_capacity"]);
+        out!("committed   {} transactions", s["committed_transactions"]);
         match s["catching_up"].as_array() {
             Some(a) if a.len() == 2 => {
-                println!("catch-up    at height {} of at least {}", s["height"], a[1])
+                out!("catch-up    at height {} of at least {}", s["height"], a[1])
             }
-            _ => println!("catch-up    none"),
+            _ => out!("catch-up    none"),
         }
         match ready.0 {
-            200 => println!("ready       yes"),
-            _ => println!(
+            200 => out!("ready       yes"),
+            _ => out!(
                 "ready       no: {}",
                 ready.1["reason"].as_str().unwrap_or("unknown")
             ),
