@@ -101,6 +101,10 @@ pub enum Command {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
+        /// Wait up to this many seconds for the node to answer and be ready (in consensus and
+        /// caught up); fail if it is not. For scripts and service managers.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
     },
 }
 

@@ -494,8 +494,28 @@ fn short(id: &str) -> &str {
 }
 
 /// `medchain status`: what an operator checks first.
-pub fn status(node: &str, json: bool) -> Result<()> {
+/// Polls the node until `/ready` answers 200, for at most `secs` seconds.
+async fn wait_ready(node: &str, secs: u64) -> Result<()> {
+    let mut reason = String::from("no answer yet");
+    for _ in 0..secs.max(1) * 4 {
+        match Client::connect(node).await {
+            Ok(mut c) => match c.get_with_status("/ready").await {
+                Ok((200, _)) => return Ok(()),
+                Ok((_, v)) => reason = v["reason"].as_str().unwrap_or("not ready").to_string(),
+                Err(e) => reason = format!("{e:#}"),
+            },
+            Err(e) => reason = format!("{e:#}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    bail!("the node at {node} is not ready after {secs} s: {reason}")
+}
+
+pub fn status(node: &str, json: bool, wait: Option<u64>) -> Result<()> {
     runtime()?.block_on(async move {
+        if let Some(secs) = wait {
+            wait_ready(node, secs).await?;
+        }
         let mut c = Client::connect(node).await?;
         let s = c
             .get("/v1/status")
@@ -548,7 +568,14 @@ pub fn status(node: &str, json: bool) -> Result<()> {
         out!("committed   {} transactions", s["committed_transactions"]);
         match s["catching_up"].as_array() {
             Some(a) if a.len() == 2 => {
-                out!("catch-up    at height {} of at least {}", s["height"], a[1])
+                let (height, target) = (
+                    s["height"].as_u64().unwrap_or(0),
+                    a[1].as_u64().unwrap_or(0),
+                );
+                out!(
+                    "catch-up    at height {height} of at least {target} ({}%)",
+                    (height * 100).checked_div(target).unwrap_or(0).min(100)
+                )
             }
             _ => out!("catch-up    none"),
         }
