@@ -128,7 +128,9 @@ impl Devnet {
         let child = Command::new(medchain_bin())
             .args(["run", "--home"])
             .arg(self.home(i))
-            .env("MEDCHAIN_LOG", "info")
+            // Logging as the node's config says (`[log]`), not as the caller's shell does.
+            .env_remove("MEDCHAIN_LOG")
+            .env_remove("MEDCHAIN_LOG_FORMAT")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -64,6 +64,14 @@ impl Trace {
         }
     }
 
+    /// Adds a diagnostic line (an engine's note) when lines are kept, outside the hash: a run
+    /// hashes the same whether or not its lines are kept, and notes never change the outcome.
+    pub fn annotate(&mut self, at_ms: u64, line: impl FnOnce() -> String) {
+        if let Some(lines) = &mut self.lines {
+            lines.push(format!("{at_ms:>7}   note: {}", line()));
+        }
+    }
+
     pub fn keeps_lines(&self) -> bool {
         self.lines.is_some()
     }

@@ -604,11 +604,7 @@ impl Sim<'_> {
                 ..
             } => self.commit(r, entry, digest, repeats),
             Action::RequestStateTransfer { from_seq, .. } => self.state_transfer(r, from_seq),
-            Action::Note(note) => {
-                if self.trace.keeps_lines() {
-                    self.trace.record(format!("t={} r{r} {note:?}", self.now));
-                }
-            }
+            Action::Note(note) => self.trace.annotate(self.now, || format!("r{r} {note:?}")),
         }
     }
 
