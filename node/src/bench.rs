@@ -303,6 +303,34 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
         })
     };
 
+    // Progress on stderr every few seconds: a long run shows it is moving, and how fast.
+    let progress = {
+        let (sent_at, committed_at, refusals, done) = (
+            sent_at.clone(),
+            committed_at.clone(),
+            refusals.clone(),
+            done.clone(),
+        );
+        let total = cfg.transactions;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let sent = sent_at.lock().expect("not poisoned").len();
+                let refused = refusals.lock().expect("not poisoned").len();
+                let committed = committed_at.lock().expect("not poisoned").len().min(sent);
+                eprintln!(
+                    "  {:>5.1} s: accepted {sent} of {total}, refused {refused}, committed {committed}",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+
     let mut tasks = Vec::new();
     let interval = if cfg.rate > 0.0 {
         Some(Duration::from_secs_f64(clients as f64 / cfg.rate))
@@ -360,6 +388,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = poller.await;
+    progress.abort();
     let sent = sent_at.lock().expect("not poisoned").clone();
     let committed = committed_at.lock().expect("not poisoned").clone();
     let mut latencies: Vec<f64> = Vec::new();

@@ -237,3 +237,174 @@ fn devnet_runs_the_record_demo_and_stops() {
         assert!(o.contains(needle), "{needle:?} missing:\n{o}\n{e}");
     }
 }
+
+/// A genesis built with `medchain genesis` from key cards; the node refuses to start on exactly
+/// what `config check` reports (unsafe settings outside development, a data folder of another
+/// genesis), with the same messages.
+#[test]
+#[allow(clippy::disallowed_methods)] // waits for a real process
+fn node_refuses_to_start_on_what_config_check_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let port = 36_000 + (std::process::id() % 500) as u16 * 2;
+    let ok = |args: &[&str]| {
+        let out = medchain(args);
+        assert!(out.status.success(), "{args:?}: {:?}", text(&out));
+        text(&out).0
+    };
+    for i in 0..4 {
+        ok(&[
+            "init",
+            "--home",
+            &path(&format!("n{i}")),
+            "--insecure-plaintext",
+            "--chain-id",
+            "hospital-t",
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", port + i),
+            "--api-listen",
+            &format!("127.0.0.1:{}", port + 100 + i),
+        ]);
+    }
+    ok(&[
+        "keygen",
+        "--out",
+        &path("office.key"),
+        "--insecure-plaintext",
+    ]);
+    let genesis = path("genesis.toml");
+    ok(&[
+        "genesis",
+        "new",
+        "--out",
+        &genesis,
+        "--chain-id",
+        "hospital-t",
+        "--development",
+    ]);
+    for i in 0..4 {
+        let added = ok(&[
+            "genesis",
+            "add-validator",
+            "--genesis",
+            &genesis,
+            "--card",
+            &path(&format!("n{i}/keys/node.card.json")),
+            "--name",
+            &format!("n{i}"),
+            "--address",
+            &format!("/ip4/127.0.0.1/tcp/{}", port + i),
+        ]);
+        assert!(
+            added.contains(&format!("{} validator(s)", i + 1)),
+            "{added}"
+        );
+    }
+    // A card already in the genesis, and a malformed address, are refused.
+    let again = medchain(&[
+        "genesis",
+        "add-authority",
+        "--genesis",
+        &genesis,
+        "--card",
+        &path("n0/keys/node.card.json"),
+        "--name",
+        "office",
+    ]);
+    assert!(!again.status.success() && text(&again).1.contains("already a validator"));
+    let bad = medchain(&[
+        "genesis",
+        "add-validator",
+        "--genesis",
+        &genesis,
+        "--card",
+        &path("office.card.json"),
+        "--name",
+        "x",
+        "--address",
+        "10.0.0.1:26656",
+    ]);
+    assert!(!bad.status.success() && text(&bad).1.contains("not a libp2p multiaddr"));
+    ok(&[
+        "genesis",
+        "add-authority",
+        "--genesis",
+        &genesis,
+        "--card",
+        &path("office.card.json"),
+        "--name",
+        "office",
+    ]);
+    std::fs::copy(&genesis, dir.path().join("n0/genesis.toml")).unwrap();
+    let home = path("n0");
+    let checked = ok(&["config", "check", "--home", &home]);
+    assert!(checked.contains("4 validators, 1 authorities"), "{checked}");
+    assert!(checked.contains("genesis hash: "), "{checked}");
+
+    // Run, checked the same way: both refuse, with the same problem lines.
+    let refused_alike = |needle: &str| {
+        let check = medchain(&["config", "check", "--home", &home]);
+        let run = medchain(&["run", "--home", &home]);
+        assert!(!check.status.success() && !run.status.success());
+        let (c, r) = (text(&check).1, text(&run).1);
+        let line = c
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not in {c}"));
+        assert!(r.contains(line.trim()), "run said:\n{r}\ncheck said:\n{c}");
+    };
+    let config = dir.path().join("n0/config.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        original.replace("development = true", "development = false"),
+    )
+    .unwrap();
+    refused_alike("the key file is not encrypted");
+    let open_api = original.replace(
+        &format!("127.0.0.1:{}", port + 100),
+        &format!("0.0.0.0:{}", port + 100),
+    );
+    std::fs::write(
+        &config,
+        open_api.replace("development = true", "development = false"),
+    )
+    .unwrap();
+    refused_alike("exposes the client API beyond this machine");
+    std::fs::write(&config, &original).unwrap();
+
+    // The first start pins the data folder to this genesis...
+    let mut node = std::process::Command::new(medchain_tests::medchain_bin())
+        .args(["run", "--home", &home])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = format!("127.0.0.1:{}", port + 100);
+    let mut up = false;
+    for _ in 0..100 {
+        if medchain_tests::devnet::http(&api, "GET", "/health", None).is_some() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(up, "the node did not start");
+    // ...so an edited genesis is refused over that data, by both.
+    let g0 = dir.path().join("n0/genesis.toml");
+    let text0 = std::fs::read_to_string(&g0).unwrap();
+    std::fs::write(
+        &g0,
+        text0.replace("block_interval_ms = 200", "block_interval_ms = 300"),
+    )
+    .unwrap();
+    let check = medchain(&["config", "check", "--home", &home]);
+    let run = medchain(&["run", "--home", &home]);
+    assert!(!check.status.success() && !run.status.success());
+    for out in [&check, &run] {
+        let err = text(out).1;
+        assert!(err.contains("belongs to the chain with genesis"), "{err}");
+    }
+}
