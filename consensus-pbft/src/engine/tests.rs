@@ -230,18 +230,7 @@ fn forged_and_foreign_messages_are_dropped() {
 fn shape(a: &Action) -> String {
     match a {
         Action::Persist(_) => "persist".into(),
-        Action::Broadcast(m) | Action::Send { msg: m, .. } => {
-            let kind = match &m.kind {
-                Some(Kind::PrePrepare(_)) => "pre-prepare",
-                Some(Kind::Prepare(_)) => "prepare",
-                Some(Kind::Commit(_)) => "commit",
-                Some(Kind::Checkpoint(_)) => "checkpoint",
-                Some(Kind::ViewChange(_)) => "view-change",
-                Some(Kind::NewView(_)) => "new-view",
-                None => "empty",
-            };
-            format!("send:{kind}")
-        }
+        Action::Broadcast(m) | Action::Send { msg: m, .. } => format!("send:{}", kind_name(m)),
         Action::Commit { entry, .. } => format!("execute:{}", entry.seq),
         Action::SetTimer { timer, .. } => format!("set:{timer:?}"),
         Action::CancelTimer(t) => format!("cancel:{t:?}"),
