@@ -647,6 +647,15 @@ impl Core {
                         .await;
                     }
                 }
+                Some(Body::BlockResponse(resp)) => {
+                    // Nothing above this node's tip at that peer. A target one peer claimed (an
+                    // unproven height) ends here, so a faulty peer cannot keep this node "not
+                    // ready"; a certified target (a stable checkpoint) is re-asserted by the
+                    // engine's own retry.
+                    if resp.tip_height <= self.status.height && self.status.catching_up.is_some() {
+                        self.finish_catch_up();
+                    }
+                }
                 _ => {}
             },
             NetEvent::Query {
@@ -819,6 +828,17 @@ impl Core {
             });
         }
         self.status.catching_up = Some((from, old_target.max(target)));
+    }
+
+    /// Ends a catch-up: logs how many blocks it took and how long.
+    fn finish_catch_up(&mut self) {
+        let height = self.status.height;
+        let (blocks, seconds) = self.catch_up.take().map_or((0, 0.0), |c| {
+            let ms = now_ms().saturating_sub(c.start_ms);
+            (height.saturating_sub(c.start_height), ms as f64 / 1_000.0)
+        });
+        tracing::info!(height, blocks, seconds, "caught up");
+        self.status.catching_up = None;
     }
 
     /// Logs catch-up progress (height, target, percentage, rate, time left) every
@@ -1065,15 +1085,12 @@ impl Core {
         }
         self.status.view = self.replica.view();
         self.status.primary = (entry.view % self.validators as u64) as u32;
-        if let Some((_, target)) = self.status.catching_up {
-            if tip.height >= target {
-                let (blocks, seconds) = self.catch_up.take().map_or((0, 0.0), |c| {
-                    let ms = now_ms().saturating_sub(c.start_ms);
-                    (tip.height - c.start_height, ms as f64 / 1_000.0)
-                });
-                tracing::info!(height = tip.height, blocks, seconds, "caught up");
-                self.status.catching_up = None;
-            }
+        if self
+            .status
+            .catching_up
+            .is_some_and(|(_, target)| tip.height >= target)
+        {
+            self.finish_catch_up();
         }
         tracing::info!(
             height = tip.height,
