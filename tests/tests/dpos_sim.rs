@@ -8,23 +8,15 @@
 use medchain_tests::sim::dpos::{run, Behaviour, Scenario};
 
 fn seeds(range: std::ops::Range<u64>) {
-    let mut failures = Vec::new();
     let mut large = 0;
-    for seed in range.clone() {
+    medchain_tests::sim::assert_seeds_pass("dpos", range.clone(), |seed| {
         let scn = Scenario::generate(seed, None);
         large += usize::from(scn.rpn == 101);
-        if let Some(v) = run(&scn, false).violation {
-            failures.push(format!("{} -> {v}", scn.describe()));
-        }
-    }
+        run(&scn, false)
+            .violation
+            .map(|v| format!("{} -> {v}", scn.describe()))
+    });
     assert!(large >= 10, "only {large} large consortia in {range:?}");
-    assert!(
-        failures.is_empty(),
-        "{} of {} seeds failed (replay: cargo run --release -p medchain-tests --bin medchain-sim -- dpos --seed S --trace):\n{}",
-        failures.len(),
-        range.end - range.start,
-        failures.join("\n")
-    );
 }
 
 #[test]

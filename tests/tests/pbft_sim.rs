@@ -6,20 +6,12 @@ use medchain_tests::sim::byzantine::Behaviour;
 use medchain_tests::sim::pbft::{run, Scenario};
 
 fn seeds(range: std::ops::Range<u64>) {
-    let mut failures = Vec::new();
-    for seed in range.clone() {
+    medchain_tests::sim::assert_seeds_pass("pbft", range, |seed| {
         let scn = Scenario::generate(seed, None);
-        if let Some(v) = run(&scn, false).violation {
-            failures.push(format!("{} -> {v}", scn.describe()));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} seeds failed (replay: cargo run -p medchain-tests --bin medchain-sim -- pbft --seed S --trace):\n{}",
-        failures.len(),
-        range.end - range.start,
-        failures.join("\n")
-    );
+        run(&scn, false)
+            .violation
+            .map(|v| format!("{} -> {v}", scn.describe()))
+    });
 }
 
 #[test]

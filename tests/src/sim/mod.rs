@@ -84,3 +84,20 @@ impl Trace {
         self.lines.as_deref().unwrap_or(&[])
     }
 }
+
+/// Runs `check` on every seed of `range` (it returns the scenario and violation of a failing
+/// seed) and fails with every failing seed listed and the command that replays one.
+pub fn assert_seeds_pass(
+    engine: &str,
+    range: std::ops::Range<u64>,
+    mut check: impl FnMut(u64) -> Option<String>,
+) {
+    let failures: Vec<String> = range.clone().filter_map(&mut check).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed (replay: cargo run --release -p medchain-tests --bin medchain-sim -- {engine} --seed S --trace):\n{}",
+        failures.len(),
+        range.end - range.start,
+        failures.join("\n")
+    );
+}
