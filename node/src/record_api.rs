@@ -216,7 +216,7 @@ pub async fn verify(
     Path(slip): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let slip = parse_hash(&slip, "slip id")?;
-    let (_, entry) = record_state(&node, &slip)?;
+    let (state, entry) = record_state(&node, &slip)?;
     let expected = Hash32(entry.ciphertext_hash);
     let stored = node.store.record(&expected).map_err(internal)?;
     let (status, actual) = match (&stored, entry.deleted_height) {
@@ -232,18 +232,9 @@ pub async fn verify(
         "status": status,
         "ciphertext_hash_on_chain": expected.to_hex(),
         "ciphertext_hash_stored": actual.map(|h| h.to_hex()),
-        "record_hash_on_chain": hex::encode(record_hash_of(&node, &slip)?),
+        "record_hash_on_chain": state["slip"]["record_hash"],
         "node": node.name(),
     })))
-}
-
-fn record_hash_of(node: &NodeHandle, slip: &Hash32) -> Result<Vec<u8>, ApiError> {
-    Ok(node
-        .store
-        .slip(slip)
-        .map_err(internal)?
-        .and_then(|(_, s)| s.content.map(|c| c.record_hash))
-        .unwrap_or_default())
 }
 
 #[derive(Debug, Deserialize)]
