@@ -109,12 +109,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 fn ensure_empty(dir: &Path, flag: &str) -> Result<()> {
-    if dir.exists()
-        && std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .next()
-            .is_some()
-    {
+    if !is_empty_dir(dir)? {
         bail!(
             "{} already exists and is not empty; choose another {flag} or move it away",
             dir.display()

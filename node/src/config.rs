@@ -273,6 +273,15 @@ fn read_toml<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A chain ID is signed into every transaction and message and shown everywhere: non-empty
+/// letters, digits, `-` and `_`.
+pub fn valid_chain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+}
+
 /// Reads a genesis file (shape only; [`validate`] checks meaning in the context of a node).
 pub fn read_genesis(file: &Path) -> Result<Genesis, ConfigError> {
     read_toml(file, "medchain genesis")
@@ -393,12 +402,7 @@ pub fn validate(loaded: &LoadedConfig) -> Vec<Problem> {
             "use the genesis of the chain this node serves, or change `mode`",
         );
     }
-    if g.chain_id.is_empty()
-        || !g
-            .chain_id
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-    {
+    if !valid_chain_id(&g.chain_id) {
         add(
             &gen_file,
             "chain_id",

@@ -10,7 +10,9 @@ use libp2p::Multiaddr;
 use crate::cli::GenesisCommand;
 use crate::client::KeyCard;
 use crate::commands::{dev_params, now_ms, write_genesis_file};
-use crate::config::{read_genesis, ChainParams, Genesis, GenesisAuthority, GenesisValidator};
+use crate::config::{
+    read_genesis, valid_chain_id, ChainParams, Genesis, GenesisAuthority, GenesisValidator,
+};
 
 const NOTE: &str =
     "# Built with `medchain genesis`; copy this file unchanged to every node of the chain.";
@@ -61,11 +63,7 @@ fn new(
     if out.exists() {
         bail!("{} already exists; choose another --out", out.display());
     }
-    if chain_id.is_empty()
-        || !chain_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !valid_chain_id(chain_id) {
         bail!("--chain-id {chain_id:?}: use letters, digits, - and _ (e.g. hospital-a)");
     }
     let genesis = Genesis {
