@@ -25,16 +25,12 @@ pub enum LogFormat {
 /// `MEDCHAIN_LOG` is set; an invalid `MEDCHAIN_LOG` falls back to `level` with a warning.
 pub fn init(format: LogFormat, level: &str) {
     let from_env = std::env::var("MEDCHAIN_LOG").ok();
+    // `level` was validated with the config; "info" covers the commands that have none.
+    let configured = || EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, bad_env) = match from_env.as_deref().map(EnvFilter::try_new) {
         Some(Ok(f)) => (f, None),
-        Some(Err(e)) => (
-            EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
-            Some(e),
-        ),
-        None => (
-            EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
-            None,
-        ),
+        Some(Err(e)) => (configured(), Some(e)),
+        None => (configured(), None),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
