@@ -647,14 +647,14 @@ impl Core {
                         .await;
                     }
                 }
-                Some(Body::BlockResponse(resp)) => {
-                    // Nothing above this node's tip at that peer. A target one peer claimed (an
-                    // unproven height) ends here, so a faulty peer cannot keep this node "not
-                    // ready"; a certified target (a stable checkpoint) is re-asserted by the
-                    // engine's own retry.
-                    if resp.tip_height <= self.status.height && self.status.catching_up.is_some() {
-                        self.finish_catch_up();
-                    }
+                // Nothing above this node's tip at that peer. A target one peer claimed (an
+                // unproven height) ends here, so a faulty peer cannot keep this node "not ready";
+                // a certified target (a stable checkpoint) is re-asserted by the engine's retry.
+                Some(Body::BlockResponse(resp))
+                    if resp.tip_height <= self.status.height
+                        && self.status.catching_up.is_some() =>
+                {
+                    self.finish_catch_up();
                 }
                 _ => {}
             },
