@@ -465,26 +465,31 @@ pub enum GenesisCommand {
     },
     /// Add a validator (a replica) from its key card (`keys/node.card.json` of its home folder).
     AddValidator {
-        #[arg(long, value_name = "FILE")]
-        genesis: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        card: PathBuf,
-        /// Its name in logs and status.
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        entry: GenesisEntry,
         /// Where the other validators reach it (libp2p multiaddr), e.g. /ip4/10.0.0.11/tcp/26656.
         #[arg(long)]
         address: String,
     },
     /// Add an authority (the key that registers doctors and patients) from its key card.
     AddAuthority {
-        #[arg(long, value_name = "FILE")]
-        genesis: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        card: PathBuf,
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        entry: GenesisEntry,
     },
+}
+
+/// Who is added to which genesis file.
+#[derive(Debug, Args)]
+pub struct GenesisEntry {
+    /// The genesis file to change.
+    #[arg(long, value_name = "FILE")]
+    pub genesis: PathBuf,
+    /// The participant's key card.
+    #[arg(long, value_name = "FILE")]
+    pub card: PathBuf,
+    /// Its name in logs and status.
+    #[arg(long)]
+    pub name: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use libp2p::Multiaddr;
 
-use crate::cli::GenesisCommand;
+use crate::cli::{GenesisCommand, GenesisEntry};
 use crate::client::KeyCard;
 use crate::commands::{dev_params, now_ms, write_genesis_file};
 use crate::config::{
@@ -40,17 +40,8 @@ pub fn run(cmd: GenesisCommand) -> Result<()> {
             }
             new(&out, &chain_id, kind.into(), params)
         }
-        GenesisCommand::AddValidator {
-            genesis,
-            card,
-            name,
-            address,
-        } => add_validator(&genesis, &card, &name, &address),
-        GenesisCommand::AddAuthority {
-            genesis,
-            card,
-            name,
-        } => add_authority(&genesis, &card, &name),
+        GenesisCommand::AddValidator { entry, address } => add_validator(&entry, &address),
+        GenesisCommand::AddAuthority { entry } => add_authority(&entry),
     }
 }
 
@@ -83,13 +74,10 @@ fn new(
 }
 
 /// The checked card and the genesis it goes into, refusing an identity already listed.
-fn load(
-    genesis: &Path,
-    card: &Path,
-    name: &str,
-) -> Result<(Genesis, medchain_crypto::keys::KeyBinding)> {
+fn load(entry: &GenesisEntry) -> Result<(Genesis, medchain_crypto::keys::KeyBinding)> {
+    let (genesis, name) = (entry.genesis.as_path(), entry.name.as_str());
     let g = read_genesis(genesis)?;
-    let binding = KeyCard::read(card)?.binding()?;
+    let binding = KeyCard::read(&entry.card)?.binding()?;
     if name.trim().is_empty() {
         bail!("--name must not be empty");
     }
@@ -116,8 +104,9 @@ fn load(
     Ok((g, binding))
 }
 
-fn add_validator(genesis: &Path, card: &Path, name: &str, address: &str) -> Result<()> {
-    let (mut g, binding) = load(genesis, card, name)?;
+fn add_validator(entry: &GenesisEntry, address: &str) -> Result<()> {
+    let (genesis, name) = (entry.genesis.as_path(), entry.name.as_str());
+    let (mut g, binding) = load(entry)?;
     address.parse::<Multiaddr>().with_context(|| {
         format!("--address {address:?} is not a libp2p multiaddr; write it like /ip4/10.0.0.11/tcp/26656")
     })?;
@@ -143,8 +132,9 @@ fn add_validator(genesis: &Path, card: &Path, name: &str, address: &str) -> Resu
     Ok(())
 }
 
-fn add_authority(genesis: &Path, card: &Path, name: &str) -> Result<()> {
-    let (mut g, binding) = load(genesis, card, name)?;
+fn add_authority(entry: &GenesisEntry) -> Result<()> {
+    let (genesis, name) = (entry.genesis.as_path(), entry.name.as_str());
+    let (mut g, binding) = load(entry)?;
     g.authorities.push(GenesisAuthority {
         name: name.to_string(),
         identity: binding.identity,
