@@ -208,11 +208,12 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         None,
         1,
     )?;
-    let (grant_id, _) = c0
+    let (grant_id, committed) = c0
         .submit_and_wait(&c0.sign(&patient, Payload::ConsentGrant(grant)))
         .await?;
     out!("  5. the patient granted Dr B read on it for 10 minutes: grant {grant_id}");
-    c1.wait_for_height_of(&mut c0).await?;
+    c1.wait_for_height(committed["height"].as_u64().unwrap_or(0))
+        .await?;
     let read = c1.read(&doctor_b, &slip).await?;
     if read != record {
         bail!("Dr B decrypted something else than the record");

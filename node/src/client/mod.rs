@@ -238,13 +238,10 @@ impl Client {
         bail!("record {slip} did not reach this node within 10 s")
     }
 
-    /// Waits until this node is at least as high as `other`.
-    pub async fn wait_for_height_of(&mut self, other: &mut Client) -> Result<()> {
-        let target = other
-            .get("/v1/status")
-            .await?
-            .and_then(|s| s["height"].as_u64())
-            .unwrap_or(0);
+    /// Waits until this node has applied block `target` with everything it triggers (its status
+    /// height moves only after the block's side effects, such as a proxy keeping its fragment).
+    /// Another node's status is no substitute: it can lag that node's own transaction index.
+    pub async fn wait_for_height(&mut self, target: u64) -> Result<()> {
         for _ in 0..100 {
             let h = self
                 .get("/v1/status")
