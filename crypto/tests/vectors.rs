@@ -1,4 +1,4 @@
-//! Conformance against public test vectors in ../shared/testdata (Wycheproof, BLAKE3 team,
+//! Conformance against public test vectors in `tests/data/` (Wycheproof, BLAKE3 team,
 //! tiny-secp256k1 / RFC 6979).
 
 use std::path::PathBuf;
@@ -8,17 +8,10 @@ use medchain_crypto::{CryptoError, Identity, Signature, SigningKey};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// The vectors live in the repository (`crypto/tests/data/`, with their licences and sources in
+/// its README), so a clone with nothing beside it runs these tests.
 fn vectors_dir() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        here.join("../../shared/testdata/vectors"),
-        here.join("../shared/testdata/vectors"),
-        here.join("../testdata/vectors"),
-    ];
-    candidates
-        .into_iter()
-        .find(|p| p.is_dir())
-        .expect("shared/testdata/vectors must sit beside the repository (../shared)")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 fn load(name: &str) -> Value {

@@ -11,14 +11,15 @@
 
 use std::path::{Path, PathBuf};
 
-use medchain_tests::devnet::{http, Devnet};
-use medchain_tests::{medchain_with_env, text};
+mod support;
+
 use serde_json::Value;
+use support::devnet::{http, Devnet};
+use support::{medchain_with_env, text};
 
-const FHIR: &str = "../../shared/testdata/fhir";
-
+/// A FHIR R4 example resource from HL7's fhir-test-cases (`tests/data/fhir/`, Apache-2.0).
 fn fhir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(FHIR).join(name)
+    support::test_data("fhir").join(name)
 }
 
 /// Runs a client command against node `api`; returns (success, stdout, stderr).

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use medchain_tests::medchain_bin;
+mod support;
+
+use support::medchain_bin;
 
 /// The `sh` blocks of a Markdown text, in order.
 fn sh_blocks(markdown: &str) -> Vec<String> {

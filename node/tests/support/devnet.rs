@@ -14,7 +14,7 @@ use medchain_proto::ledger::sign_transaction;
 use medchain_proto::v1;
 use serde_json::Value;
 
-use crate::medchain_bin;
+use super::medchain_bin;
 
 /// One `GET`/`POST` over a fresh connection; returns (status, body). `None` if unreachable.
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {

@@ -3,7 +3,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use medchain_tests::{medchain, medchain_with_env, text};
+mod support;
+
+use support::{medchain, medchain_with_env, text};
 
 #[test]
 fn version_and_help() {
@@ -374,7 +376,7 @@ fn node_refuses_to_start_on_what_config_check_reports() {
     std::fs::write(&config, &original).unwrap();
 
     // The first start pins the data folder to this genesis...
-    let mut node = std::process::Command::new(medchain_tests::medchain_bin())
+    let mut node = std::process::Command::new(support::medchain_bin())
         .args(["run", "--home", &home])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -383,7 +385,7 @@ fn node_refuses_to_start_on_what_config_check_reports() {
     let api = format!("127.0.0.1:{}", port + 100);
     let mut up = false;
     for _ in 0..100 {
-        if medchain_tests::devnet::http(&api, "GET", "/health", None).is_some() {
+        if support::devnet::http(&api, "GET", "/health", None).is_some() {
             up = true;
             break;
         }

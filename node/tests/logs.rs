@@ -2,8 +2,10 @@
 //! consensus progress appears at debug with view and sequence, and every refused input appears at
 //! info with its reason; a node left on the defaults logs human-readable lines.
 
-use medchain_tests::devnet::{http, registration_tx, submit_body, tx_id, Devnet};
+mod support;
+
 use serde_json::Value;
+use support::devnet::{http, registration_tx, submit_body, tx_id, Devnet};
 
 fn set(net: &Devnet, node: usize, from: &str, to: &str) {
     let path = net.home(node).join("config.toml");

@@ -10,7 +10,9 @@
 use std::collections::BTreeSet;
 
 use medchain_crypto::keys::KeyMaterial;
-use medchain_tests::devnet::{registration_tx, tx_id, Devnet};
+mod support;
+
+use support::devnet::{registration_tx, tx_id, Devnet};
 
 const CHAIN: &str = "hospital-dev";
 
@@ -150,7 +152,7 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     );
     let intruder_id = tx_id(&intruder_tx);
     for i in 0..4 {
-        let (code, _) = medchain_tests::devnet::http(
+        let (code, _) = support::devnet::http(
             &net.apis[i],
             "GET",
             &format!("/v1/transactions/{intruder_id}"),
@@ -167,13 +169,9 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     for i in 0..4 {
         assert_eq!(net.committed(i), 1_400);
         for id in accepted.iter().step_by(7) {
-            let (code, body) = medchain_tests::devnet::http(
-                &net.apis[i],
-                "GET",
-                &format!("/v1/transactions/{id}"),
-                None,
-            )
-            .unwrap();
+            let (code, body) =
+                support::devnet::http(&net.apis[i], "GET", &format!("/v1/transactions/{id}"), None)
+                    .unwrap();
             assert_eq!(code, 200, "node{i} lost {id}: {body}");
         }
     }

@@ -1,0 +1,51 @@
+//! Helpers of the multi-process end-to-end tests of the real `medchain` binary.
+//!
+//! The tests live in the node package so that Cargo builds the `medchain` binary of the code under
+//! test before it builds them and hands them its path (`CARGO_BIN_EXE_medchain`): no test can run
+//! a binary left behind by an earlier build. They drive that binary as a separate process, as an
+//! operator would, and link none of the node's internals.
+//!
+//! Each test file compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+pub mod devnet;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the `medchain` binary built from the code under test, by the same `cargo test`.
+pub fn medchain_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_medchain"))
+}
+
+/// A file of public test data shipped with the tests (`node/tests/data/`, licences beside them).
+pub fn test_data(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(relative)
+}
+
+/// Runs `medchain` with `args`, no stdin, and returns its output.
+pub fn medchain(args: &[&str]) -> Output {
+    medchain_with_env(args, &[])
+}
+
+/// Runs `medchain` with extra environment variables.
+pub fn medchain_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(medchain_bin());
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .env_remove("MEDCHAIN_PASSWORD");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("medchain runs")
+}
+
+/// stdout and stderr of a finished command, for assertions and failure messages.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
