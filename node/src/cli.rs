@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::NodeMode;
 use crate::logging::LogFormat;
 
+/// The node API a client command talks to by default (node0 of `medchain init --devnet`).
+pub const DEFAULT_NODE: &str = "http://127.0.0.1:26700";
+
 /// medchain: a permissioned two-tier blockchain node for health data.
 ///
 /// Hospitals run private chains (PBFT); institutions share one consortium chain (credit-scored
@@ -96,7 +99,7 @@ pub enum Command {
     /// readiness.
     Status {
         /// The node's API.
-        #[arg(long, env = "MEDCHAIN_NODE", default_value = crate::client::DEFAULT_NODE)]
+        #[arg(long, env = "MEDCHAIN_NODE", default_value = DEFAULT_NODE)]
         node: String,
         /// Print the status as JSON.
         #[arg(long)]
@@ -112,7 +115,7 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
     /// The node's API.
-    #[arg(long, env = "MEDCHAIN_NODE", default_value = crate::client::DEFAULT_NODE)]
+    #[arg(long, env = "MEDCHAIN_NODE", default_value = DEFAULT_NODE)]
     pub node: String,
     /// Your key file (made by `medchain keygen`).
     #[arg(long, env = "MEDCHAIN_KEY", value_name = "FILE")]

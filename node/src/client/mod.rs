@@ -25,8 +25,7 @@ use crate::http_client::HttpClient;
 
 pub use card::{card_path, KeyCard};
 
-/// The node API a client command talks to by default (node0 of `medchain init --devnet`).
-pub const DEFAULT_NODE: &str = "http://127.0.0.1:26700";
+pub use crate::cli::DEFAULT_NODE;
 
 /// A validator as the chain's API describes it.
 #[derive(Clone, Debug, Deserialize)]
