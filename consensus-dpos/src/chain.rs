@@ -8,12 +8,11 @@ use medchain_crypto::hash::{digest, domains};
 use medchain_crypto::validators::Verifier;
 use medchain_crypto::Hash32;
 use medchain_proto::canonical::Canonical;
-use medchain_proto::dpos::{
-    block_hash, extras_digest, finality_threshold, items_root, verify_certificate,
-};
+use medchain_proto::dpos::{block_hash, extras_digest, finality_threshold, verify_certificate};
 use medchain_proto::v1;
 use serde::{Deserialize, Serialize};
 
+use crate::content::check_content;
 use crate::evidence::{verify_evidence, CheckedEvidence};
 use crate::params::{Genesis, Params};
 use crate::registry::{Offence, Registry};
@@ -60,46 +59,6 @@ impl std::fmt::Display for BlockFault {
             BlockFault::Unacceptable(r) => write!(f, "unacceptable block: {r}"),
         }
     }
-}
-
-/// Checks what can be checked from a header and its items alone. This is the rule behind
-/// invalid-block evidence and wrong-verdict evidence, so it must stay a pure function of its
-/// inputs.
-pub fn check_content(
-    chain_id: &str,
-    header: &v1::DposBlockHeader,
-    items: &[Vec<u8>],
-    params: &Params,
-    app: &impl Application,
-) -> Result<(), String> {
-    if header.chain_id != chain_id {
-        return Err(format!(
-            "block of chain {:?}, this is {chain_id:?}",
-            header.chain_id
-        ));
-    }
-    if items.len() > params.max_block_items {
-        return Err(format!(
-            "{} items, at most {} per block",
-            items.len(),
-            params.max_block_items
-        ));
-    }
-    if header.item_count as usize != items.len() {
-        return Err(format!(
-            "header says {} items, the block has {}",
-            header.item_count,
-            items.len()
-        ));
-    }
-    if header.items_root != items_root(items).as_bytes() {
-        return Err("items root does not match the items".into());
-    }
-    for (i, item) in items.iter().enumerate() {
-        app.validate_item(item)
-            .map_err(|e| format!("item {i} is invalid: {e}"))?;
-    }
-    Ok(())
 }
 
 /// A block that passed [`ChainState::check_block`], with its evidence verified.
@@ -251,11 +210,26 @@ impl ChainState {
                 params.max_block_evidence
             ));
         }
+        let evidence_bytes: usize = extras.evidence.iter().map(|e| e.canonical_len()).sum();
+        if evidence_bytes > params.max_block_evidence_bytes {
+            return bad(format!(
+                "{evidence_bytes} bytes of evidence, at most {}",
+                params.max_block_evidence_bytes
+            ));
+        }
         let mut evidence = Vec::with_capacity(extras.evidence.len());
         let mut ids = BTreeSet::new();
         for (i, e) in extras.evidence.iter().enumerate() {
-            let checked = verify_evidence(e, self, header.height, params, app, verifier)
-                .map_err(|r| BlockFault::Unacceptable(format!("evidence {i}: {r}")))?;
+            let checked = verify_evidence(
+                e,
+                &self.chain_id,
+                &self.registry,
+                header.height,
+                params,
+                app,
+                verifier,
+            )
+            .map_err(|r| BlockFault::Unacceptable(format!("evidence {i}: {r}")))?;
             if !ids.insert(checked.id) {
                 return bad(format!("evidence {i} repeats an earlier entry"));
             }

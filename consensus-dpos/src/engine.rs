@@ -13,10 +13,10 @@ use medchain_proto::v1::{self, dpos_evidence, dpos_message::Kind, DposVoteKind};
 
 use crate::chain::{BlockFault, ChainState, CheckedBlock};
 use crate::event::{Action, Event, Timer};
-use crate::evidence::verify_evidence;
+use crate::evidence::{offence_id, verify_evidence};
 use crate::params::Params;
 use crate::persist::PersistedState;
-use crate::Application;
+use crate::{Application, RestoreError};
 
 /// Votes for rounds further ahead than this are dropped, which bounds what a Byzantine auditor
 /// can make a node store.
@@ -25,6 +25,10 @@ const MAX_ROUNDS_AHEAD: u64 = 10_000;
 const MAX_FUTURE: usize = 4_096;
 /// Pending items beyond this are refused (the node's mempool admits far fewer).
 const MAX_PENDING: usize = 100_000;
+/// Evidence entries kept for proposing. One per offence, each leaving when applied or too old
+/// (`evidence_max_age`), so honest pools stay far below this; the bound holds even if many
+/// institutions misbehave at once.
+const EVIDENCE_POOL_LIMIT: usize = 1_024;
 
 /// Static configuration of one node.
 #[derive(Clone, Debug)]
@@ -133,7 +137,9 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
 
     /// A node restarting from its stored chain state and its persisted consensus state. What it
     /// signed at the current height is reloaded, so it re-sends the same votes and never signs
-    /// different ones; persisted state for a height that is already final is discarded.
+    /// different ones; persisted state for a height that is already final is discarded. State
+    /// for a height above the next one (the chain lost final blocks) or a record that does not
+    /// decode refuses the start: skipping it could let the node sign against its own votes.
     pub fn restore(
         cfg: Config,
         signer: S,
@@ -141,31 +147,61 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         chain: ChainState,
         persisted: Option<PersistedState>,
         app: &impl Application,
-    ) -> Self {
+    ) -> Result<Self, RestoreError> {
         let mut e = Engine::new(cfg, signer, verifier, chain);
-        let Some(p) = persisted.filter(|p| p.height == e.chain.height + 1) else {
-            return e;
+        let tip = e.chain.height;
+        let Some(p) = persisted else {
+            return Ok(e);
+        };
+        if p.height > tip + 1 {
+            return Err(RestoreError::AheadOfChain {
+                persisted: p.height,
+                tip,
+            });
+        }
+        if p.height <= tip {
+            // Its height is final already: nothing in it can be signed again.
+            return Ok(e);
+        }
+        let damaged = |record: &str, reason: String| RestoreError::Damaged {
+            record: record.to_string(),
+            reason,
         };
         e.round = p.round;
         let mut loaded = BTreeMap::new();
-        let mut load_block = |bytes: &[u8]| -> Option<Hash32> {
-            let block = v1::DposBlock::decode_canonical(bytes).ok()?;
-            let hash = block_hash(block.header.as_ref()?);
+        // The verdict is judged again on the same chain state, so it is what it was before the
+        // crash: valid, invalid (provably, from the block alone), or unacceptable here (never
+        // stored as a verdict, as on intake).
+        let mut load_block = |bytes: &[u8], record: &str| -> Result<Option<Hash32>, RestoreError> {
+            let block = v1::DposBlock::decode_canonical(bytes)
+                .map_err(|err| damaged(record, err.to_string()))?;
+            let header = block
+                .header
+                .as_ref()
+                .ok_or_else(|| damaged(record, "block without header".into()))?;
+            let hash = block_hash(header);
             let verdict = match e.chain.check_block(&block, &e.cfg.params, app, &e.verifier) {
                 Ok(c) => Verdict::Valid(c),
-                Err(_) => Verdict::Invalid,
+                Err(BlockFault::Invalid(_)) => Verdict::Invalid,
+                Err(BlockFault::Unacceptable(_)) => return Ok(None),
             };
             loaded.insert(hash, (block, verdict));
-            Some(hash)
+            Ok(Some(hash))
         };
-        let locked = p.locked.and_then(|(r, b)| load_block(&b).map(|h| (r, h)));
-        let valid = p.valid.and_then(|(r, b)| load_block(&b).map(|h| (r, h)));
+        let locked = match p.locked {
+            Some((r, b)) => load_block(&b, "locked block")?.map(|h| (r, h)),
+            None => None,
+        };
+        let valid = match p.valid {
+            Some((r, b)) => load_block(&b, "valid block")?.map(|h| (r, h)),
+            None => None,
+        };
         let mut proposals = Vec::new();
         for (proposal, block) in &p.proposals {
-            if let Ok(prop) = v1::DposProposal::decode_canonical(proposal) {
-                if let Some(hash) = load_block(block) {
-                    proposals.push((prop, hash));
-                }
+            let prop = v1::DposProposal::decode_canonical(proposal)
+                .map_err(|err| damaged("own proposal", err.to_string()))?;
+            if let Some(hash) = load_block(block, "own proposal's block")? {
+                proposals.push((prop, hash));
             }
         }
         e.blocks = loaded;
@@ -180,9 +216,8 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         }
         let me = e.signer.identity();
         for bytes in &p.votes {
-            let Ok(v) = v1::DposVote::decode_canonical(bytes) else {
-                continue;
-            };
+            let v = v1::DposVote::decode_canonical(bytes)
+                .map_err(|err| damaged("own vote", err.to_string()))?;
             if let Ok(value) = verify_vote(&v, &e.cfg.chain_id, &me, &e.verifier) {
                 e.sent_votes.insert((v.round, v.kind), v.clone());
                 e.record_vote(v, value);
@@ -199,7 +234,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         {
             e.step = Step::Prevote;
         }
-        e
+        Ok(e)
     }
 
     pub fn chain(&self) -> &ChainState {
@@ -643,12 +678,21 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         }
     }
 
+    /// Keeps evidence for the next block this node proposes: one entry per offence
+    /// ([`offence_id`]; the first seen), never more than fits a block's evidence budget, and at
+    /// most [`EVIDENCE_POOL_LIMIT`] entries. Entries leave when applied or too old.
     fn evidence_pool_insert(&mut self, kind: dpos_evidence::Kind) {
         let e = v1::DposEvidence { kind: Some(kind) };
-        let id = medchain_proto::Hashed::digest(&e);
-        if self.evidence_pool.len() < 1_024 {
-            self.evidence_pool.entry(id).or_insert(e);
+        let Some(id) = offence_id(&e) else {
+            return;
+        };
+        if e.canonical_len() > self.params().max_block_evidence_bytes
+            || (self.evidence_pool.len() >= EVIDENCE_POOL_LIMIT
+                && !self.evidence_pool.contains_key(&id))
+        {
+            return;
         }
+        self.evidence_pool.entry(id).or_insert(e);
     }
 
     fn on_sync(
@@ -963,13 +1007,32 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             self.pending.remove(&k.1);
         }
         let mut evidence = Vec::new();
+        let mut evidence_bytes = 0;
         let mut useless = Vec::new();
         for (id, e) in &self.evidence_pool {
             if evidence.len() >= self.params().max_block_evidence {
                 break;
             }
-            match verify_evidence(e, &self.chain, h, &self.cfg.params, app, &self.verifier) {
-                Ok(c) if !self.chain.registry.evidence_applied(&c.id) => evidence.push(e.clone()),
+            let size = e.canonical_len();
+            if evidence_bytes + size > self.params().max_block_evidence_bytes {
+                // Too big to join what is packed already: it waits for a later block.
+                continue;
+            }
+            let chain = &self.chain;
+            let verdict = verify_evidence(
+                e,
+                &chain.chain_id,
+                &chain.registry,
+                h,
+                &self.cfg.params,
+                app,
+                &self.verifier,
+            );
+            match verdict {
+                Ok(c) if !self.chain.registry.evidence_applied(&c.id) => {
+                    evidence_bytes += size;
+                    evidence.push(e.clone());
+                }
                 _ => useless.push(*id),
             }
         }
@@ -1065,8 +1128,16 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         let params = &self.cfg.params;
         let verifier = &self.verifier;
         self.evidence_pool.retain(|_, e| {
-            verify_evidence(e, chain, h, params, app, verifier)
-                .is_ok_and(|c| !chain.registry.evidence_applied(&c.id))
+            verify_evidence(
+                e,
+                &chain.chain_id,
+                &chain.registry,
+                h,
+                params,
+                app,
+                verifier,
+            )
+            .is_ok_and(|c| !chain.registry.evidence_applied(&c.id))
         });
         self.round = 0;
         self.step = Step::Propose;
@@ -1253,6 +1324,66 @@ mod tests {
         );
         assert_eq!(reg.atn().len(), 3, "auditors refilled from the spares");
         assert_eq!(reg.credit(silent), Some(0));
+    }
+
+    /// Issue 14: a persisted state above the stored chain means the chain lost final blocks; the
+    /// engine refuses to start rather than drop the state and possibly sign against it. A record
+    /// that does not decode refuses the start too, and a state for a final height is ignored.
+    #[test]
+    fn restore_refuses_state_ahead_of_the_chain_or_damaged() {
+        use crate::local_cluster::{test_genesis, test_keys};
+        use crate::{ChainState, Config, Engine, PersistedState, RestoreError};
+        let keys = test_keys(7);
+        let genesis = test_genesis(&keys, 4, 3, test_params());
+        let chain = ChainState::genesis(&genesis).unwrap();
+        let ledger = crate::local_cluster::MemoryLedger {
+            blocks: Vec::new(),
+            state: chain.clone(),
+            items: Default::default(),
+            persisted: None,
+        };
+        let restore = |p: PersistedState| {
+            let cfg = Config {
+                chain_id: genesis.chain_id.clone(),
+                me: 1,
+                params: genesis.params.clone(),
+            };
+            Engine::restore(
+                cfg,
+                keys[1].clone(),
+                EcdsaVerifier,
+                chain.clone(),
+                Some(p),
+                &ledger,
+            )
+            .map(|_| ())
+        };
+        let ahead = PersistedState {
+            height: 5,
+            ..Default::default()
+        };
+        assert_eq!(
+            restore(ahead),
+            Err(RestoreError::AheadOfChain {
+                persisted: 5,
+                tip: 0
+            })
+        );
+        let damaged = PersistedState {
+            height: 1,
+            votes: vec![vec![0xff, 0x00]],
+            ..Default::default()
+        };
+        let err = restore(damaged).unwrap_err();
+        assert!(
+            matches!(&err, RestoreError::Damaged { record, .. } if record == "own vote"),
+            "{err}"
+        );
+        assert_eq!(
+            restore(PersistedState::default()),
+            Ok(()),
+            "height 0 is final"
+        );
     }
 
     #[test]

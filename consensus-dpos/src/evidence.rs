@@ -9,9 +9,9 @@ use medchain_crypto::Hash32;
 use medchain_proto::dpos::{block_hash, verify_proposal, verify_vote};
 use medchain_proto::v1::{self, dpos_evidence::Kind};
 
-use crate::chain::{check_content, ChainState};
+use crate::content::check_content;
 use crate::params::Params;
-use crate::registry::Offence;
+use crate::registry::{Offence, Registry};
 use crate::Application;
 
 /// Evidence that checked out: who pays, for what, and its identity (so it is applied once).
@@ -36,17 +36,45 @@ fn id(tag: &[u8], who: u32, height: u64, round: u64, kind: i32) -> Hash32 {
     )
 }
 
-/// Checks `e` for inclusion in a block at `at_height` on top of `chain`.
+/// The offence `e` claims (its kind, offender, height, round and vote kind), whether or not it
+/// checks out. Two pieces of evidence of one offence (a representative that signed three
+/// proposals in one slot gives two equivocation pairs) have one id: a pool keeps one entry per id
+/// and a block may carry each id once, so the offence is charged once and no honest proposer can
+/// build a block that its peers refuse for repeating an id.
+pub fn offence_id(e: &v1::DposEvidence) -> Option<Hash32> {
+    let p = |p: &Option<v1::DposProposal>| p.as_ref().map(|p| (p.proposer, p.height, p.round));
+    let v = |v: &Option<v1::DposVote>| v.as_ref().map(|v| (v.voter, v.height, v.round, v.kind));
+    Some(match e.kind.as_ref()? {
+        Kind::Equivocation(x) => {
+            let (who, height, round) = p(&x.first)?;
+            id(b"equivocation", who, height, round, 0)
+        }
+        Kind::InvalidBlock(x) => {
+            let (who, height, round) = p(&x.proposal)?;
+            id(b"invalid block", who, height, round, 0)
+        }
+        Kind::WrongVerdict(x) => {
+            let (who, height, round, kind) = v(&x.vote)?;
+            id(b"wrong verdict", who, height, round, kind)
+        }
+        Kind::DoubleVote(x) => {
+            let (who, height, round, kind) = v(&x.first)?;
+            id(b"double vote", who, height, round, kind)
+        }
+    })
+}
+
+/// Checks `e` for inclusion in a block at `at_height` of chain `chain_id`, whose institutions are
+/// those of `reg`.
 pub fn verify_evidence(
     e: &v1::DposEvidence,
-    chain: &ChainState,
+    chain_id: &str,
+    reg: &Registry,
     at_height: u64,
     params: &Params,
     app: &impl Application,
     verifier: &impl Verifier,
 ) -> Result<CheckedEvidence, String> {
-    let reg = &chain.registry;
-    let chain_id = chain.chain_id.as_str();
     let identity = |i: u32| {
         reg.identity(i)
             .copied()
@@ -72,6 +100,7 @@ pub fn verify_evidence(
         }
         Ok(check_content(chain_id, &header, &c.items, params, app).is_ok())
     };
+    let id = offence_id(e).ok_or("empty or incomplete evidence")?;
     let checked = match e.kind.as_ref().ok_or("empty evidence")? {
         Kind::Equivocation(x) => {
             let (a, ha) = proposal(&x.first)?;
@@ -83,7 +112,7 @@ pub fn verify_evidence(
                 return Err("the proposals are for the same block".into());
             }
             CheckedEvidence {
-                id: id(b"equivocation", a.proposer, a.height, a.round, 0),
+                id,
                 offender: a.proposer,
                 offence: Offence::Equivocation,
                 about_height: a.height,
@@ -95,7 +124,7 @@ pub fn verify_evidence(
                 return Err("the proposed block is valid".into());
             }
             CheckedEvidence {
-                id: id(b"invalid block", p.proposer, p.height, p.round, 0),
+                id,
                 offender: p.proposer,
                 offence: Offence::InvalidBlock,
                 about_height: p.height,
@@ -114,7 +143,7 @@ pub fn verify_evidence(
                 return Err("the vote agrees with the block's validity".into());
             }
             CheckedEvidence {
-                id: id(b"wrong verdict", v.voter, v.height, v.round, v.kind),
+                id,
                 offender: v.voter,
                 offence: Offence::WrongVerdict,
                 about_height: v.height,
@@ -131,7 +160,7 @@ pub fn verify_evidence(
                 return Err("the votes agree".into());
             }
             CheckedEvidence {
-                id: id(b"double vote", a.voter, a.height, a.round, a.kind),
+                id,
                 offender: a.voter,
                 offence: Offence::DoubleVote,
                 about_height: a.height,
@@ -152,6 +181,7 @@ pub fn verify_evidence(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::ChainState;
     use crate::local_cluster::{test_genesis, test_keys, test_params, MemoryLedger};
     use medchain_crypto::validators::EcdsaVerifier;
     use medchain_proto::dpos::{items_root, sign_proposal, sign_vote, unsigned_vote};
@@ -207,7 +237,8 @@ mod tests {
         let p = test_params();
         verify_evidence(
             &v1::DposEvidence { kind: Some(e) },
-            state,
+            &state.chain_id,
+            &state.registry,
             1,
             &p,
             app,
@@ -314,7 +345,16 @@ mod tests {
         };
         let p = test_params();
         let late = 1 + p.evidence_max_age + 1;
-        let err = verify_evidence(&e, &state, late, &p, &app, &EcdsaVerifier).unwrap_err();
+        let err = verify_evidence(
+            &e,
+            &state.chain_id,
+            &state.registry,
+            late,
+            &p,
+            &app,
+            &EcdsaVerifier,
+        )
+        .unwrap_err();
         assert!(err.contains("max age"), "{err}");
     }
 }

@@ -76,6 +76,7 @@
 //! [`Engine::restore`] resumes with everything it signed at the current height.
 
 mod chain;
+mod content;
 mod engine;
 mod event;
 mod evidence;
@@ -84,8 +85,10 @@ mod params;
 mod persist;
 mod registry;
 
-pub use chain::{check_content, BlockFault, ChainState, CheckedBlock};
+pub use chain::{BlockFault, ChainState, CheckedBlock};
+pub use content::check_content;
 pub use engine::{Config, Engine};
+
 pub use event::{Action, Event, Timer};
 pub use evidence::{verify_evidence, CheckedEvidence};
 pub use params::{CreditRules, Genesis, InstitutionSpec, Params};
@@ -112,4 +115,21 @@ pub enum DposError {
     Params { field: &'static str, fix: String },
     #[error("consortium genesis: {0}")]
     Genesis(String),
+}
+
+/// Why [`Engine::restore`] refuses the persisted consensus state: starting anyway could make the
+/// node sign a vote that contradicts one it signed before the crash.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    #[error(
+        "persisted consensus state is for height {persisted}, but the stored chain ends at \
+         height {tip}: final blocks were lost (a rolled-back or replaced data folder); restore \
+         the data folder with its blocks, or start from an empty one and sync"
+    )]
+    AheadOfChain { persisted: u64, tip: u64 },
+    #[error(
+        "persisted consensus state is damaged ({record}: {reason}); restore the data folder \
+         from a backup or start from an empty one and sync"
+    )]
+    Damaged { record: String, reason: String },
 }

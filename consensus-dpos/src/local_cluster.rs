@@ -278,7 +278,8 @@ impl<V: Verifier + Clone> LocalCluster<V> {
             l.state.clone(),
             l.persisted.clone(),
             l,
-        );
+        )
+        .expect("a local cluster persists only what its engines produced");
         self.event(i, Event::Start);
         self.run();
     }

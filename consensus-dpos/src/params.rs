@@ -81,6 +81,12 @@ pub struct Params {
     pub max_clock_drift_ms: u64,
     /// Most evidence entries in one block.
     pub max_block_evidence: usize,
+    /// Most bytes of evidence (canonical encoding, summed over entries) in one block. Evidence of
+    /// an invalid block embeds that block, so without a byte budget two full-size entries would
+    /// exceed the block decode limit and every peer would refuse the block carrying them.
+    /// Evidence larger than this alone is never gathered: its offender still pays for the
+    /// missed slot. Default 6 MiB, which leaves the rest of the 16 MiB block limit to items.
+    pub max_block_evidence_bytes: usize,
     /// Evidence about a height older than this many blocks is refused.
     pub evidence_max_age: u64,
     pub credit: CreditRules,
@@ -100,6 +106,7 @@ impl Default for Params {
             resend_ms: 2_000,
             max_clock_drift_ms: 2_000,
             max_block_evidence: 16,
+            max_block_evidence_bytes: 6 * 1024 * 1024,
             evidence_max_age: 1_000,
             credit: CreditRules::default(),
         }

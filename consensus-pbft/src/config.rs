@@ -25,6 +25,18 @@ pub struct Config {
     /// How long to wait for a state-transfer answer before asking again.
     pub state_transfer_retry_ms: u64,
     quorum: usize,
+    mutant: Option<Mutant>,
+}
+
+/// A deliberate engine bug, switched on only by the simulator's mutation check: each one must make
+/// the CI simulation report a violation, which shows the simulator can find bugs of its kind. The
+/// list is in docs/PERFORMANCE.md ("Mutation check"). Nothing outside the simulator may set one.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutant {
+    /// The order of issue 14: a batch is executed (`Action::Commit`) before the `Persist` of the
+    /// prepared certificate that justifies it.
+    CommitBeforePersist,
 }
 
 impl Config {
@@ -48,6 +60,7 @@ impl Config {
             view_change_timeout_ms: (4 * block_interval_ms).max(1_000),
             state_transfer_retry_ms: (2 * block_interval_ms).max(500),
             quorum,
+            mutant: None,
         }
     }
 
@@ -74,5 +87,16 @@ impl Config {
     pub fn with_broken_quorum_for_checker_tests(mut self, quorum: usize) -> Self {
         self.quorum = quorum;
         self
+    }
+
+    /// Switches on a deliberate bug (see [`Mutant`]). Only for the simulator's mutation check.
+    #[doc(hidden)]
+    pub fn with_mutant_for_checker_tests(mut self, mutant: Mutant) -> Self {
+        self.mutant = Some(mutant);
+        self
+    }
+
+    pub(crate) fn mutant(&self, m: Mutant) -> bool {
+        self.mutant == Some(m)
     }
 }

@@ -9,8 +9,8 @@ use medchain_proto::pbft::{item_id, sign, verify_committed_batch, verify_signatu
 use medchain_proto::v1::{self, pbft_message::Kind};
 use medchain_proto::{Canonical, Hashed};
 
-use crate::config::Config;
-use crate::event::{Action, Event, Note, Timer};
+use crate::config::{Config, Mutant};
+use crate::event::{Action, CorruptState, Event, Note, SafetyFault, Timer};
 use crate::log::Slot;
 use crate::persist::{PersistDelta, PersistedHeader, PersistedState, SlotRecord};
 use crate::view_change::{
@@ -73,6 +73,9 @@ pub struct Replica<S, V> {
     view_change_dirty: bool,
     effects: Vec<Action>,
     sends: Vec<Action>,
+    /// Set when this replica finds that its own executed history differs from a certified one:
+    /// it then refuses every further event (see [`SafetyFault`]).
+    halted: Option<SafetyFault>,
 }
 
 impl<S, V> std::fmt::Debug for Replica<S, V> {
@@ -110,17 +113,22 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
     /// A replica starting from genesis.
     pub fn new(cfg: Config, signer: S, verifier: V) -> Self {
         Self::restore(cfg, signer, verifier, None, (0, Hash32::ZERO))
+            .expect("no persisted state to decode")
     }
 
     /// A replica restarting from its persisted state, with the ledger's executed prefix
     /// `(seq, state digest)`. Feed it [`Event::Start`] next.
+    ///
+    /// A persisted record that does not decode is an error, not something to skip: the record
+    /// may be a vote this replica signed, and a replica that forgot it could sign a conflicting
+    /// one. The operator restores the data folder (or re-syncs it) instead.
     pub fn restore(
         cfg: Config,
         signer: S,
         verifier: V,
         persisted: Option<PersistedState>,
         executed: (u64, Hash32),
-    ) -> Self {
+    ) -> Result<Self, CorruptState> {
         let mut r = Replica {
             cfg,
             signer,
@@ -150,53 +158,85 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             view_change_dirty: false,
             effects: Vec::new(),
             sends: Vec::new(),
+            halted: None,
         };
         if let Some(p) = persisted {
-            r.load(p);
+            r.load(p)?;
         }
         r.next_seq = r.next_seq.max(r.exec_seq);
-        r
+        Ok(r)
     }
 
-    fn load(&mut self, p: PersistedState) {
-        let decode = |b: &[u8]| v1::PbftMessage::decode_canonical(b).ok();
+    fn load(&mut self, p: PersistedState) -> Result<(), CorruptState> {
+        let decode = |b: &[u8], record: String| {
+            v1::PbftMessage::decode_canonical(b).map_err(|e| CorruptState {
+                record,
+                reason: e.to_string(),
+            })
+        };
+        let corrupt = |record: String, reason: &str| CorruptState {
+            record,
+            reason: reason.to_string(),
+        };
         let h = p.header;
         self.view = h.view;
         self.view_changing = h.view_changing;
         self.next_seq = h.next_seq;
+        let proof = h
+            .stable_proof
+            .iter()
+            .enumerate()
+            .map(|(i, b)| decode(b, format!("stable checkpoint proof, message {i}")))
+            .collect::<Result<_, _>>()?;
         self.stable = CheckpointClaim {
             seq: h.stable_seq,
             digest: Hash32(h.stable_digest),
-            proof: h.stable_proof.iter().filter_map(|b| decode(b)).collect(),
+            proof,
         };
-        self.last_view_change = p.last_view_change.as_deref().and_then(decode);
+        self.last_view_change = p
+            .last_view_change
+            .as_deref()
+            .map(|b| decode(b, "last view change".into()))
+            .transpose()?;
         for rec in p.slots.into_values() {
             if rec.seq <= self.stable.seq {
                 continue;
             }
-            let slot = self.slots.entry(rec.seq).or_default();
-            if let Some(pp) = rec.pre_prepare.as_deref().and_then(decode) {
-                if let (Some(Kind::PrePrepare(k)), Some(batch)) = (&pp.kind, &pp.batch) {
-                    if let Ok(d) = digest_field(&k.digest) {
-                        slot.batches.insert(d, batch.clone());
-                        slot.pre_prepare = Some((k.view, d, pp.clone()));
-                    }
-                }
+            let seq = rec.seq;
+            let slot = self.slots.entry(seq).or_default();
+            if let Some(b) = rec.pre_prepare.as_deref() {
+                let what = format!("slot {seq}: accepted pre-prepare");
+                let pp = decode(b, what.clone())?;
+                let (Some(Kind::PrePrepare(k)), Some(batch)) = (&pp.kind, &pp.batch) else {
+                    return Err(corrupt(what, "not a pre-prepare with its batch"));
+                };
+                let d = digest_field(&k.digest).map_err(|e| corrupt(what, &e))?;
+                slot.batches.insert(d, batch.clone());
+                slot.pre_prepare = Some((k.view, d, pp.clone()));
             }
             if let Some(msgs) = rec.prepared {
-                let msgs: Vec<_> = msgs.iter().filter_map(|b| decode(b)).collect();
-                if let Some((pp, prepares)) = msgs.split_first() {
-                    if let Some(Kind::PrePrepare(k)) = &pp.kind {
-                        if let (Ok(d), Some(batch)) = (digest_field(&k.digest), &pp.batch) {
-                            slot.batches.insert(d, batch.clone());
-                            slot.prepared = Some((k.view, d, pp.clone(), prepares.to_vec()));
-                        }
-                    }
-                }
+                let what = format!("slot {seq}: prepared certificate");
+                let msgs = msgs
+                    .iter()
+                    .map(|b| decode(b, what.clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let Some((pp, prepares)) = msgs.split_first() else {
+                    return Err(corrupt(what, "empty"));
+                };
+                let (Some(Kind::PrePrepare(k)), Some(batch)) = (&pp.kind, &pp.batch) else {
+                    return Err(corrupt(
+                        what,
+                        "does not start with a pre-prepare and its batch",
+                    ));
+                };
+                let d = digest_field(&k.digest).map_err(|e| corrupt(what, &e))?;
+                slot.batches.insert(d, batch.clone());
+                slot.prepared = Some((k.view, d, pp.clone(), prepares.to_vec()));
             }
             slot.sent_prepare = rec.sent_prepare.map(|(v, d)| (v, Hash32(d)));
             slot.sent_commit = rec.sent_commit.map(|(v, d)| (v, Hash32(d)));
         }
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {
@@ -225,8 +265,23 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         self.cfg.primary(self.view)
     }
 
+    /// Why this replica stopped, if it did (see [`Action::Halt`]).
+    pub fn halted(&self) -> Option<&SafetyFault> {
+        self.halted.as_ref()
+    }
+
     /// Processes one event at time `now_ms` and returns what to do, in order.
+    ///
+    /// The order is the durability contract (rule 10): the call's `Persist`, if any, comes first,
+    /// then executions, timers and notes, then sends. So a replica that crashes anywhere inside a
+    /// call restarts with every vote and prepared certificate that justifies what its ledger
+    /// executed: a replica that became prepared and committed in one call and executed the batch
+    /// before recording its certificate could otherwise lose the certificate, and a later view
+    /// could commit another batch at that sequence number.
     pub fn handle(&mut self, now_ms: u64, event: Event, app: &impl Application) -> Vec<Action> {
+        if self.halted.is_some() {
+            return Vec::new();
+        }
         match event {
             Event::Start => self.on_start(now_ms),
             Event::Message(m) => self.on_message(now_ms, m, app),
@@ -236,13 +291,29 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         }
         // Execute whatever is committed in order, then propose if that became possible (new work,
         // a new view, a moved window).
-        self.execute_ready(now_ms, app);
+        if self.halted.is_none() {
+            self.execute_ready(now_ms, app);
+        }
         self.applied_in_call.clear();
+        if let Some(fault) = &self.halted {
+            // Nothing of this call is performed: the replica's history is not the certified one.
+            self.effects.clear();
+            self.sends.clear();
+            return vec![Action::Halt(fault.clone())];
+        }
         self.try_propose(now_ms, app);
-        let mut out = std::mem::take(&mut self.effects);
+        let mut out = Vec::with_capacity(self.effects.len() + self.sends.len() + 1);
         if std::mem::take(&mut self.dirty) || !self.dirty_slots.is_empty() || self.view_change_dirty
         {
             out.push(Action::Persist(Box::new(self.delta())));
+        }
+        if self.cfg.mutant(Mutant::CommitBeforePersist) {
+            // The old, unsafe order: executions ahead of the persisted certificate.
+            let persist = std::mem::take(&mut out);
+            out.append(&mut self.effects);
+            out.extend(persist);
+        } else {
+            out.append(&mut self.effects);
         }
         out.append(&mut self.sends);
         out
@@ -348,6 +419,17 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         // Re-send what we already sent (identical bytes: RFC 6979 signatures are deterministic).
         if self.view_changing {
             if let Some(vc) = self.last_view_change.clone() {
+                // Count our own view change again (received ones are volatile): without it a
+                // restarted primary of the new view would wait for a quorum it is part of, and
+                // if every honest replica restarted mid view change none would reach one.
+                if let Ok(own) = verify_view_change(&self.cfg, &self.verifier, &vc) {
+                    if own.new_view == self.view {
+                        self.view_changes
+                            .entry(self.view)
+                            .or_default()
+                            .insert(self.cfg.me, (vc.clone(), own));
+                    }
+                }
                 self.broadcast(vc);
             }
             let at = now + self.view_change_timeout();
@@ -385,8 +467,46 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             self.transfer_target = Some(self.stable.seq);
             self.request_transfer(now);
         }
+        self.resign_own_checkpoint(now);
         self.recompute_in_flight();
         self.update_progress_timer(now);
+    }
+
+    /// Rule 7 after a restart: checkpoint messages are not persisted, so a replica whose executed
+    /// prefix ends on a checkpoint above the stable one signs that checkpoint again (the same
+    /// bytes as before the crash: deterministic signatures over the same digest). Without it a
+    /// restart with a full window could leave the window frozen, the stable checkpoint waiting
+    /// for a vote nobody would send again.
+    fn resign_own_checkpoint(&mut self, now: u64) {
+        let seq = self.exec_seq;
+        if seq <= self.stable.seq || !seq.is_multiple_of(self.cfg.checkpoint_interval) {
+            return;
+        }
+        let already = self
+            .checkpoints
+            .get(&seq)
+            .is_some_and(|votes| votes.contains_key(&self.cfg.me));
+        if !already {
+            self.take_checkpoint(now, seq);
+        }
+    }
+
+    /// Signs and sends this replica's checkpoint at `seq` (its executed prefix) and checks
+    /// whether it became stable.
+    fn take_checkpoint(&mut self, now: u64, seq: u64) {
+        let msg = self.sign(
+            Kind::Checkpoint(v1::Checkpoint {
+                seq,
+                state_digest: self.exec_digest.as_bytes().to_vec(),
+            }),
+            None,
+        );
+        self.checkpoints
+            .entry(seq)
+            .or_default()
+            .insert(self.cfg.me, (self.exec_digest, msg.clone()));
+        self.broadcast(msg);
+        self.check_stable(now, seq);
     }
 
     fn record_own_vote(&mut self, seq: u64, m: &v1::PbftMessage) {
@@ -790,6 +910,17 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         } else {
             &mut slot.commits
         };
+        // One vote of each kind per (sender, view, sequence number): a Byzantine replica that
+        // signs a vote for every digest it can make up must not grow this log without bound.
+        let second = votes
+            .range((view, Hash32::ZERO)..=(view, Hash32([0xff; 32])))
+            .any(|((_, other), senders)| *other != d && senders.contains_key(&from));
+        if second {
+            let reason =
+                "a second, different vote for this view and sequence number (the first is kept)";
+            self.refuse(Some(from), what, (view, seq), reason);
+            return;
+        }
         votes.entry((view, d)).or_default().insert(from, m);
         if !self.view_changing {
             self.check_prepared(seq);
@@ -933,19 +1064,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             repeats,
         });
         if seq.is_multiple_of(self.cfg.checkpoint_interval) {
-            let msg = self.sign(
-                Kind::Checkpoint(v1::Checkpoint {
-                    seq,
-                    state_digest: self.exec_digest.as_bytes().to_vec(),
-                }),
-                None,
-            );
-            self.checkpoints
-                .entry(seq)
-                .or_default()
-                .insert(self.cfg.me, (self.exec_digest, msg.clone()));
-            self.broadcast(msg);
-            self.check_stable(now, seq);
+            self.take_checkpoint(now, seq);
         }
     }
 
@@ -1022,8 +1141,28 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         }
     }
 
+    /// Adopts a stable checkpoint at or below the executed prefix, after comparing it with this
+    /// replica's own state digest at that sequence number when it knows it (its own checkpoint
+    /// vote, or its executed prefix). A quorum certifying another digest means this replica's
+    /// history differs from the certified one: it halts instead of going on (see
+    /// [`SafetyFault`]).
     fn adopt_stable(&mut self, claim: CheckpointClaim) {
         let seq = claim.seq;
+        let own = match self.checkpoints.get(&seq).and_then(|v| v.get(&self.cfg.me)) {
+            Some((d, _)) => Some(*d),
+            None if seq == self.exec_seq => Some(self.exec_digest),
+            None => None,
+        };
+        if let Some(own) = own.filter(|d| *d != claim.digest) {
+            let signers = claim.proof.iter().map(|m| m.replica).collect();
+            self.halted = Some(SafetyFault::DivergedFromCheckpoint {
+                seq,
+                own,
+                certified: claim.digest,
+                signers,
+            });
+            return;
+        }
         self.stable = claim;
         self.note(Note::Stable { seq });
         self.slots = self.slots.split_off(&(seq + 1));

@@ -37,11 +37,14 @@ pub enum Event {
     StateTransfer(Vec<v1::CommittedBatch>),
 }
 
-/// An output. The driver performs the actions of one `handle` call in order.
+/// An output. The driver performs the actions of one `handle` call in order; the call's
+/// `Persist`, if any, is its first action.
 #[derive(Clone, Debug)]
 pub enum Action {
     /// Make this change durable, atomically, before performing any later action of the same call
-    /// (persist, then send). Applied in order to the stored state as
+    /// (persist, then execute, then send). It is always the call's first action, so what a
+    /// replica voted and the certificates that justify an execution are durable before the
+    /// execution and before any message that depends on them. Applied in order to the stored state as
     /// [`crate::PersistedState::apply`] does.
     Persist(Box<PersistDelta>),
     /// Send to every other replica.
@@ -78,6 +81,54 @@ pub enum Action {
     /// Something the engine did or refused, for the operator's logs and metrics. Nothing depends
     /// on notes for safety or liveness; a driver may drop them (the simulator does).
     Note(Note),
+    /// Stop: this replica's own history contradicts a certified one. It is the only action of
+    /// its call and the replica refuses every later event. The driver must stop the node loudly
+    /// (log the fault at error level, exit non-zero) and must not restart it unattended: an
+    /// operator has to find out which history is wrong (restore from a peer's backup or re-sync
+    /// from genesis) before this replica signs anything again.
+    Halt(SafetyFault),
+}
+
+/// A persisted record that [`crate::Replica::restore`] cannot use: the data folder is damaged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("persisted consensus state is damaged ({record}: {reason}); restore the data folder from a backup or re-sync this replica from an empty one")]
+pub struct CorruptState {
+    /// Which record: the stable checkpoint proof, the last view change, or a slot's part.
+    pub record: String,
+    pub reason: String,
+}
+
+/// A contradiction between this replica's state and certified evidence. Never the result of
+/// faulty peers alone while the fault assumption holds: it means this replica's own storage or
+/// code is wrong, or more than f replicas are Byzantine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SafetyFault {
+    /// A quorum of checkpoint messages certifies `certified` at `seq`, and this replica's own
+    /// executed history has digest `own` there.
+    DivergedFromCheckpoint {
+        seq: u64,
+        own: Hash32,
+        certified: Hash32,
+        signers: Vec<ReplicaId>,
+    },
+}
+
+impl std::fmt::Display for SafetyFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SafetyFault::DivergedFromCheckpoint {
+                seq,
+                own,
+                certified,
+                signers,
+            } => write!(
+                f,
+                "this replica executed a history with digest {own} up to sequence {seq}, but \
+                 replicas {signers:?} certify {certified} there: its ledger differs from the \
+                 agreed one"
+            ),
+        }
+    }
 }
 
 /// What the engine reports about its progress and about input it refused. The node logs

@@ -37,7 +37,11 @@
 //!    `D` being the hash chain of all executed batch digests. `q` matching checkpoints make it
 //!    stable: the low watermark moves to `s` and all older log entries are discarded, so memory
 //!    stays bounded over an unbounded run. A replica re-sends its checkpoints above the stable one
-//!    whenever it starts or enters a view, so lost checkpoints cannot freeze the window.
+//!    whenever it starts or enters a view, and signs its checkpoint again after a restart whose
+//!    executed prefix ends on one, so lost checkpoints cannot freeze the window. Before adopting
+//!    a stable checkpoint a replica compares it with its own digest at that sequence number; a
+//!    different one means its history is not the certified one, and it halts
+//!    ([`Action::Halt`], [`SafetyFault`]) instead of going on.
 //! 8. **View change.** A backup with outstanding work (pending items or accepted, unexecuted
 //!    batches) that sees no execution for the progress timeout moves to view `v+1`: it stops
 //!    accepting messages of view `v` and sends `ViewChange(v+1)` with its stable checkpoint (and
@@ -51,9 +55,12 @@
 //!    from the included view changes and accepts the new view only if it matches; so whatever
 //!    may have committed in an earlier view is re-proposed at the same sequence number.
 //! 10. **Safety guard and persistence.** Before a replica sends a pre-prepare, prepare, commit or
-//!     view change, the fact is recorded in [`PersistedState`] and the change
-//!     emitted as [`Action::Persist`], which the driver must make durable before it performs any later action
-//!     of the same batch. A replica never signs a second, different pre-prepare, prepare or commit
+//!     view change, or executes a batch, the fact and the certificate that justifies it are
+//!     recorded in [`PersistedState`] and the change emitted as [`Action::Persist`]: the first
+//!     action of its `handle` call, which the driver must make durable before it performs any
+//!     later action of the call (persist, then execute, then send). A replica that crashes
+//!     between any two actions therefore restarts with the prepared certificate of every batch it
+//!     executed, and its view changes carry it. A replica never signs a second, different pre-prepare, prepare or commit
 //!     for one `(view, seq)`, and never returns to a lower view, including after a restart.
 //! 11. **State transfer.** A replica that learns of a stable checkpoint above what it executed
 //!     (from `q` checkpoint messages or a new view) asks the driver for the missing committed
@@ -71,9 +78,9 @@ mod log;
 mod persist;
 mod view_change;
 
-pub use config::Config;
+pub use config::{Config, Mutant};
 pub use engine::{chain_state_digest, Application, Replica};
-pub use event::{Action, Event, Note, Timer};
+pub use event::{Action, CorruptState, Event, Note, SafetyFault, Timer};
 pub use persist::{PersistDelta, PersistedHeader, PersistedState, SlotRecord};
 
 /// Why a view-change message would be refused (for diagnostics and the simulator's traces).

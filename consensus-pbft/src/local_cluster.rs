@@ -130,6 +130,7 @@ impl<V: Verifier + Clone> LocalCluster<V> {
                     }
                     l.committed.push((entry.seq, digest, entry));
                 }
+                Action::Halt(fault) => panic!("replica {r} halted: {fault}"),
                 Action::SetTimer { .. }
                 | Action::CancelTimer(_)
                 | Action::RequestStateTransfer { .. }

@@ -49,6 +49,15 @@ pub fn verify_checkpoint_proof(
             Err("checkpoint 0 must have the genesis digest".into())
         };
     }
+    // At most one message per replica can count: a longer proof is padding that would only make
+    // every receiver verify more signatures.
+    if proof.len() > cfg.n() {
+        return Err(format!(
+            "checkpoint proof of {} messages, more than the {} replicas",
+            proof.len(),
+            cfg.n()
+        ));
+    }
     let mut signers = BTreeSet::new();
     for m in proof {
         verify_signature(m, &cfg.chain_id, &cfg.validators, verifier).map_err(|e| e.to_string())?;

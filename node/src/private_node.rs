@@ -331,7 +331,7 @@ pub fn start(
         CachingVerifier::new(1 << 16),
         persisted,
         (exec_seq, exec_digest),
-    );
+    )?;
     let peers: Vec<Peer> = g
         .validators
         .iter()
@@ -782,6 +782,15 @@ impl Core {
                     self.timers.remove(&timer);
                 }
                 Action::Note(note) => self.on_note(note),
+                Action::Halt(fault) => {
+                    tracing::error!(
+                        %fault,
+                        "SAFETY FAULT: stopping this node. Do not restart it before finding which \
+                         ledger is wrong: compare `medchain status` and block hashes with the other \
+                         replicas, then restore this node from a healthy replica's backup"
+                    );
+                    anyhow::bail!("safety fault, node stopped: {fault}");
+                }
                 Action::RequestStateTransfer {
                     from_seq,
                     target_seq,

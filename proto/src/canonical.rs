@@ -55,6 +55,11 @@ pub trait Canonical: Message + Default + Sized {
         self.encode_to_vec()
     }
 
+    /// The length of the canonical bytes, without encoding them (for size budgets).
+    fn canonical_len(&self) -> usize {
+        self.encoded_len()
+    }
+
     /// Decodes untrusted bytes (rule 3).
     fn decode_canonical(bytes: &[u8]) -> Result<Self, ProtoError> {
         if bytes.len() > Self::MAX_BYTES {

@@ -366,17 +366,29 @@ pub fn block_batch(block: &v1::Block) -> Result<v1::PbftBatch, ProtoError> {
     })
 }
 
-/// Fully verifies a private block against the chain's validator set: its structure, a quorum's
-/// commit signatures for its batch, that its creator is the validator that built the batch, and
-/// the committing view's primary's signature on the PrePrepare that proposed it. This is what block sync, light
-/// clients and the bridge rely on.
+/// Fully verifies a private block of chain `chain_id` against that chain's validator set: its
+/// chain, its structure, a quorum's commit signatures for its batch, that its creator is the
+/// validator that built the batch, and the committing view's primary's signature on the
+/// PrePrepare that proposed it. This is what block sync, light clients and the bridge rely on.
+/// The chain is the caller's expectation, never the block's own claim: the same validators may
+/// serve two chains, and their certificate for one must not pass as a block of the other.
 pub fn verify_private_block(
     block: &v1::Block,
+    chain_id: &str,
     validators: &ValidatorSet,
     verifier: &impl Verifier,
 ) -> Result<Hash32, ProtoError> {
     let hash = verify_block_structure(block)?;
     let header = header(block)?;
+    if header.chain_id != chain_id {
+        return Err(ProtoError::Invalid {
+            kind: "block",
+            reason: format!(
+                "block of chain {:?}, expected {chain_id:?}",
+                header.chain_id
+            ),
+        });
+    }
     let committed = committed_batch_of(block)?;
     let proposer = block.commit.as_ref().map_or(0, |c| c.proposer);
     let creator = validators.get(proposer);
@@ -386,7 +398,7 @@ pub fn verify_private_block(
             reason: format!("creator is not validator {proposer}, the batch's proposer"),
         });
     }
-    crate::pbft::verify_committed_batch(&committed, &header.chain_id, validators, verifier)?;
+    crate::pbft::verify_committed_batch(&committed, chain_id, validators, verifier)?;
     Ok(hash)
 }
 

@@ -1,6 +1,7 @@
 //! The DPoS engine under seeded fault schedules: small consortia (4-7 representatives, 3-7
 //! auditors, spares to refill them) and, one seed in 50, the full 121-institution consortium (101
-//! RPN + 20 ATN); Byzantine representatives (silent, equivocating, proposing invalid blocks) and
+//! RPN + 20 ATN); Byzantine representatives (silent, equivocating, proposing invalid blocks,
+//! signing several blocks per slot) and
 //! auditors (withholding, attesting invalid blocks, rejecting valid ones, double voting), crashes
 //! with restarts, partitions, drops, duplicates, reordering. CI runs 2,000 seeds in four tests so
 //! both cores work.
@@ -57,9 +58,15 @@ fn same_seed_same_trace() {
 
 #[test]
 fn misbehaving_representatives_are_replaced() {
-    // An equivocator and an invalid-block producer, after the network is stable, each lose their
-    // seat; the run also passes every other check.
-    for behaviour in [Behaviour::Equivocator, Behaviour::InvalidBlock] {
+    // An equivocator, an invalid-block producer and a representative that signs three blocks per
+    // slot (issue 14, bug 2: its evidence once halted the chain, every honest pool holding two
+    // entries of one offence), after the network is stable, each lose their seat; the run also
+    // passes every other check.
+    for behaviour in [
+        Behaviour::Equivocator,
+        Behaviour::InvalidBlock,
+        Behaviour::MultiProposer,
+    ] {
         let mut replaced = 0;
         for seed in 0..20 {
             let mut scn = Scenario::generate(seed, Some(false));

@@ -1,7 +1,10 @@
 //! The PBFT engine under seeded fault schedules (n = 4, 7 and 10; up to f Byzantine replicas of
-//! every behaviour, crashes with restarts, partitions, drops, duplicates, reordering). CI runs
-//! 2,000 seeds split over four tests so both cores work.
+//! every behaviour; crashes between events, inside a call and right after an execution, with
+//! and without restart, and all honest replicas at once; partitions, drops, duplicates,
+//! reordering). CI runs 2,000 seeds split over four tests so both cores work, and the mutation
+//! check: each deliberate engine bug must be caught within a few seeds.
 
+use medchain_pbft::Mutant;
 use medchain_tests::sim::byzantine::Behaviour;
 use medchain_tests::sim::pbft::{run, Scenario};
 
@@ -75,4 +78,36 @@ fn checkers_catch_a_broken_quorum() {
     scn.crashes.clear();
     scn.broken_quorum = Some(2);
     assert_eq!(run(&scn, false).violation, Some(v));
+}
+
+/// The first seed of `range` whose scenario (made by `make`) violates a property, replayed once to
+/// show it replays to the same violation.
+fn first_caught(
+    range: std::ops::Range<u64>,
+    make: impl Fn(u64) -> Scenario,
+) -> Option<(u64, medchain_tests::sim::Violation)> {
+    let (seed, v) = range.into_iter().find_map(|seed| {
+        let v = run(&make(seed), false).violation?;
+        Some((seed, v))
+    })?;
+    assert_eq!(
+        run(&make(seed), false).violation.as_ref(),
+        Some(&v),
+        "seed {seed} replays"
+    );
+    Some((seed, v))
+}
+
+#[test]
+fn mutant_commit_before_persist_is_caught() {
+    // Issue 14, bug 1: executing a batch before persisting the prepared certificate that
+    // justifies it. The persist-before-execute checker sees it at the execution itself, and a
+    // crash right after the execution makes it real.
+    let make = |seed| {
+        let mut scn = Scenario::generate(seed, None);
+        scn.mutant = Some(Mutant::CommitBeforePersist);
+        scn
+    };
+    let (seed, v) = first_caught(0..50, make).expect("commit-before-persist must be caught");
+    assert_eq!(v.property, "persist before execute", "seed {seed}: {v}");
 }

@@ -157,7 +157,8 @@ fn restarted_replica_never_prepares_a_conflicting_digest() {
         EcdsaVerifier,
         Some(state),
         ledger_tip,
-    );
+    )
+    .expect("the persisted state decodes");
     let _ = restarted.handle(0, Event::Start, &net.ledgers[1]);
     // A conflicting pre-prepare for seq 1 in view 0 (signed by the real primary) is refused.
     let other = v1::PbftBatch {
@@ -237,6 +238,7 @@ fn shape(a: &Action) -> String {
         Action::RequestStateTransfer { from_seq, .. } => format!("transfer:{from_seq}"),
         Action::Note(Note::Refused { what, .. }) => format!("refused:{what}"),
         Action::Note(n) => format!("note:{}", format!("{n:?}").split(' ').next().unwrap_or("")),
+        Action::Halt(_) => "halt".into(),
     }
 }
 
@@ -296,7 +298,7 @@ fn normal_case_at_a_backup_step_by_step() {
         ),
         (
             Event::Message(prepare(2)),
-            vec!["note:Prepared", "persist", "send:commit"],
+            vec!["persist", "note:Prepared", "send:commit"],
             0,
         ), // primary + 1 + 2 = q
         (Event::Message(prepare(3)), vec![], 0),
@@ -325,4 +327,184 @@ fn normal_case_at_a_backup_step_by_step() {
             "step {i}"
         );
     }
+}
+
+/// The pre-prepare, prepares and commits of one batch at (view 0, seq 1), signed by `ks`.
+struct OneBatch {
+    pre_prepare: v1::PbftMessage,
+    prepares: Vec<v1::PbftMessage>,
+    commits: Vec<v1::PbftMessage>,
+}
+
+fn one_batch(ks: &[SigningKey]) -> OneBatch {
+    let batch = v1::PbftBatch {
+        timestamp_ms: 5,
+        items: vec![b"a".to_vec()],
+        proposer: 0,
+    };
+    let d = batch.digest();
+    let msg = |r: usize, kind: Kind, batch: Option<v1::PbftBatch>| {
+        sign(&ks[r], "hospital-test", r as u32, kind, batch)
+    };
+    let pp = Kind::PrePrepare(v1::PrePrepare {
+        view: 0,
+        seq: 1,
+        digest: d.as_bytes().to_vec(),
+    });
+    OneBatch {
+        pre_prepare: msg(0, pp, Some(batch.clone())),
+        prepares: (0..ks.len())
+            .map(|r| msg(r, Kind::Prepare(vote(0, 1, &d)), None))
+            .collect(),
+        commits: (0..ks.len())
+            .map(|r| msg(r, Kind::Commit(commit(0, 1, &d)), None))
+            .collect(),
+    }
+}
+
+/// Drives replica 1 to the call in which it becomes prepared and committed at once (the commits
+/// of 2 and 3 arrived before the last prepare) and returns that call's action shapes.
+fn prepared_and_committed_in_one_call(cfg: Config, ks: &[SigningKey]) -> Vec<String> {
+    let m = one_batch(ks);
+    let ledger = local_cluster::MemoryLedger::default();
+    let mut replica = Replica::new(cfg, ks[1].clone(), EcdsaVerifier);
+    replica.handle(0, Event::Message(m.pre_prepare), &ledger);
+    replica.handle(0, Event::Message(m.commits[2].clone()), &ledger);
+    replica.handle(0, Event::Message(m.commits[3].clone()), &ledger);
+    assert_eq!(
+        replica.executed_seq(),
+        0,
+        "not prepared yet: nothing executes"
+    );
+    let out = replica.handle(0, Event::Message(m.prepares[2].clone()), &ledger);
+    assert_eq!(replica.executed_seq(), 1);
+    out.iter().map(shape).collect()
+}
+
+/// Issue 14, bug 1: the prepared certificate that justifies an execution is persisted before
+/// the execution (and before the commit is sent), so a crash between them cannot lose it.
+#[test]
+fn prepared_and_committed_in_one_call_persists_before_it_executes() {
+    let ks = keys(4);
+    let got = prepared_and_committed_in_one_call(config(4, 1, &ks), &ks);
+    let at = |s: &str| got.iter().position(|g| g == s).unwrap_or(usize::MAX);
+    assert_eq!(got[0], "persist", "{got:?}");
+    assert!(at("persist") < at("execute:1"), "{got:?}");
+    assert!(at("execute:1") < at("send:commit"), "{got:?}");
+    assert_eq!(got.iter().filter(|g| *g == "persist").count(), 1);
+
+    // The simulator's mutant restores the old order; the same call then executes first.
+    let mutant = config(4, 1, &ks).with_mutant_for_checker_tests(Mutant::CommitBeforePersist);
+    let got = prepared_and_committed_in_one_call(mutant, &ks);
+    let at = |s: &str| got.iter().position(|g| g == s).unwrap_or(usize::MAX);
+    assert!(at("execute:1") < at("persist"), "{got:?}");
+}
+
+/// A quorum certifying another digest at a checkpoint this replica executed halts it: it does
+/// not adopt the checkpoint, performs nothing of that call, and refuses every later event.
+#[test]
+fn a_stable_checkpoint_that_differs_from_own_history_halts_the_replica() {
+    let ks = keys(4);
+    let m = one_batch(&ks);
+    let ledger = local_cluster::MemoryLedger::default();
+    // Checkpoint every sequence number: executing seq 1 takes a checkpoint.
+    let mut replica = Replica::new(test_config(&ks, 1, 3, 1), ks[1].clone(), EcdsaVerifier);
+    replica.handle(0, Event::Message(m.pre_prepare), &ledger);
+    for r in [2, 3] {
+        replica.handle(0, Event::Message(m.prepares[r].clone()), &ledger);
+    }
+    for r in [2, 3] {
+        replica.handle(0, Event::Message(m.commits[r].clone()), &ledger);
+    }
+    assert_eq!(replica.executed_seq(), 1);
+    let forged = |r: usize| {
+        sign(
+            &ks[r],
+            "hospital-test",
+            r as u32,
+            Kind::Checkpoint(v1::Checkpoint {
+                seq: 1,
+                state_digest: [7u8; 32].to_vec(),
+            }),
+            None,
+        )
+    };
+    assert!(replica
+        .handle(0, Event::Message(forged(0)), &ledger)
+        .is_empty());
+    assert!(replica
+        .handle(0, Event::Message(forged(2)), &ledger)
+        .is_empty());
+    let out = replica.handle(0, Event::Message(forged(3)), &ledger);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let Action::Halt(SafetyFault::DivergedFromCheckpoint {
+        seq,
+        certified,
+        signers,
+        ..
+    }) = &out[0]
+    else {
+        panic!("expected a halt, got {out:?}");
+    };
+    assert_eq!((*seq, certified.0, signers.len()), (1, [7u8; 32], 3));
+    assert_eq!(
+        replica.stable_seq(),
+        0,
+        "the forged checkpoint is not adopted"
+    );
+    assert!(replica.halted().is_some());
+    assert!(replica.handle(0, Event::Start, &ledger).is_empty());
+}
+
+/// Checkpoint messages are not persisted: a replica restarting on a checkpoint above the stable
+/// one signs it again, or a full window would never move.
+#[test]
+fn a_restarted_replica_signs_its_checkpoint_again() {
+    let ks = keys(4);
+    let cfg = test_config(&ks, 1, 3, 1);
+    let digest = chain_state_digest(&Hash32::ZERO, 1, &Hash32([9; 32]));
+    let mut replica =
+        Replica::restore(cfg, ks[1].clone(), EcdsaVerifier, None, (1, digest)).unwrap();
+    let ledger = local_cluster::MemoryLedger::default();
+    let out = replica.handle(0, Event::Start, &ledger);
+    let sent: Vec<&v1::PbftMessage> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Broadcast(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        sent.iter().any(|m| matches!(
+            &m.kind,
+            Some(Kind::Checkpoint(c)) if c.seq == 1 && c.state_digest == digest.as_bytes()
+        )),
+        "{out:?}"
+    );
+}
+
+/// A persisted record that does not decode stops the restart with the record named: skipping it
+/// could make the replica forget a vote and sign a conflicting one.
+#[test]
+fn a_damaged_persisted_record_refuses_the_restart() {
+    let ks = keys(4);
+    let mut state = PersistedState::default();
+    state.slots.insert(
+        3,
+        crate::persist::SlotRecord {
+            seq: 3,
+            pre_prepare: Some(vec![0xff, 0x01, 0x02]),
+            ..Default::default()
+        },
+    );
+    let err = Replica::restore(
+        config(4, 1, &ks),
+        ks[1].clone(),
+        EcdsaVerifier,
+        Some(state),
+        (0, Hash32::ZERO),
+    )
+    .unwrap_err();
+    assert!(err.record.contains("slot 3"), "{err}");
+    assert!(err.to_string().contains("restore the data folder"), "{err}");
 }

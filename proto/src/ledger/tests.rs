@@ -98,7 +98,7 @@ fn block_structure_and_certificate() {
     let h = verify_block_structure(&block).unwrap();
     assert_eq!(h, block_hash(&block).unwrap());
     assert_eq!(
-        verify_private_block(&block, &set, &EcdsaVerifier).unwrap(),
+        verify_private_block(&block, "hospital-a", &set, &EcdsaVerifier).unwrap(),
         h
     );
     // The block round-trips through its committed batch (what state transfer carries).
@@ -108,21 +108,28 @@ fn block_structure_and_certificate() {
         block
     );
 
+    // A block the same validators certified for another chain is not a block of this one.
+    let other_chain = make_block(&keys, "hospital-b", 1, Hash32::ZERO, 5, vec![]);
+    let e = verify_private_block(&other_chain, "hospital-a", &set, &EcdsaVerifier)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected \"hospital-a\""), "{e}");
+
     let mut short = block.clone();
     short.commit.as_mut().unwrap().signatures.pop();
-    let e = verify_private_block(&short, &set, &EcdsaVerifier)
+    let e = verify_private_block(&short, "hospital-a", &set, &EcdsaVerifier)
         .unwrap_err()
         .to_string();
     assert!(e.contains("2 valid signatures, 3 required"), "{e}");
 
     let mut wrong_view = block.clone();
     wrong_view.commit.as_mut().unwrap().view = 1;
-    assert!(verify_private_block(&wrong_view, &set, &EcdsaVerifier).is_err());
+    assert!(verify_private_block(&wrong_view, "hospital-a", &set, &EcdsaVerifier).is_err());
 
     // The creator must be the primary of the view and its pre-prepare signature must verify.
     let mut other_creator = block.clone();
     other_creator.header.as_mut().unwrap().creator = keys[1].identity().as_bytes().to_vec();
-    let e = verify_private_block(&other_creator, &set, &EcdsaVerifier)
+    let e = verify_private_block(&other_creator, "hospital-a", &set, &EcdsaVerifier)
         .unwrap_err()
         .to_string();
     assert!(e.contains("batch's proposer"), "{e}");
@@ -131,7 +138,7 @@ fn block_structure_and_certificate() {
         .sign_digest(&block_hash(&block).unwrap())
         .as_bytes()
         .to_vec();
-    let e = verify_private_block(&bad_sig, &set, &EcdsaVerifier)
+    let e = verify_private_block(&bad_sig, "hospital-a", &set, &EcdsaVerifier)
         .unwrap_err()
         .to_string();
     assert!(e.contains("proposal_signature"), "{e}");

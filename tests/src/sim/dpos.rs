@@ -24,7 +24,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::network::{crash_schedule, partitions, NetConfig, Queue};
+use super::network::{crash_schedule, cut_point, partitions, Crash, Cut, NetConfig, Queue};
 use super::{Trace, Violation};
 
 /// After GST every item must be final everywhere within this much virtual time.
@@ -43,6 +43,10 @@ pub enum Behaviour {
     Equivocator,
     /// As representative, proposes blocks holding an invalid item.
     InvalidBlock,
+    /// As representative, signs three blocks for its slot (its own, one with another timestamp
+    /// and one holding an invalid item) and shows all of them to everyone: honest nodes see
+    /// several pieces of evidence of one offence.
+    MultiProposer,
     /// As auditor, accepts every block, invalid ones included, and votes for them.
     AttestInvalid,
     /// As auditor, rejects every valid block.
@@ -51,10 +55,11 @@ pub enum Behaviour {
     DoubleVoter,
 }
 
-const RPN_BEHAVIOURS: [Behaviour; 3] = [
+const RPN_BEHAVIOURS: [Behaviour; 4] = [
     Behaviour::Silent,
     Behaviour::Equivocator,
     Behaviour::InvalidBlock,
+    Behaviour::MultiProposer,
 ];
 const ATN_BEHAVIOURS: [Behaviour; 4] = [
     Behaviour::Silent,
@@ -73,7 +78,7 @@ pub struct Scenario {
     pub spares: usize,
     pub byzantine: Vec<(u32, Behaviour)>,
     /// (node, crash time, restart time); restarts happen before GST.
-    pub crashes: Vec<(u32, u64, u64)>,
+    pub crashes: Vec<Crash>,
     pub items: usize,
     pub params: Params,
     /// Admission scores (rating = scale = strength) per institution.
@@ -281,6 +286,39 @@ impl Application for SimApp<'_> {
 
 type Eng = Engine<SigningKey, CachingVerifier>;
 
+/// A proposal of `i`'s own for the slot of `p`, signed by `key`: `block` with an invalid item
+/// added (`invalid`) and its timestamp moved by `bump`. It names `i` as producer: a re-proposal of
+/// someone else's block would carry that producer and be ignored, not judged.
+fn forged_proposal(
+    key: &SigningKey,
+    i: u32,
+    p: &v1::DposProposal,
+    block: &v1::DposBlock,
+    invalid: bool,
+    bump: u64,
+) -> v1::DposMessage {
+    let mut block = block.clone();
+    let mut header = block.header.clone().unwrap_or_default();
+    if invalid {
+        block
+            .items
+            .push(format!("forged:{}:{}:{bump}", p.height, p.round).into_bytes());
+    }
+    header.timestamp_ms += bump;
+    header.producer = i;
+    header.items_root = items_root(&block.items).as_bytes().to_vec();
+    header.item_count = block.items.len() as u32;
+    header.extras_digest = extras_digest(block.extras.as_ref()).as_bytes().to_vec();
+    block.header = Some(header.clone());
+    let signed = sign_proposal(key, CHAIN, p.height, p.round, &block_hash(&header), None, i);
+    v1::DposMessage {
+        kind: Some(Kind::Proposal(v1::DposProposalMessage {
+            proposal: Some(signed),
+            block: Some(block),
+        })),
+    }
+}
+
 struct NodeState {
     engine: Option<Eng>,
     chain: Vec<v1::DposFinalizedBlock>,
@@ -302,7 +340,7 @@ enum Ev {
     Deliver { to: u32, from: u32, wire: Wire },
     Timer { to: u32, timer: Timer, gen: u64 },
     Submit { to: u32, item: Vec<u8> },
-    Crash(u32),
+    Crash(u32, Cut),
     Restart(u32),
     Resubmit,
 }
@@ -327,6 +365,8 @@ struct Sim<'a> {
     trace: Trace,
     violation: Option<Violation>,
     events: u64,
+    /// A crash waiting for the call it cuts, per institution.
+    armed: Vec<Option<Cut>>,
 }
 
 fn hex4(d: &[u8]) -> String {
@@ -422,9 +462,32 @@ impl Sim<'_> {
             accept_anything: node.behaviour == Some(Behaviour::AttestInvalid),
         };
         let actions = engine.handle(self.now, event, &app);
-        for a in actions {
+        let cut = self.armed[i as usize].and_then(|cut| {
+            let finals: Vec<usize> = actions
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| matches!(a, Action::Finalize { .. }))
+                .map(|(k, _)| k)
+                .collect();
+            cut_point(&mut self.rng, cut, actions.len(), &finals)
+        });
+        let performed = cut.unwrap_or(actions.len());
+        for a in actions.into_iter().take(performed) {
             self.perform(i, a);
         }
+        if let Some(k) = cut {
+            self.record(|| format!("i{i} CRASH after {k} action(s) of the call"));
+            self.crash(i);
+        }
+    }
+
+    /// The institution stops; what it performed stays (its final blocks, chain state and
+    /// persisted consensus state), everything else is lost.
+    fn crash(&mut self, i: u32) {
+        self.armed[i as usize] = None;
+        self.up[i as usize] = false;
+        self.nodes[i as usize].engine = None;
+        self.timers.retain(|(x, _), _| *x != i);
     }
 
     fn perform(&mut self, i: u32, action: Action) {
@@ -544,50 +607,33 @@ impl Sim<'_> {
                     }
                 }
             }
-            (Some(Kind::Proposal(pm)), Behaviour::Equivocator | Behaviour::InvalidBlock)
-                if pm.proposal.as_ref().is_some_and(|p| p.proposer == i) =>
-            {
+            (
+                Some(Kind::Proposal(pm)),
+                Behaviour::Equivocator | Behaviour::InvalidBlock | Behaviour::MultiProposer,
+            ) if pm.proposal.as_ref().is_some_and(|p| p.proposer == i) => {
                 let p = pm.proposal.clone().unwrap_or_default();
-                let mut block = pm.block.clone().unwrap_or_default();
-                let mut header = block.header.clone().unwrap_or_default();
-                if behaviour == Behaviour::InvalidBlock {
-                    block
-                        .items
-                        .push(format!("forged:{}:{}", p.height, p.round).into_bytes());
-                } else {
-                    header.timestamp_ms += 1;
-                }
-                // A fresh block of its own (a re-proposal of someone else's block would carry
-                // that producer and be ignored, not judged).
-                header.producer = i;
-                header.items_root = items_root(&block.items).as_bytes().to_vec();
-                header.item_count = block.items.len() as u32;
-                header.extras_digest = extras_digest(block.extras.as_ref()).as_bytes().to_vec();
-                block.header = Some(header.clone());
-                let other = sign_proposal(
-                    &key,
-                    CHAIN,
-                    p.height,
-                    p.round,
-                    &block_hash(&header),
-                    None,
-                    i,
-                );
-                let twin = v1::DposMessage {
-                    kind: Some(Kind::Proposal(v1::DposProposalMessage {
-                        proposal: Some(other),
-                        block: Some(block),
-                    })),
-                };
+                let block = pm.block.clone().unwrap_or_default();
                 self.strike(i, p.height, p.round);
-                if behaviour == Behaviour::InvalidBlock {
-                    self.broadcast(i, &twin);
-                } else {
-                    for to in half_a {
-                        self.send(i, to, Wire::Dpos(Box::new(msg.clone())));
+                match behaviour {
+                    Behaviour::InvalidBlock => {
+                        let bad = forged_proposal(&key, i, &p, &block, true, 0);
+                        self.broadcast(i, &bad);
                     }
-                    for to in half_b {
-                        self.send(i, to, Wire::Dpos(Box::new(twin.clone())));
+                    Behaviour::Equivocator => {
+                        let twin = forged_proposal(&key, i, &p, &block, false, 1);
+                        for to in half_a {
+                            self.send(i, to, Wire::Dpos(Box::new(msg.clone())));
+                        }
+                        for to in half_b {
+                            self.send(i, to, Wire::Dpos(Box::new(twin.clone())));
+                        }
+                    }
+                    _ => {
+                        let junk = forged_proposal(&key, i, &p, &block, false, 2);
+                        let bad = forged_proposal(&key, i, &p, &block, true, 3);
+                        for m in [&msg, &junk, &bad] {
+                            self.broadcast(i, m);
+                        }
                     }
                 }
             }
@@ -735,6 +781,7 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
         trace: Trace::new(keep_trace),
         violation: None,
         events: 0,
+        armed: vec![None; n],
     };
     for i in 0..scn.items {
         let item = format!("valid:{}:{i}", scn.seed).into_bytes();
@@ -750,9 +797,11 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
             );
         }
     }
-    for (r, at, back) in &scn.crashes {
-        sim.queue.push(*at, Ev::Crash(*r));
-        sim.queue.push(*back, Ev::Restart(*r));
+    for c in &scn.crashes {
+        sim.queue.push(c.at, Ev::Crash(c.node, c.cut));
+        if let Some(back) = c.restart {
+            sim.queue.push(back, Ev::Restart(c.node));
+        }
     }
     sim.queue.push(5_000, Ev::Resubmit);
     for i in 0..n as u32 {
@@ -787,13 +836,24 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
                     }
                 }
             }
-            Ev::Crash(i) => {
+            Ev::Crash(i, Cut::BetweenEvents) => {
                 sim.record(|| format!("i{i} CRASH"));
-                sim.up[i as usize] = false;
-                sim.nodes[i as usize].engine = None;
-                sim.timers.retain(|(x, _), _| *x != i);
+                sim.crash(i);
+            }
+            Ev::Crash(i, cut) => {
+                if sim.up[i as usize] {
+                    sim.record(|| format!("i{i} crash armed: {cut:?}"));
+                    sim.armed[i as usize] = Some(cut);
+                }
             }
             Ev::Restart(i) => {
+                if sim.armed[i as usize].is_some() {
+                    // No call came to cut: the crash happens now, between events.
+                    sim.crash(i);
+                }
+                if sim.nodes[i as usize].engine.is_some() {
+                    continue;
+                }
                 sim.record(|| format!("i{i} RESTART"));
                 sim.up[i as usize] = true;
                 let node = &mut sim.nodes[i as usize];
@@ -813,7 +873,8 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
                     node.state.clone(),
                     node.persisted.clone(),
                     &app,
-                );
+                )
+                .expect("the simulator persists only what the engine produced");
                 node.engine = Some(engine);
                 sim.handle(i, Event::Start);
             }
@@ -862,7 +923,10 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
     for (who, behaviour) in &scn.byzantine {
         if !matches!(
             behaviour,
-            Behaviour::Silent | Behaviour::Equivocator | Behaviour::InvalidBlock
+            Behaviour::Silent
+                | Behaviour::Equivocator
+                | Behaviour::InvalidBlock
+                | Behaviour::MultiProposer
         ) {
             continue;
         }

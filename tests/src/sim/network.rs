@@ -8,16 +8,84 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-/// Crash times for `nodes`: each crashes before `gst - 2 s` and restarts within 10 s, before GST.
-pub fn crash_schedule(rng: &mut ChaCha8Rng, nodes: &[u32], gst: u64) -> Vec<(u32, u64, u64)> {
+/// Where a crash interrupts a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Between two events: every action of the last call was performed.
+    BetweenEvents,
+    /// Inside the next call that has actions: only a random prefix of them is performed (possibly
+    /// none), as when a process dies between two writes or sends.
+    InCall,
+    /// Inside the next call that executes something, right after one of its executions: the
+    /// cut that exposes an execution ahead of the state that justifies it.
+    AfterExecution,
+}
+
+/// One crash of one node, restarting from what it made durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Crash {
+    pub node: u32,
+    pub at: u64,
+    /// `None`: the node never comes back (it counts against the fault budget).
+    pub restart: Option<u64>,
+    pub cut: Cut,
+}
+
+/// Crash times for `nodes`: each crashes before `gst - 2 s` and restarts within 10 s, before GST,
+/// cut between events, inside a call, or right after an execution (a third each).
+pub fn crash_schedule(rng: &mut ChaCha8Rng, nodes: &[u32], gst: u64) -> Vec<Crash> {
     nodes
         .iter()
         .map(|r| {
             let at = rng.gen_range(0..gst - 2_000);
             let back = (at + rng.gen_range(300..10_000)).min(gst - 1);
-            (*r, at, back)
+            let cut = [Cut::BetweenEvents, Cut::InCall, Cut::AfterExecution][rng.gen_range(0..3)];
+            Crash {
+                node: *r,
+                at,
+                restart: Some(back),
+                cut,
+            }
         })
         .collect()
+}
+
+/// Every one of `nodes` crashes within one second, more than the protocol's fault budget at once,
+/// and each restarts before GST.
+pub fn mass_crash(rng: &mut ChaCha8Rng, nodes: &[u32], gst: u64) -> Vec<Crash> {
+    let start = rng.gen_range(0..gst / 2);
+    nodes
+        .iter()
+        .map(|r| {
+            let at = start + rng.gen_range(0..1_000);
+            let back = (at + rng.gen_range(500..5_000)).min(gst - 1);
+            let cut = [Cut::BetweenEvents, Cut::InCall, Cut::AfterExecution][rng.gen_range(0..3)];
+            Crash {
+                node: *r,
+                at,
+                restart: Some(back),
+                cut,
+            }
+        })
+        .collect()
+}
+
+/// How many actions of a call of `len` actions a crash with `cut` lets through, or `None` when
+/// this call is not the one it cuts. `executions` are the positions of the call's executions.
+pub fn cut_point(
+    rng: &mut ChaCha8Rng,
+    cut: Cut,
+    len: usize,
+    executions: &[usize],
+) -> Option<usize> {
+    match cut {
+        Cut::BetweenEvents => Some(len),
+        Cut::InCall if len > 0 => Some(rng.gen_range(0..len)),
+        Cut::AfterExecution if !executions.is_empty() => {
+            Some(executions[rng.gen_range(0..executions.len())] + 1)
+        }
+        _ => None,
+    }
 }
 
 /// Up to two partitions before GST, each isolating up to half of the `n` nodes for at most

@@ -2,7 +2,13 @@
 //!
 //! Checked after every step: agreement (no two honest replicas execute different batches at one
 //! sequence number), validity (only client-submitted, valid items are executed), integrity (an item
-//! is executed at most once per replica), bounded log (a replica's log stays within its window).
+//! is executed at most once per replica), bounded log (a replica's log stays within its window),
+//! persist before execute (when a replica executes a batch whose commit certificate holds its own
+//! signature, its durable state already holds the prepared certificate for it, so a crash at that
+//! point could not lose it), and no halt (an honest replica never finds its history contradicted).
+//! Crashes cut a replica between events, inside a call (a random prefix of its actions is
+//! performed) or right after an execution, and restart it from exactly what it made durable;
+//! some crashed replicas never return, and some schedules crash every honest replica at once.
 //! Checked at the end: liveness (after GST, with every crashed replica restarted, every item is
 //! executed by every honest replica within [`LIVENESS_BOUND_MS`]).
 
@@ -11,15 +17,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use medchain_crypto::validators::{CachingVerifier, ValidatorSet};
 use medchain_crypto::{Hash32, SigningKey};
 use medchain_pbft::{
-    chain_state_digest, Action, Application, Config, Event, PersistedState, Replica, Timer,
+    chain_state_digest, Action, Application, Config, Event, Mutant, PersistedState, Replica, Timer,
 };
 use medchain_proto::v1::{self, pbft_message::Kind};
+use medchain_proto::Canonical;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::byzantine::{Behaviour, ByzantineNode, Out, ALL};
-use super::network::{crash_schedule, partitions, NetConfig, Queue};
+use super::network::{
+    crash_schedule, cut_point, mass_crash, partitions, Crash, Cut, NetConfig, Queue,
+};
 use super::{Trace, Violation};
 
 /// After GST every item must be executed everywhere within this much virtual time.
@@ -32,14 +41,16 @@ pub struct Scenario {
     pub seed: u64,
     pub n: usize,
     pub byzantine: Vec<(u32, Behaviour)>,
-    /// (replica, crash time, restart time); restarts happen before GST.
-    pub crashes: Vec<(u32, u64, u64)>,
+    /// Crashes of honest replicas; every restart happens before GST.
+    pub crashes: Vec<Crash>,
     pub items: usize,
     pub max_batch: usize,
     pub checkpoint_interval: u64,
     pub net: NetConfig,
     /// A deliberately wrong quorum, to show the checkers catch what it breaks.
     pub broken_quorum: Option<usize>,
+    /// A deliberate engine bug in every honest replica (the mutation check).
+    pub mutant: Option<Mutant>,
 }
 
 impl Scenario {
@@ -56,8 +67,22 @@ impl Scenario {
             .map(|r| (*r, *ALL.choose(&mut rng).expect("non-empty")))
             .collect();
         let gst = rng.gen_range(8_000..=30_000);
-        let crash_count = rng.gen_range(0..=(f - b).max(1)).min(n - b);
-        let crashes = crash_schedule(&mut rng, &ids[b..b + crash_count], gst);
+        let mut crashes = if rng.gen_range(0..8) == 0 {
+            // More than n - quorum replicas down at once: no progress until they return, and
+            // nothing unsafe when they do.
+            mass_crash(&mut rng, &ids[b..], gst)
+        } else {
+            let crash_count = rng.gen_range(0..=(f - b).max(1)).min(n - b);
+            let mut crashes = crash_schedule(&mut rng, &ids[b..b + crash_count], gst);
+            // A replica that never comes back, when the Byzantine budget leaves room for it.
+            if b < f && rng.gen_bool(0.25) {
+                if let Some(c) = crashes.first_mut() {
+                    c.restart = None;
+                }
+            }
+            crashes
+        };
+        crashes.sort_by_key(|c| (c.at, c.node));
         let partitions = partitions(&mut rng, n, gst, 10_000);
         Scenario {
             seed,
@@ -76,6 +101,7 @@ impl Scenario {
                 partitions,
             },
             broken_quorum: None,
+            mutant: None,
         }
     }
 
@@ -85,8 +111,14 @@ impl Scenario {
             .iter()
             .map(|(r, b)| format!("r{r}:{b:?}"))
             .collect();
+        let in_call = self
+            .crashes
+            .iter()
+            .filter(|c| c.cut != Cut::BetweenEvents)
+            .count();
+        let gone = self.crashes.iter().filter(|c| c.restart.is_none()).count();
         format!(
-            "seed {} n={} byzantine=[{}] crashes={} partitions={} items={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}",
+            "seed {} n={} byzantine=[{}] crashes={} (in-call {in_call}, no restart {gone}) partitions={} items={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}{}",
             self.seed,
             self.n,
             byz.join(","),
@@ -97,7 +129,8 @@ impl Scenario {
             self.net.duplicate_per_mille,
             self.net.max_delay_ms,
             self.net.gst_ms,
-            self.broken_quorum.map(|q| format!(" BROKEN-QUORUM={q}")).unwrap_or_default()
+            self.broken_quorum.map(|q| format!(" BROKEN-QUORUM={q}")).unwrap_or_default(),
+            self.mutant.map(|m| format!(" MUTANT={m:?}")).unwrap_or_default()
         )
     }
 }
@@ -170,7 +203,7 @@ enum Ev {
         to: u32,
         item: Vec<u8>,
     },
-    Crash(u32),
+    Crash(u32, Cut),
     Restart(u32),
     Transfer {
         to: u32,
@@ -196,6 +229,10 @@ struct Sim<'a> {
     violation: Option<Violation>,
     events: u64,
     log_bound: usize,
+    /// A crash waiting for the call it cuts, per replica.
+    armed: Vec<Option<Cut>>,
+    /// Replicas crashed for good: left out of the liveness check.
+    gone: BTreeSet<u32>,
 }
 
 fn summary(m: &v1::PbftMessage) -> String {
@@ -215,6 +252,46 @@ fn summary(m: &v1::PbftMessage) -> String {
         ),
         Some(Kind::NewView(v)) => format!("NewView(v{},pp{})", v.view, v.pre_prepares.len()),
         None => "Empty".into(),
+    }
+}
+
+/// Why `r` may not execute `entry` yet, if its durable state (`persisted`) lacks what justifies
+/// it: a certificate carrying r's own commit signature means r voted, and a replica votes commit
+/// only once prepared, so its prepared certificate for the same digest must be durable (unless a
+/// durable stable checkpoint already covers the sequence number). Otherwise a crash here would
+/// restart r with a certified block and no certificate for its view changes to report.
+fn unjustified_execution(
+    r: u32,
+    entry: &v1::CommittedBatch,
+    digest: &Hash32,
+    persisted: Option<&PersistedState>,
+) -> Option<String> {
+    if !entry.commits.iter().any(|c| c.validator == r) {
+        return None;
+    }
+    let stable = persisted.map_or(0, |p| p.header.stable_seq);
+    if entry.seq <= stable {
+        return None;
+    }
+    let prepared_digest = persisted
+        .and_then(|p| p.slots.get(&entry.seq))
+        .and_then(|slot| slot.prepared.as_ref())
+        .and_then(|msgs| msgs.first())
+        .and_then(|b| v1::PbftMessage::decode_canonical(b).ok())
+        .and_then(|m| match m.kind {
+            Some(Kind::PrePrepare(pp)) => Some(pp.digest),
+            _ => None,
+        });
+    match prepared_digest {
+        Some(d) if d == digest.as_bytes() => None,
+        Some(_) => Some(format!(
+            "r{r} executes s{} with its own commit signature while its durable prepared certificate is for another digest",
+            entry.seq
+        )),
+        None => Some(format!(
+            "r{r} executes s{} with its own commit signature before its prepared certificate is durable",
+            entry.seq
+        )),
     }
 }
 
@@ -246,6 +323,9 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
             );
             c.view_change_timeout_ms = 1_000;
             c.state_transfer_retry_ms = 700;
+            if let Some(m) = scn.mutant {
+                c = c.with_mutant_for_checker_tests(m);
+            }
             match scn.broken_quorum {
                 Some(q) => c.with_broken_quorum_for_checker_tests(q),
                 None => c,
@@ -294,6 +374,13 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
         violation: None,
         events: 0,
         log_bound: window + window / scn.checkpoint_interval as usize + 2 * scn.n + 4,
+        armed: vec![None; scn.n],
+        gone: scn
+            .crashes
+            .iter()
+            .filter(|c| c.restart.is_none())
+            .map(|c| c.node)
+            .collect(),
     };
     sim.trace.record(scn.describe());
     sim.schedule_workload();
@@ -313,6 +400,7 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
     }
     let executed = sim
         .honest()
+        .filter(|(r, _)| !sim.gone.contains(r))
         .map(|(_, h)| h.ledger.entries.len() as u64)
         .min()
         .unwrap_or(0);
@@ -344,9 +432,11 @@ impl Sim<'_> {
                 );
             }
         }
-        for (r, at, back) in self.scn.crashes.clone() {
-            self.queue.push(at, Ev::Crash(r));
-            self.queue.push(back, Ev::Restart(r));
+        for c in self.scn.crashes.clone() {
+            self.queue.push(c.at, Ev::Crash(c.node, c.cut));
+            if let Some(back) = c.restart {
+                self.queue.push(back, Ev::Restart(c.node));
+            }
         }
         self.queue.push(gst, Ev::Resubmit);
     }
@@ -362,6 +452,7 @@ impl Sim<'_> {
         self.now >= self.scn.net.gst_ms
             && self
                 .honest()
+                .filter(|(r, _)| !self.gone.contains(r))
                 .all(|(_, h)| h.ledger.items.len() >= self.valid_items.len())
     }
 
@@ -381,6 +472,7 @@ impl Sim<'_> {
         if !self.all_done() {
             let lagging: Vec<String> = self
                 .honest()
+                .filter(|(r, _)| !self.gone.contains(r))
                 .map(|(r, h)| format!("r{r}:{}/{}", h.ledger.items.len(), self.valid_items.len()))
                 .collect();
             self.fail(
@@ -440,8 +532,21 @@ impl Sim<'_> {
                     self.step_node(to, Event::Submit(item), None, None);
                 }
             }
-            Ev::Crash(r) => self.crash(r),
-            Ev::Restart(r) => self.restart(r),
+            Ev::Crash(r, Cut::BetweenEvents) => self.crash(r),
+            Ev::Crash(r, cut) => {
+                if self.up[r as usize] {
+                    self.trace
+                        .record(format!("t={} r{r} crash armed: {cut:?}", self.now));
+                    self.armed[r as usize] = Some(cut);
+                }
+            }
+            Ev::Restart(r) => {
+                if self.armed[r as usize].is_some() {
+                    // No call came to cut: the crash happens now, between events.
+                    self.crash(r);
+                }
+                self.restart(r);
+            }
             Ev::Transfer { to, entries } => {
                 if self.up[to as usize] {
                     self.trace.record(format!(
@@ -477,6 +582,7 @@ impl Sim<'_> {
     }
 
     fn crash(&mut self, r: u32) {
+        self.armed[r as usize] = None;
         if let Node::Honest(h) = &mut self.nodes[r as usize] {
             self.trace.record(format!("t={} r{r} CRASH", self.now));
             h.engine = None;
@@ -489,15 +595,21 @@ impl Sim<'_> {
         let Node::Honest(h) = &mut self.nodes[r as usize] else {
             return;
         };
+        if h.engine.is_some() {
+            return;
+        }
         self.trace.record(format!("t={} r{r} RESTART", self.now));
         let tip = (h.ledger.entries.len() as u64, h.ledger.state);
-        h.engine = Some(Replica::restore(
-            self.cfgs[r as usize].clone(),
-            self.keys[r as usize].clone(),
-            self.verifier.clone(),
-            h.persisted.clone(),
-            tip,
-        ));
+        h.engine = Some(
+            Replica::restore(
+                self.cfgs[r as usize].clone(),
+                self.keys[r as usize].clone(),
+                self.verifier.clone(),
+                h.persisted.clone(),
+                tip,
+            )
+            .expect("the simulator persists only what the engine produced"),
+        );
         self.up[r as usize] = true;
         self.step_node(r, Event::Start, None, None);
     }
@@ -510,6 +622,7 @@ impl Sim<'_> {
                     return;
                 };
                 let actions = engine.handle(now, event, &h.ledger);
+                let halted = engine.halted().map(|fault| format!("r{r} halted: {fault}"));
                 let log_len = engine.log_len();
                 if log_len > self.log_bound {
                     self.fail(
@@ -517,8 +630,28 @@ impl Sim<'_> {
                         format!("r{r} holds {log_len} log entries, bound {}", self.log_bound),
                     );
                 }
-                for a in actions {
+                if let Some(detail) = halted {
+                    self.fail("no halt", detail);
+                }
+                let cut = self.armed[r as usize].and_then(|cut| {
+                    let executions: Vec<usize> = actions
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, a)| matches!(a, Action::Commit { .. }))
+                        .map(|(i, _)| i)
+                        .collect();
+                    cut_point(&mut self.rng, cut, actions.len(), &executions)
+                });
+                let performed = cut.unwrap_or(actions.len());
+                for a in actions.into_iter().take(performed) {
                     self.honest_action(r, a);
+                }
+                if let Some(k) = cut {
+                    self.trace.record(format!(
+                        "t={} r{r} CRASH after {k} action(s) of the call",
+                        self.now
+                    ));
+                    self.crash(r);
                 }
             }
             Node::Byzantine(b) => {
@@ -605,6 +738,8 @@ impl Sim<'_> {
             } => self.commit(r, entry, digest, repeats),
             Action::RequestStateTransfer { from_seq, .. } => self.state_transfer(r, from_seq),
             Action::Note(note) => self.trace.annotate(self.now, || format!("r{r} {note:?}")),
+            // Reported by `step_node` as a violation: an honest replica never halts.
+            Action::Halt(_) => {}
         }
     }
 
@@ -635,6 +770,9 @@ impl Sim<'_> {
         let Node::Honest(h) = &mut self.nodes[r as usize] else {
             return;
         };
+        if let Some(missing) = unjustified_execution(r, &entry, &digest, h.persisted.as_ref()) {
+            problem = Some(("persist before execute", missing));
+        }
         if seq != h.ledger.entries.len() as u64 + 1 {
             problem = Some((
                 "order",
