@@ -31,6 +31,17 @@ pub struct Crash {
     pub cut: Cut,
 }
 
+/// A crash of `node` at `at`, back at `back`, cut at a random place (a third each).
+fn crash_at(rng: &mut ChaCha8Rng, node: u32, at: u64, back: u64) -> Crash {
+    let cut = [Cut::BetweenEvents, Cut::InCall, Cut::AfterExecution][rng.gen_range(0..3)];
+    Crash {
+        node,
+        at,
+        restart: Some(back),
+        cut,
+    }
+}
+
 /// Crash times for `nodes`: each crashes before `gst - 2 s` and restarts within 10 s, before GST,
 /// cut between events, inside a call, or right after an execution (a third each).
 pub fn crash_schedule(rng: &mut ChaCha8Rng, nodes: &[u32], gst: u64) -> Vec<Crash> {
@@ -39,13 +50,7 @@ pub fn crash_schedule(rng: &mut ChaCha8Rng, nodes: &[u32], gst: u64) -> Vec<Cras
         .map(|r| {
             let at = rng.gen_range(0..gst - 2_000);
             let back = (at + rng.gen_range(300..10_000)).min(gst - 1);
-            let cut = [Cut::BetweenEvents, Cut::InCall, Cut::AfterExecution][rng.gen_range(0..3)];
-            Crash {
-                node: *r,
-                at,
-                restart: Some(back),
-                cut,
-            }
+            crash_at(rng, *r, at, back)
         })
         .collect()
 }
@@ -59,13 +64,7 @@ pub fn mass_crash(rng: &mut ChaCha8Rng, nodes: &[u32], gst: u64) -> Vec<Crash> {
         .map(|r| {
             let at = start + rng.gen_range(0..1_000);
             let back = (at + rng.gen_range(500..5_000)).min(gst - 1);
-            let cut = [Cut::BetweenEvents, Cut::InCall, Cut::AfterExecution][rng.gen_range(0..3)];
-            Crash {
-                node: *r,
-                at,
-                restart: Some(back),
-                cut,
-            }
+            crash_at(rng, *r, at, back)
         })
         .collect()
 }
