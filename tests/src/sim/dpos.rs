@@ -462,14 +462,8 @@ impl Sim<'_> {
             accept_anything: node.behaviour == Some(Behaviour::AttestInvalid),
         };
         let actions = engine.handle(self.now, event, &app);
-        let cut = self.armed[i as usize].and_then(|cut| {
-            let finals: Vec<usize> = actions
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| matches!(a, Action::Finalize { .. }))
-                .map(|(k, _)| k)
-                .collect();
-            cut_point(&mut self.rng, cut, actions.len(), &finals)
+        let cut = cut_point(&mut self.rng, self.armed[i as usize], &actions, |a| {
+            matches!(a, Action::Finalize { .. })
         });
         let performed = cut.unwrap_or(actions.len());
         for a in actions.into_iter().take(performed) {

@@ -69,17 +69,21 @@ pub fn mass_crash(rng: &mut ChaCha8Rng, nodes: &[u32], gst: u64) -> Vec<Crash> {
         .collect()
 }
 
-/// How many actions of a call of `len` actions a crash with `cut` lets through, or `None` when
-/// this call is not the one it cuts. `executions` are the positions of the call's executions.
-pub fn cut_point(
+/// How many of a call's `actions` an armed crash (`armed`) lets through, or `None` when no crash
+/// is armed or this call is not the one it cuts; `is_execution` tells the actions that execute
+/// (or finalize) something.
+pub fn cut_point<A>(
     rng: &mut ChaCha8Rng,
-    cut: Cut,
-    len: usize,
-    executions: &[usize],
+    armed: Option<Cut>,
+    actions: &[A],
+    is_execution: impl Fn(&A) -> bool,
 ) -> Option<usize> {
-    match cut {
-        Cut::BetweenEvents => Some(len),
-        Cut::InCall if len > 0 => Some(rng.gen_range(0..len)),
+    let executions: Vec<usize> = (0..actions.len())
+        .filter(|k| is_execution(&actions[*k]))
+        .collect();
+    match armed? {
+        Cut::BetweenEvents => Some(actions.len()),
+        Cut::InCall if !actions.is_empty() => Some(rng.gen_range(0..actions.len())),
         Cut::AfterExecution if !executions.is_empty() => {
             Some(executions[rng.gen_range(0..executions.len())] + 1)
         }

@@ -633,14 +633,8 @@ impl Sim<'_> {
                 if let Some(detail) = halted {
                     self.fail("no halt", detail);
                 }
-                let cut = self.armed[r as usize].and_then(|cut| {
-                    let executions: Vec<usize> = actions
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, a)| matches!(a, Action::Commit { .. }))
-                        .map(|(i, _)| i)
-                        .collect();
-                    cut_point(&mut self.rng, cut, actions.len(), &executions)
+                let cut = cut_point(&mut self.rng, self.armed[r as usize], &actions, |a| {
+                    matches!(a, Action::Commit { .. })
                 });
                 let performed = cut.unwrap_or(actions.len());
                 for a in actions.into_iter().take(performed) {
