@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::content::check_content;
 use crate::evidence::{verify_evidence, CheckedEvidence};
+use crate::mutant::Mutant;
 use crate::params::{Genesis, Params};
 use crate::registry::{Offence, Registry};
 use crate::{Application, DposError};
@@ -39,6 +40,9 @@ pub struct ChainState {
     /// showing that the simulator's checkers catch what a wrong threshold breaks.
     #[serde(skip)]
     pub broken_threshold_for_checker_tests: bool,
+    /// A deliberate engine bug for the mutation check; never stored.
+    #[serde(skip)]
+    mutant: Option<Mutant>,
 }
 
 /// Why a block was not accepted.
@@ -81,7 +85,20 @@ impl ChainState {
             certifier_rpn: registry.rpn().to_vec(),
             registry,
             broken_threshold_for_checker_tests: false,
+            mutant: None,
         })
+    }
+
+    /// Switches on a deliberate bug (see [`Mutant`]) in this state and every state that follows
+    /// it. Only for the simulator's mutation check.
+    #[doc(hidden)]
+    pub fn with_mutant_for_checker_tests(mut self, mutant: Mutant) -> Self {
+        self.mutant = Some(mutant);
+        self
+    }
+
+    pub(crate) fn mutant(&self, m: Mutant) -> bool {
+        self.mutant == Some(m)
     }
 
     pub fn last_hash(&self) -> Hash32 {
@@ -184,8 +201,12 @@ impl ChainState {
             (Some(_), 0) => return bad("block 1 carries a parent certificate".into()),
             (None, _) => return bad("no certificate for the parent".into()),
             (Some(cert), h) => {
-                let auditors: Vec<_> = self
-                    .certifier_atn
+                let certifiers = if self.mutant(Mutant::CertificateAgainstNextAuditors) {
+                    self.registry.atn()
+                } else {
+                    &self.certifier_atn
+                };
+                let auditors: Vec<_> = certifiers
                     .iter()
                     .filter_map(|i| self.registry.identity(*i).map(|id| (*i, *id)))
                     .collect();
@@ -196,7 +217,7 @@ impl ChainState {
                     cert,
                     &self.chain_id,
                     &auditors,
-                    self.threshold(self.certifier_atn.len()),
+                    self.threshold(certifiers.len()),
                     verifier,
                 ) {
                     return bad(format!("parent certificate: {e}"));
@@ -300,6 +321,7 @@ impl ChainState {
             certifier_rpn: self.registry.rpn().to_vec(),
             registry: reg,
             broken_threshold_for_checker_tests: self.broken_threshold_for_checker_tests,
+            mutant: self.mutant,
         }
     }
 }

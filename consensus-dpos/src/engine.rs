@@ -14,6 +14,7 @@ use medchain_proto::v1::{self, dpos_evidence, dpos_message::Kind, DposVoteKind};
 use crate::chain::{BlockFault, ChainState, CheckedBlock};
 use crate::event::{Action, Event, Timer};
 use crate::evidence::{offence_id, verify_evidence};
+use crate::mutant::Mutant;
 use crate::params::Params;
 use crate::persist::PersistedState;
 use crate::{Application, RestoreError};
@@ -809,7 +810,13 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
                 let vote = match pol_round(&p) {
                     None => Some(valid && self.locked.is_none_or(|(_, l)| l == hash)),
                     Some(vr) if Self::count(&self.prevotes, vr, Some(hash)) >= q => {
-                        Some(valid && self.locked.is_none_or(|(lr, l)| lr <= vr || l == hash))
+                        let unlock = self.chain.mutant(Mutant::UnlockOnLowerPol);
+                        Some(
+                            valid
+                                && self
+                                    .locked
+                                    .is_none_or(|(lr, l)| lr <= vr || l == hash || unlock),
+                        )
                     }
                     Some(_) => None,
                 };

@@ -81,6 +81,7 @@ mod engine;
 mod event;
 mod evidence;
 pub mod local_cluster;
+mod mutant;
 mod params;
 mod persist;
 mod registry;
@@ -91,6 +92,7 @@ pub use engine::{Config, Engine};
 
 pub use event::{Action, Event, Timer};
 pub use evidence::{verify_evidence, CheckedEvidence};
+pub use mutant::Mutant;
 pub use params::{CreditRules, Genesis, InstitutionSpec, Params};
 pub use persist::PersistedState;
 pub use registry::{Institution, Offence, Registry};

@@ -37,6 +37,14 @@ pub enum Mutant {
     /// The order of issue 14: a batch is executed (`Action::Commit`) before the `Persist` of the
     /// prepared certificate that justifies it.
     CommitBeforePersist,
+    /// A new view's pre-prepares are taken as the primary sent them, without recomputing the plan
+    /// from its view changes (rule 9): a Byzantine primary can drop or replace a batch that may
+    /// have committed in an earlier view.
+    NoReproposalCheck,
+    /// A prepared certificate needs one prepare fewer than rule 5 asks, both to become prepared
+    /// and in the certificates view changes carry: two conflicting batches can be prepared in one
+    /// view.
+    OnePrepareTooFew,
 }
 
 impl Config {
@@ -79,6 +87,16 @@ impl Config {
 
     pub fn primary(&self, view: u64) -> ReplicaId {
         (view % self.n() as u64) as ReplicaId
+    }
+
+    /// Prepares (besides the primary's pre-prepare) a prepared certificate needs: `q - 1` (rule 5).
+    pub fn prepares_needed(&self) -> usize {
+        let needed = self.quorum - 1;
+        if self.mutant(Mutant::OnePrepareTooFew) {
+            needed.saturating_sub(1)
+        } else {
+            needed
+        }
     }
 
     /// Replaces the quorum with a wrong one. It exists only so that the simulator can show its

@@ -66,7 +66,17 @@ pub struct Replica<S, V> {
     transfer_target: Option<u64>,
     /// Items executed during the current call, before the ledger has seen them.
     applied_in_call: HashSet<Hash32>,
-    helped: BTreeSet<(ReplicaId, u64)>,
+    /// Per replica, the view it last asked help for and when we helped (rule 12).
+    helped: BTreeMap<ReplicaId, (u64, u64)>,
+    /// Per replica, its latest complaint and the view it asks to move to (rule 8); one entry per
+    /// sender.
+    complaints: BTreeMap<ReplicaId, (u64, v1::PbftMessage)>,
+    /// The f+1 complaints this replica left its last view on: repeated with its view change, so
+    /// every replica that missed some of them leaves that view too.
+    complaint_proof: Vec<v1::PbftMessage>,
+    /// Per replica, the highest view above ours it sent a normal-case message for (rule 13); one
+    /// entry per sender.
+    seen_in_view: BTreeMap<ReplicaId, u64>,
     // Output of the current call: what to persist (header, these slots, the view change).
     dirty: bool,
     dirty_slots: BTreeSet<u64>,
@@ -152,7 +162,10 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             progress_armed: false,
             transfer_target: None,
             applied_in_call: HashSet::new(),
-            helped: BTreeSet::new(),
+            helped: BTreeMap::new(),
+            complaints: BTreeMap::new(),
+            complaint_proof: Vec::new(),
+            seen_in_view: BTreeMap::new(),
             dirty: false,
             dirty_slots: BTreeSet::new(),
             view_change_dirty: false,
@@ -559,7 +572,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                 self.drop_executed_pending(app);
                 if !self.view_changing && self.has_outstanding_work() {
                     self.request_catch_up();
-                    self.start_view_change(now, self.view + 1);
+                    self.complain(now);
                 }
             }
             Timer::ViewChange(v) => {
@@ -568,7 +581,9 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                     self.request_catch_up();
                     // Senders that asked for v or any later view all want to leave view v - 1.
                     let supported: usize = self.view_changes.range(v..).map(|(_, m)| m.len()).sum();
-                    if supported >= self.cfg.quorum() && self.has_outstanding_work() {
+                    // Work or not: a view change that a quorum asked for must end in a view
+                    // whose primary answers, or the replicas stay stuck between views.
+                    if supported >= self.cfg.quorum() {
                         self.start_view_change(now, v + 1);
                     } else {
                         // PBFT's liveness rule: move past v only once a quorum wanted v, so a
@@ -576,9 +591,13 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                         // ahead of them view after view.
                         let at = now + self.view_change_timeout();
                         self.set_timer(Timer::ViewChange(v), at);
-                        // Our view change may have been lost: say it again (same bytes).
+                        // Our view change may have been lost: say it again (same bytes), with
+                        // the complaints that made us leave, so the others leave too.
                         if let Some(vc) = self.last_view_change.clone() {
                             self.broadcast(vc);
+                        }
+                        for m in self.complaint_proof.clone() {
+                            self.broadcast(m);
                         }
                     }
                 }
@@ -741,11 +760,18 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         }
         match m.kind.clone() {
             Some(Kind::PrePrepare(pp)) => self.on_pre_prepare(now, m, pp, app),
-            Some(Kind::Prepare(p)) => self.on_vote(m.replica, p.view, p.seq, &p.digest, m, true),
-            Some(Kind::Commit(c)) => self.on_vote(m.replica, c.view, c.seq, &c.digest, m, false),
+            Some(Kind::Prepare(p)) => {
+                self.note_higher_view(now, m.replica, p.view);
+                self.on_vote(m.replica, p.view, p.seq, &p.digest, m, true)
+            }
+            Some(Kind::Commit(c)) => {
+                self.note_higher_view(now, m.replica, c.view);
+                self.on_vote(m.replica, c.view, c.seq, &c.digest, m, false)
+            }
             Some(Kind::Checkpoint(c)) => self.on_checkpoint(now, m, c),
             Some(Kind::ViewChange(_)) => self.on_view_change(now, m),
             Some(Kind::NewView(_)) => self.on_new_view(now, m, app),
+            Some(Kind::Complaint(c)) => self.on_complaint(now, m, c.new_view),
             None => self.refuse(Some(m.replica), "message", (0, 0), "no kind"),
         }
     }
@@ -767,6 +793,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             self.refuse(Some(m.replica), "pre-prepare", (pp.view, pp.seq), reason);
             return;
         }
+        self.note_higher_view(now, m.replica, pp.view);
         // A fresh batch names the primary that built it (re-proposals in a new view keep their
         // original proposer and arrive through the new-view message instead).
         if m.batch.as_ref().is_some_and(|b| b.proposer != m.replica) {
@@ -930,7 +957,6 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
     /// Rule 5, then rule 6.
     fn check_prepared(&mut self, seq: u64) {
         let view = self.view;
-        let q = self.cfg.quorum();
         let primary = self.cfg.primary(view);
         let Some(slot) = self.slots.get_mut(&seq) else {
             return;
@@ -953,10 +979,11 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                         .collect()
                 })
                 .unwrap_or_default();
-            if prepares.len() + 1 < q {
+            let needed = self.cfg.prepares_needed();
+            if prepares.len() < needed {
                 return;
             }
-            slot.prepared = Some((v, d, pp, prepares.into_iter().take(q - 1).collect()));
+            slot.prepared = Some((v, d, pp, prepares.into_iter().take(needed).collect()));
             self.dirty_slots.insert(seq);
             let slot = self.slots.get_mut(&seq).expect("present");
             match slot.sent_commit {
@@ -1224,8 +1251,13 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
                     break;
                 }
             };
+            let view = e.view;
             self.apply(now, digest, e, app);
             progressed = true;
+            // Rule 13: a quorum committed in `view`, so more than f replicas work there.
+            if view > self.view {
+                self.start_view_change(now, view);
+            }
         }
         if !progressed {
             return;
@@ -1260,6 +1292,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         });
         self.view = target;
         self.view_changing = true;
+        self.forget_views_up_to(target);
         self.consecutive_view_changes = self.consecutive_view_changes.saturating_add(1);
         self.new_view_msg = None;
         self.early_pre_prepares.clear();
@@ -1346,7 +1379,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         };
         let (sender, target) = (vc.sender, vc.new_view);
         if target < self.view || (target == self.view && !self.view_changing) {
-            self.help_laggard(sender, target, vc.stable.seq);
+            self.help_laggard(now, sender, target, vc.stable.seq);
             return;
         }
         // Keep only each sender's latest view change (bounded memory).
@@ -1358,19 +1391,27 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
             .entry(target)
             .or_default()
             .insert(sender, (m, vc));
+        // Rule 8, idle join: a replica with nothing outstanding follows a view change to the
+        // view just above its own. It loses nothing by it, and a replica that moved up alone (its
+        // view change raced a new view it then had to refuse) cannot come back down.
+        if !self.view_changing && target == self.view + 1 && !self.has_outstanding_work() {
+            self.start_view_change(now, target);
+            return;
+        }
         if !self.maybe_join(now) {
             self.maybe_send_new_view(now);
         }
     }
 
-    fn help_laggard(&mut self, to: ReplicaId, their_view: u64, their_stable: u64) {
-        if !self.helped.insert((to, their_view)) {
-            return;
+    fn help_laggard(&mut self, now: u64, to: ReplicaId, their_view: u64, their_stable: u64) {
+        // Once per view asked about and per timeout: the help may be lost (the laggard asks
+        // again after its timeout), and a replica that keeps asking gets one answer per timeout.
+        if let Some((view, at)) = self.helped.get(&to) {
+            if *view == their_view && now < at + self.view_change_timeout() {
+                return;
+            }
         }
-        // Remember recent views only: a laggard is helped once per view it asks about.
-        const REMEMBERED_VIEWS: u64 = 16;
-        self.helped
-            .retain(|(_, v)| *v + REMEMBERED_VIEWS >= their_view);
+        self.helped.insert(to, (their_view, now));
         if their_stable < self.stable.seq {
             for m in self.stable.proof.clone() {
                 self.send(to, m);
@@ -1465,6 +1506,7 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         });
         self.view = v;
         self.view_changing = false;
+        self.forget_views_up_to(v);
         self.new_view_msg = Some(nv);
         self.resend_checkpoints();
         self.dirty = true;
@@ -1539,6 +1581,7 @@ fn kind_name(m: &v1::PbftMessage) -> &'static str {
         Some(Kind::Checkpoint(_)) => "checkpoint",
         Some(Kind::ViewChange(_)) => "view change",
         Some(Kind::NewView(_)) => "new view",
+        Some(Kind::Complaint(_)) => "complaint",
         None => "message without a kind",
     }
 }
@@ -1552,6 +1595,7 @@ fn claimed_slot(m: &v1::PbftMessage) -> (u64, u64) {
         Some(Kind::Checkpoint(c)) => (0, c.seq),
         Some(Kind::ViewChange(v)) => (v.new_view, v.stable_seq),
         Some(Kind::NewView(n)) => (n.view, 0),
+        Some(Kind::Complaint(c)) => (c.new_view, 0),
         None => (0, 0),
     }
 }
@@ -1571,6 +1615,8 @@ fn commit(view: u64, seq: u64, digest: &Hash32) -> v1::Commit {
         digest: digest.as_bytes().to_vec(),
     }
 }
+
+mod view_sync;
 
 #[cfg(test)]
 mod tests;

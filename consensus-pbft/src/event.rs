@@ -142,8 +142,11 @@ pub enum Note {
     Prepared { view: u64, seq: u64 },
     /// A checkpoint became stable; everything up to `seq` is garbage-collected.
     Stable { seq: u64 },
-    /// This replica left `from_view` for `to_view` (its progress timer fired with work
-    /// outstanding, or more than f others had already left).
+    /// This replica's progress timer fired in `view` with work outstanding: it asks the others
+    /// to leave the view and keeps working in it meanwhile.
+    Complaint { view: u64 },
+    /// This replica left `from_view` for `to_view` (more than f replicas complained about
+    /// `from_view`, more than f had already left it, or more than f work in `to_view`).
     ViewChange { from_view: u64, to_view: u64 },
     /// View `view` began under `primary`, re-proposing `reproposed` batches from the old view.
     NewView {

@@ -42,12 +42,17 @@
 //!    a stable checkpoint a replica compares it with its own digest at that sequence number; a
 //!    different one means its history is not the certified one, and it halts
 //!    ([`Action::Halt`], [`SafetyFault`]) instead of going on.
-//! 8. **View change.** A backup with outstanding work (pending items or accepted, unexecuted
-//!    batches) that sees no execution for the progress timeout moves to view `v+1`: it stops
-//!    accepting messages of view `v` and sends `ViewChange(v+1)` with its stable checkpoint (and
-//!    its proof) and a prepared certificate for every sequence number above it. A replica that
-//!    sees `f+1` valid view changes for views above its own joins the smallest of them. The
-//!    timeout doubles with each consecutive view change and resets when a batch executes.
+//! 8. **View change.** A replica with outstanding work (pending items or accepted, unexecuted
+//!    batches) that sees no execution for the progress timeout sends `Complaint(v+1)` and keeps
+//!    working in view `v` (it complains again after each further timeout). Once it holds
+//!    complaints for `v+1` from `f+1` replicas (its own included), so at least one honest replica
+//!    sees no progress, it moves to view `v+1`: it stops accepting messages of view `v` and sends
+//!    `ViewChange(v+1)` with its stable checkpoint (and its proof) and a prepared certificate for
+//!    every sequence number above it. A replica that timed out alone (it was slow or cut off)
+//!    therefore never leaves the others' view. A replica that sees `f+1` valid view changes for
+//!    views above its own joins the smallest of them. The timeout doubles with each consecutive
+//!    view change and resets when a batch executes; a replica waiting for a new view moves past
+//!    it only once a quorum asked for it (else it repeats its view change).
 //! 9. **New view.** The primary of `v'` with `q` valid `ViewChange(v')` messages sends
 //!    `NewView(v')` with them and, for every `s` from the highest stable checkpoint among them up to
 //!    the highest prepared `s`, a `PrePrepare(v', s, d)` where `d` is the digest prepared in the
@@ -67,8 +72,15 @@
 //!     batches ([`Action::RequestStateTransfer`]), verifies each one's commit certificate, executes
 //!     them in order and resumes from the checkpoint.
 //! 12. **Help for laggards.** A replica receiving a view change for a view not above its own,
-//!     from a replica whose stable checkpoint is older than its own, answers with its checkpoint
-//!     proof and the new-view message of its current view, so the laggard can catch up and rejoin.
+//!     or a complaint about a view it has left, answers with its checkpoint proof (if the sender's
+//!     is older) and the new-view message of its current view, so the laggard can catch up and
+//!     rejoin.
+//! 13. **Moving up.** A replica that receives normal-case messages (pre-prepares, prepares,
+//!     commits) of views above its own from `f+1` replicas, or executes a transferred batch whose
+//!     commit certificate is from a higher view, knows at least one honest replica works in that
+//!     view, and moves to it through a view change; rule 12 then brings it the new-view message.
+//!     Moving to a higher view is always safe (rule 10); requiring `f+1` senders keeps Byzantine
+//!     replicas from dragging honest ones into views of their choosing.
 
 mod config;
 mod engine;
@@ -82,6 +94,7 @@ pub use config::{Config, Mutant};
 pub use engine::{chain_state_digest, Application, Replica};
 pub use event::{Action, CorruptState, Event, Note, SafetyFault, Timer};
 pub use persist::{PersistDelta, PersistedHeader, PersistedState, SlotRecord};
+pub use view_change::null_batch;
 
 /// Why a view-change message would be refused (for diagnostics and the simulator's traces).
 pub fn check_view_change(

@@ -893,10 +893,14 @@ impl Core {
                 tracing::debug!(view, seq, "prepared (quorum of prepares); sent commit")
             }
             Note::Stable { seq } => tracing::debug!(seq, "checkpoint stable"),
+            Note::Complaint { view } => tracing::info!(
+                view,
+                "no progress with work outstanding: asked the others to leave the view"
+            ),
             Note::ViewChange { from_view, to_view } => tracing::info!(
                 from_view,
                 to_view,
-                "leaving the view: no progress with work outstanding, or others left it"
+                "leaving the view: more than f replicas complained, left it, or work in a later one"
             ),
             Note::NewView {
                 view,

@@ -1,12 +1,17 @@
 //! The DPoS engine under seeded fault schedules: small consortia (4-7 representatives, 3-7
 //! auditors, spares to refill them) and, one seed in 50, the full 121-institution consortium (101
 //! RPN + 20 ATN); Byzantine representatives (silent, equivocating, proposing invalid blocks,
-//! signing several blocks per slot) and
-//! auditors (withholding, attesting invalid blocks, rejecting valid ones, double voting), crashes
-//! with restarts, partitions, drops, duplicates, reordering. CI runs 2,000 seeds in four tests so
-//! both cores work.
+//! signing several blocks per slot, re-proposing stale locks) and auditors (withholding,
+//! attesting invalid blocks, rejecting valid ones, double voting, colluding with votes for every
+//! proposal), crashes with restarts, partitions, drops, duplicates, reordering. CI runs 2,000
+//! seeds in four tests so both cores work, and the mutation check: each deliberate engine bug
+//! must be caught, and the seed that catches it replays to the same violation.
 
+use medchain_dpos::Mutant;
 use medchain_tests::sim::dpos::{run, Behaviour, Scenario};
+
+/// Seeds the mutation check may try before it must have caught a mutant.
+const MUTANT_SEEDS: u64 = 200;
 
 fn seeds(range: std::ops::Range<u64>) {
     let mut large = 0;
@@ -101,4 +106,36 @@ fn checkers_catch_a_broken_threshold() {
         })
         .expect("a broken threshold must produce a detected agreement violation");
     assert_eq!(run(&broken(seed), false).violation, Some(v));
+}
+
+/// The first seed of `range` whose scenario (made by `make`) violates a property, replayed once to
+/// show it replays to the same violation.
+fn first_caught(
+    range: std::ops::Range<u64>,
+    make: impl Fn(u64) -> Scenario,
+) -> Option<(u64, medchain_tests::sim::Violation)> {
+    let (seed, v) = range.into_iter().find_map(|seed| {
+        let v = run(&make(seed), false).violation?;
+        Some((seed, v))
+    })?;
+    assert_eq!(
+        run(&make(seed), false).violation.as_ref(),
+        Some(&v),
+        "seed {seed} replays"
+    );
+    Some((seed, v))
+}
+
+#[test]
+fn mutant_certificate_against_next_auditors_is_caught() {
+    // A parent certificate checked against the auditors of the next height: once the auditor
+    // set changes, honest certificates no longer verify and the chain stops.
+    let make = |seed| {
+        let mut scn = Scenario::generate(seed, Some(false));
+        scn.mutant = Some(Mutant::CertificateAgainstNextAuditors);
+        scn
+    };
+    let (seed, v) =
+        first_caught(0..MUTANT_SEEDS, make).expect("the wrong auditor set must be caught");
+    assert_eq!(v.property, "liveness", "seed {seed}: {v}");
 }

@@ -2,7 +2,8 @@
 //! every behaviour; crashes between events, inside a call and right after an execution, with
 //! and without restart, and all honest replicas at once; partitions, drops, duplicates,
 //! reordering). CI runs 2,000 seeds split over four tests so both cores work, and the mutation
-//! check: each deliberate engine bug must be caught within a few seeds.
+//! check: each deliberate engine bug must be caught within a few seeds, and the seed that
+//! catches it replays to the same violation.
 
 use medchain_pbft::Mutant;
 use medchain_tests::sim::byzantine::Behaviour;
@@ -110,4 +111,36 @@ fn mutant_commit_before_persist_is_caught() {
     };
     let (seed, v) = first_caught(0..50, make).expect("commit-before-persist must be caught");
     assert_eq!(v.property, "persist before execute", "seed {seed}: {v}");
+}
+
+#[test]
+fn mutant_no_reproposal_check_is_caught() {
+    // A new view taken as its primary sent it: a BadNewView primary replaces a batch that may
+    // have committed, and replicas execute the replacement.
+    let make = |seed| {
+        let mut scn = Scenario::generate(seed, None);
+        scn.mutant = Some(Mutant::NoReproposalCheck);
+        scn
+    };
+    let (seed, v) = first_caught(0..100, make).expect("no re-proposal check must be caught");
+    assert!(
+        ["agreement", "persist before execute"].contains(&v.property),
+        "seed {seed}: {v}"
+    );
+}
+
+#[test]
+fn mutant_one_prepare_too_few_is_caught() {
+    // With one prepare too few, an equivocating primary that backs each half's batch with its own
+    // votes gets two batches prepared in one view; the next view re-proposes the other one.
+    let make = |seed| {
+        let mut scn = Scenario::generate(seed, None);
+        scn.mutant = Some(Mutant::OnePrepareTooFew);
+        scn
+    };
+    let (seed, v) = first_caught(0..100, make).expect("one prepare too few must be caught");
+    assert!(
+        ["agreement", "persist before execute", "common view"].contains(&v.property),
+        "seed {seed}: {v}"
+    );
 }

@@ -1,10 +1,12 @@
 //! medchain-sim: runs the consensus engines under seeded fault schedules.
 //!
-//!     medchain-sim pbft --seeds N [--start S] [--n 4|7|10] [--threads T]
-//!     medchain-sim pbft --seed S [--trace] [--n N]
-//!     medchain-sim dpos --seeds N [--start S] [--large] [--threads T]
-//!     medchain-sim dpos --seed S [--trace] [--large]
+//!     medchain-sim pbft --seeds N [--start S] [--n 4|7|10] [--threads T] [--mutant M]
+//!     medchain-sim pbft --seed S [--trace] [--n N] [--mutant M]
+//!     medchain-sim dpos --seeds N [--start S] [--large] [--threads T] [--mutant M]
+//!     medchain-sim dpos --seed S [--trace] [--large] [--mutant M]
 //!
+//! `--mutant M` switches on one of the deliberate engine bugs of the mutation check in every
+//! honest node (names: `medchain-sim pbft --mutant list`); the run should then report violations.
 //! `--large` gives every dpos seed the 121-institution consortium (101 RPN + 20 ATN); without it
 //! one seed in 50 is large and the rest are small consortia.
 //! A failing seed prints its scenario and violation; replay it with `--seed S --trace`.
@@ -24,6 +26,7 @@ struct Args {
     trace: bool,
     large: bool,
     threads: usize,
+    mutant: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -40,6 +43,7 @@ fn parse() -> Result<Args, String> {
         trace: false,
         large: false,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mutant: None,
     };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| -> Result<u64, String> {
@@ -56,6 +60,7 @@ fn parse() -> Result<Args, String> {
             "--threads" => a.threads = value("--threads")?.max(1) as usize,
             "--trace" => a.trace = true,
             "--large" => a.large = true,
+            "--mutant" => a.mutant = Some(it.next().ok_or("--mutant needs a name")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -149,9 +154,42 @@ fn verdict(failures: &[u64]) -> (String, ExitCode) {
     }
 }
 
+/// The mutant `--mutant` names among `known` (`Ok(None)` without the flag); `list` prints the
+/// names and stops.
+fn pick_mutant<M: Copy>(args: &Args, known: &[(&str, M)]) -> Result<Option<M>, ExitCode> {
+    let Some(name) = args.mutant.as_deref() else {
+        return Ok(None);
+    };
+    let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+    if name == "list" {
+        println!("{}", names.join("\n"));
+        return Err(ExitCode::SUCCESS);
+    }
+    match known.iter().find(|(n, _)| *n == name) {
+        Some((_, m)) => Ok(Some(*m)),
+        None => {
+            eprintln!(
+                "error: unknown mutant {name:?} for {}: choose one of {}",
+                args.engine,
+                names.join(", ")
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn pbft_main(args: &Args) -> ExitCode {
+    let mutant = match pick_mutant(args, &pbft::MUTANTS) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let scenario = |seed| {
+        let mut scn = pbft::Scenario::generate(seed, args.n);
+        scn.mutant = mutant;
+        scn
+    };
     if let Some(seed) = args.seed {
-        let scn = pbft::Scenario::generate(seed, args.n);
+        let scn = scenario(seed);
         let out = pbft::run(&scn, args.trace);
         let summary = format!(
             "events {} virtual time {} ms executed {} trace {}",
@@ -162,7 +200,7 @@ fn pbft_main(args: &Args) -> ExitCode {
     let count = args.seeds.unwrap_or(100);
     let by_n = Mutex::new([0u64; 3]);
     let (failures, secs) = sweep(args, count, |seed| {
-        let scn = pbft::Scenario::generate(seed, args.n);
+        let scn = scenario(seed);
         let out = pbft::run(&scn, false);
         let idx = match scn.n {
             4 => 0,
@@ -187,8 +225,17 @@ fn pbft_main(args: &Args) -> ExitCode {
 
 fn dpos_main(args: &Args) -> ExitCode {
     let large = args.large.then_some(true);
+    let mutant = match pick_mutant(args, &dpos::MUTANTS) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let scenario = |seed| {
+        let mut scn = dpos::Scenario::generate(seed, large);
+        scn.mutant = mutant;
+        scn
+    };
     if let Some(seed) = args.seed {
-        let scn = dpos::Scenario::generate(seed, large);
+        let scn = scenario(seed);
         let out = dpos::run(&scn, args.trace);
         let summary = format!(
             "events {} virtual time {} ms height {} replaced {} trace {}",
@@ -200,7 +247,7 @@ fn dpos_main(args: &Args) -> ExitCode {
     // (seeds with 121 institutions, final heights, Byzantine representatives, replaced)
     let stats = Mutex::new((0u64, 0u64, 0u64, 0u64));
     let (failures, secs) = sweep(args, count, |seed| {
-        let scn = dpos::Scenario::generate(seed, large);
+        let scn = scenario(seed);
         let out = dpos::run(&scn, false);
         let mut st = stats.lock().expect("not poisoned");
         st.0 += u64::from(scn.rpn == 101);

@@ -1,9 +1,11 @@
 //! Byzantine replicas as swappable behaviours. Each wraps one honest engine (two for Twins) so the
 //! node takes part in the protocol, and distorts what it sends in one specific way.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use medchain_crypto::validators::CachingVerifier;
 use medchain_crypto::SigningKey;
-use medchain_pbft::{Action, Application, Config, Event, Replica, Timer};
+use medchain_pbft::{null_batch, Action, Application, Config, Event, Replica, Timer};
 use medchain_proto::pbft::sign;
 use medchain_proto::v1::{self, pbft_message::Kind};
 use medchain_proto::Hashed;
@@ -16,8 +18,10 @@ use rand_chacha::ChaCha8Rng;
 pub enum Behaviour {
     /// Sends nothing, ever.
     Silent,
-    /// As primary, sends different batches to different replicas; as backup, sends prepares and
-    /// commits for conflicting digests to half the replicas.
+    /// As primary, sends different batches to the two halves of the other replicas (one fixed
+    /// split per node) and backs each half's batch with its own prepares and commits: double
+    /// votes for real batches. As backup, sends prepares and commits for conflicting digests to
+    /// one half.
     Equivocator,
     /// As primary, proposes batches holding an invalid item.
     InvalidProposer,
@@ -30,9 +34,14 @@ pub enum Behaviour {
     ViewChangeLiar,
     /// Two instances with one key, each talking to half of the other replicas.
     Twins,
+    /// As a new view's primary, sends a new view whose pre-prepares differ from the plan its view
+    /// changes imply (a prepared batch replaced, a re-proposal dropped) or that carries too few
+    /// view changes; in its own view changes, sends partial prepared certificates (a prepare
+    /// short) and forged ones (a pre-prepare it signed itself for another batch).
+    BadNewView,
 }
 
-pub const ALL: [Behaviour; 7] = [
+pub const ALL: [Behaviour; 8] = [
     Behaviour::Silent,
     Behaviour::Equivocator,
     Behaviour::InvalidProposer,
@@ -40,6 +49,7 @@ pub const ALL: [Behaviour; 7] = [
     Behaviour::Replayer,
     Behaviour::ViewChangeLiar,
     Behaviour::Twins,
+    Behaviour::BadNewView,
 ];
 
 /// A Byzantine node's ledger: accepts anything.
@@ -72,6 +82,10 @@ pub struct ByzantineNode {
     /// For Twins: which twin talks to each replica.
     twin_of: Vec<usize>,
     seen: Vec<v1::PbftMessage>,
+    /// For the Equivocator: the half of the other replicas that sees its second batches.
+    second_half: BTreeSet<u32>,
+    /// For the Equivocator: the second batch's digest per (view, seq) it proposed.
+    second_digest: BTreeMap<(u64, u64), Vec<u8>>,
 }
 
 impl std::fmt::Debug for ByzantineNode {
@@ -95,6 +109,9 @@ impl ByzantineNode {
             .map(|_| Replica::new(cfg.clone(), key.clone(), verifier.clone()))
             .collect();
         let twin_of = (0..n).map(|_| rng.gen_range(0..copies)).collect();
+        let mut others: Vec<u32> = (0..n).filter(|r| *r != me).collect();
+        others.shuffle(rng);
+        let second_half = others[others.len() / 2..].iter().copied().collect();
         ByzantineNode {
             behaviour,
             me,
@@ -104,6 +121,8 @@ impl ByzantineNode {
             engines,
             twin_of,
             seen: Vec::new(),
+            second_half,
+            second_digest: BTreeMap::new(),
         }
     }
 
@@ -200,7 +219,7 @@ impl ByzantineNode {
             _ => return,
         };
         match self.behaviour {
-            Behaviour::Equivocator => self.equivocate(msg, rng, out),
+            Behaviour::Equivocator => self.equivocate(msg, out),
             Behaviour::InvalidProposer => match (&msg.kind, &msg.batch) {
                 (Some(Kind::PrePrepare(pp)), Some(batch)) => {
                     let mut bad = batch.clone();
@@ -233,6 +252,10 @@ impl ByzantineNode {
                     out.push(Out::Send(to, m));
                 }
             }
+            Behaviour::BadNewView => {
+                let m = self.bad_new_view(msg, rng);
+                self.broadcast(e, m, out);
+            }
             Behaviour::ViewChangeLiar => match &msg.kind {
                 Some(Kind::ViewChange(vc)) => {
                     let others: Vec<u32> = self.others().collect();
@@ -253,45 +276,115 @@ impl ByzantineNode {
         }
     }
 
-    fn equivocate(&self, msg: v1::PbftMessage, rng: &mut ChaCha8Rng, out: &mut Vec<Out>) {
-        let mut others: Vec<u32> = self.others().collect();
-        others.shuffle(rng);
-        let (half_a, half_b) = others.split_at(others.len() / 2);
+    fn equivocate(&mut self, msg: v1::PbftMessage, out: &mut Vec<Out>) {
         let alt = match (&msg.kind, &msg.batch) {
             (Some(Kind::PrePrepare(pp)), Some(batch)) => {
                 let mut other = batch.clone();
                 other.items.reverse();
                 other.timestamp_ms += 1;
+                let digest = other.digest().as_bytes().to_vec();
+                self.second_digest.insert((pp.view, pp.seq), digest.clone());
                 Some(self.resign(
                     Kind::PrePrepare(v1::PrePrepare {
                         view: pp.view,
                         seq: pp.seq,
-                        digest: other.digest().as_bytes().to_vec(),
+                        digest,
                     }),
                     Some(other),
                 ))
             }
             (Some(Kind::Prepare(p)), _) => Some(self.resign(
                 Kind::Prepare(v1::Prepare {
-                    digest: flip(&p.digest),
+                    digest: self.second_vote(p.view, p.seq, &p.digest),
                     ..p.clone()
                 }),
                 None,
             )),
             (Some(Kind::Commit(c)), _) => Some(self.resign(
                 Kind::Commit(v1::Commit {
-                    digest: flip(&c.digest),
+                    digest: self.second_vote(c.view, c.seq, &c.digest),
                     ..c.clone()
                 }),
                 None,
             )),
             _ => None,
         };
-        for to in half_a {
-            out.push(Out::Send(*to, msg.clone()));
+        for to in self.others() {
+            let m = match &alt {
+                Some(a) if self.second_half.contains(&to) => a.clone(),
+                _ => msg.clone(),
+            };
+            out.push(Out::Send(to, m));
         }
-        for to in half_b {
-            out.push(Out::Send(*to, alt.clone().unwrap_or_else(|| msg.clone())));
+    }
+
+    /// The digest the second half is told: that of the second batch this node proposed for the
+    /// slot (a real batch, so its votes can complete a certificate), else a meaningless one.
+    fn second_vote(&self, view: u64, seq: u64, digest: &[u8]) -> Vec<u8> {
+        self.second_digest
+            .get(&(view, seq))
+            .cloned()
+            .unwrap_or_else(|| flip(digest))
+    }
+
+    /// A new view or view change made invalid in one of the ways a Byzantine primary could try;
+    /// other messages pass unchanged.
+    fn bad_new_view(&self, msg: v1::PbftMessage, rng: &mut ChaCha8Rng) -> v1::PbftMessage {
+        match &msg.kind {
+            Some(Kind::NewView(nv)) => {
+                let mut bad = nv.clone();
+                match rng.gen_range(0..4) {
+                    // A prepared batch replaced by the null batch, or a null one by another.
+                    0 | 1 if !bad.pre_prepares.is_empty() => {
+                        let i = rng.gen_range(0..bad.pre_prepares.len());
+                        let old = &bad.pre_prepares[i];
+                        let mut batch = old.batch.clone().unwrap_or_else(null_batch);
+                        if batch.items.is_empty() {
+                            batch.timestamp_ms += 1;
+                        } else {
+                            batch = null_batch();
+                        }
+                        if let Some(Kind::PrePrepare(pp)) = &old.kind {
+                            let kind = Kind::PrePrepare(v1::PrePrepare {
+                                digest: batch.digest().as_bytes().to_vec(),
+                                ..pp.clone()
+                            });
+                            bad.pre_prepares[i] = self.resign(kind, Some(batch));
+                        }
+                    }
+                    // A re-proposal dropped.
+                    2 if !bad.pre_prepares.is_empty() => {
+                        bad.pre_prepares.pop();
+                    }
+                    // One view change short of a quorum.
+                    _ => {
+                        bad.view_changes.pop();
+                    }
+                }
+                self.resign(Kind::NewView(bad), None)
+            }
+            Some(Kind::ViewChange(vc)) if !vc.prepared.is_empty() => {
+                let mut bad = vc.clone();
+                let i = rng.gen_range(0..bad.prepared.len());
+                let proof = &mut bad.prepared[i];
+                if rng.gen_bool(0.5) {
+                    // Partial: one prepare short.
+                    proof.prepares.pop();
+                } else if let Some(pp) = proof.pre_prepare.as_ref() {
+                    // Forged: the same slot, another batch, signed by this node.
+                    if let Some(Kind::PrePrepare(k)) = &pp.kind {
+                        let mut batch = pp.batch.clone().unwrap_or_else(null_batch);
+                        batch.timestamp_ms += 1;
+                        let kind = Kind::PrePrepare(v1::PrePrepare {
+                            digest: batch.digest().as_bytes().to_vec(),
+                            ..k.clone()
+                        });
+                        proof.pre_prepare = Some(self.resign(kind, Some(batch)));
+                    }
+                }
+                self.resign(Kind::ViewChange(bad), None)
+            }
+            _ => msg,
         }
     }
 }

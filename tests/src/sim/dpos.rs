@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use medchain_crypto::validators::CachingVerifier;
 use medchain_crypto::{Hash32, SigningKey};
 use medchain_dpos::{
-    Action, Application, ChainState, Config, Engine, Event, Genesis, InstitutionSpec, Params,
-    PersistedState, Timer,
+    Action, Application, ChainState, Config, Engine, Event, Genesis, InstitutionSpec, Mutant,
+    Params, PersistedState, Timer,
 };
 use medchain_proto::dpos::{
     block_hash, extras_digest, items_root, sign_proposal, sign_vote, unsigned_vote,
@@ -53,19 +53,38 @@ pub enum Behaviour {
     RejectValid,
     /// As auditor, sends its vote to half the nodes and a different vote to the other half.
     DoubleVoter,
+    /// As representative, in a round after the first, re-proposes the oldest block that a quorum
+    /// prevoted at this height, with that old round as its proof-of-lock round, instead of the
+    /// latest one. It knows every prevote any node sent (the colluders' shared view).
+    StalePol,
+    /// As auditor, prevotes and precommits every proposal it sees, each to a random part of the
+    /// nodes, besides its own engine's votes: double votes for real blocks, used to split the
+    /// honest auditors' locks.
+    Colluder,
 }
 
-const RPN_BEHAVIOURS: [Behaviour; 4] = [
+const RPN_BEHAVIOURS: [Behaviour; 5] = [
     Behaviour::Silent,
     Behaviour::Equivocator,
     Behaviour::InvalidBlock,
     Behaviour::MultiProposer,
+    Behaviour::StalePol,
 ];
-const ATN_BEHAVIOURS: [Behaviour; 4] = [
+const ATN_BEHAVIOURS: [Behaviour; 5] = [
     Behaviour::Silent,
     Behaviour::AttestInvalid,
     Behaviour::RejectValid,
     Behaviour::DoubleVoter,
+    Behaviour::Colluder,
+];
+
+/// The mutation check's deliberate engine bugs, by the names the command line uses.
+pub const MUTANTS: [(&str, Mutant); 2] = [
+    ("unlock-on-lower-pol", Mutant::UnlockOnLowerPol),
+    (
+        "certificate-against-next-auditors",
+        Mutant::CertificateAgainstNextAuditors,
+    ),
 ];
 
 /// One seeded fault schedule.
@@ -86,6 +105,8 @@ pub struct Scenario {
     pub net: NetConfig,
     /// Finality with fewer precommits than the real threshold, to show the checkers catch it.
     pub broken_threshold: bool,
+    /// A deliberate engine bug in every node (the mutation check).
+    pub mutant: Option<Mutant>,
 }
 
 fn sim_params(rng: &mut ChaCha8Rng, rpn: usize, atn: usize) -> Params {
@@ -183,6 +204,7 @@ impl Scenario {
                 partitions,
             },
             broken_threshold: false,
+            mutant: None,
         }
     }
 
@@ -232,7 +254,7 @@ impl Scenario {
             .map(|(r, b)| format!("i{r}:{b:?}"))
             .collect();
         format!(
-            "seed {} rpn={} atn={} spares={} byzantine=[{}] crashes={} partitions={} items={} batch={} epoch={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}",
+            "seed {} rpn={} atn={} spares={} byzantine=[{}] crashes={} partitions={} items={} batch={} epoch={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}{}",
             self.seed,
             self.rpn,
             self.atn,
@@ -247,7 +269,8 @@ impl Scenario {
             self.net.duplicate_per_mille,
             self.net.max_delay_ms,
             self.net.gst_ms,
-            if self.broken_threshold { " BROKEN-THRESHOLD" } else { "" }
+            if self.broken_threshold { " BROKEN-THRESHOLD" } else { "" },
+            self.mutant.map(|m| format!(" MUTANT={m:?}")).unwrap_or_default()
         )
     }
 }
@@ -367,6 +390,9 @@ struct Sim<'a> {
     events: u64,
     /// A crash waiting for the call it cuts, per institution.
     armed: Vec<Option<Cut>>,
+    /// The colluders' shared view: every block proposed, and every prevote sent, by anyone.
+    seen_blocks: BTreeMap<Hash32, v1::DposBlock>,
+    seen_prevotes: BTreeMap<(u64, u64, Hash32), BTreeSet<u32>>,
 }
 
 fn hex4(d: &[u8]) -> String {
@@ -491,6 +517,7 @@ impl Sim<'_> {
             Action::Persist(p) => self.nodes[i as usize].persisted = Some(*p),
             Action::Broadcast(msg) => {
                 self.record(|| format!("i{i} bcast {}", summary(&msg)));
+                self.observe(&msg);
                 match behaviour {
                     None => self.broadcast(i, &msg),
                     Some(b) => self.misbehave(i, b, msg),
@@ -586,6 +613,60 @@ impl Sim<'_> {
         }
     }
 
+    /// Adds what `msg` shows to the colluders' shared view.
+    fn observe(&mut self, msg: &v1::DposMessage) {
+        match &msg.kind {
+            Some(Kind::Proposal(p)) => {
+                if let Some(block) = &p.block {
+                    let hash = block_hash(&block.header.clone().unwrap_or_default());
+                    self.seen_blocks
+                        .entry(hash)
+                        .or_insert_with(|| block.clone());
+                }
+            }
+            Some(Kind::Vote(v)) if v.kind == v1::DposVoteKind::Prevote as i32 => {
+                if let Ok(hash) = Hash32::from_slice(&v.block_hash) {
+                    self.seen_prevotes
+                        .entry((v.height, v.round, hash))
+                        .or_default()
+                        .insert(v.voter);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// For a StalePol representative proposing at (height, round): the oldest earlier round in
+    /// which a quorum prevoted one block, and that block.
+    fn stale_lock(&self, i: u32, height: u64, round: u64) -> Option<(u64, v1::DposBlock)> {
+        let quorum = self.nodes[i as usize].state.quorum();
+        self.seen_prevotes
+            .range((height, 0, Hash32::ZERO)..(height, round, Hash32::ZERO))
+            .find(|(_, voters)| voters.len() >= quorum)
+            .and_then(|((_, r, hash), _)| Some((*r, self.seen_blocks.get(hash)?.clone())))
+    }
+
+    /// A Colluder auditor's extra votes for a proposal it received: a prevote and a precommit for
+    /// the block, each to a random part of the nodes.
+    fn collude(&mut self, i: u32, p: &v1::DposProposal) {
+        let Ok(hash) = Hash32::from_slice(&p.block_hash) else {
+            return;
+        };
+        let key = self.keys[i as usize].clone();
+        for kind in [v1::DposVoteKind::Prevote, v1::DposVoteKind::Precommit] {
+            let vote = unsigned_vote(CHAIN, p.height, p.round, kind, Some(&hash), None, i);
+            let msg = v1::DposMessage {
+                kind: Some(Kind::Vote(sign_vote(&key, vote))),
+            };
+            self.observe(&msg);
+            for to in 0..self.scn.n() as u32 {
+                if to != i && self.rng.gen_bool(0.5) {
+                    self.send(i, to, Wire::Dpos(Box::new(msg.clone())));
+                }
+            }
+        }
+    }
+
     /// Distorts what a Byzantine node sends.
     fn misbehave(&mut self, i: u32, behaviour: Behaviour, msg: v1::DposMessage) {
         let n = self.scn.n() as u32;
@@ -603,12 +684,30 @@ impl Sim<'_> {
             }
             (
                 Some(Kind::Proposal(pm)),
-                Behaviour::Equivocator | Behaviour::InvalidBlock | Behaviour::MultiProposer,
+                Behaviour::Equivocator
+                | Behaviour::InvalidBlock
+                | Behaviour::MultiProposer
+                | Behaviour::StalePol,
             ) if pm.proposal.as_ref().is_some_and(|p| p.proposer == i) => {
                 let p = pm.proposal.clone().unwrap_or_default();
                 let block = pm.block.clone().unwrap_or_default();
                 self.strike(i, p.height, p.round);
                 match behaviour {
+                    Behaviour::StalePol => match self.stale_lock(i, p.height, p.round) {
+                        Some((vr, old)) if p.round > 0 => {
+                            let hash = block_hash(&old.header.clone().unwrap_or_default());
+                            let signed =
+                                sign_proposal(&key, CHAIN, p.height, p.round, &hash, Some(vr), i);
+                            let stale = v1::DposMessage {
+                                kind: Some(Kind::Proposal(v1::DposProposalMessage {
+                                    proposal: Some(signed),
+                                    block: Some(old),
+                                })),
+                            };
+                            self.broadcast(i, &stale);
+                        }
+                        _ => self.broadcast(i, &msg),
+                    },
                     Behaviour::InvalidBlock => {
                         let bad = forged_proposal(&key, i, &p, &block, true, 0);
                         self.broadcast(i, &bad);
@@ -681,6 +780,13 @@ impl Sim<'_> {
         match wire {
             Wire::Dpos(msg) => {
                 self.record(|| format!("i{to} <- i{from} {}", summary(&msg)));
+                if self.nodes[to as usize].behaviour == Some(Behaviour::Colluder) {
+                    if let Some(Kind::Proposal(pm)) = &msg.kind {
+                        if let Some(p) = pm.proposal.clone() {
+                            self.collude(to, &p);
+                        }
+                    }
+                }
                 self.handle(to, Event::Message { from, msg: *msg });
             }
             Wire::SyncRequest(h) => {
@@ -730,6 +836,9 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
     let genesis = scn.genesis(&keys);
     let mut state = ChainState::genesis(&genesis).expect("simulated genesis is valid");
     state.broken_threshold_for_checker_tests = scn.broken_threshold;
+    if let Some(m) = scn.mutant {
+        state = state.with_mutant_for_checker_tests(m);
+    }
     let verifier = CachingVerifier::new(1 << 20);
     let byz: BTreeMap<u32, Behaviour> = scn.byzantine.iter().copied().collect();
     let params = scn.params.clone();
@@ -776,6 +885,8 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
         violation: None,
         events: 0,
         armed: vec![None; n],
+        seen_blocks: BTreeMap::new(),
+        seen_prevotes: BTreeMap::new(),
     };
     for i in 0..scn.items {
         let item = format!("valid:{}:{i}", scn.seed).into_bytes();

@@ -10,7 +10,9 @@
 //! performed) or right after an execution, and restart it from exactly what it made durable;
 //! some crashed replicas never return, and some schedules crash every honest replica at once.
 //! Checked at the end: liveness (after GST, with every crashed replica restarted, every item is
-//! executed by every honest replica within [`LIVENESS_BOUND_MS`]).
+//! executed by every honest replica within [`LIVENESS_BOUND_MS`]) and a common view (then one
+//! more item is submitted, and once it is executed everywhere every honest replica is in one
+//! view, in normal status, within [`COMMON_VIEW_BOUND_MS`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,7 +35,17 @@ use super::{Trace, Violation};
 
 /// After GST every item must be executed everywhere within this much virtual time.
 pub const LIVENESS_BOUND_MS: u64 = 240_000;
+/// After every item is executed everywhere, the honest replicas must share one view (in normal
+/// status) within this much virtual time.
+pub const COMMON_VIEW_BOUND_MS: u64 = 60_000;
 const CHAIN: &str = "sim-hospital";
+
+/// The mutation check's deliberate engine bugs, by the names the command line uses.
+pub const MUTANTS: [(&str, Mutant); 3] = [
+    ("commit-before-persist", Mutant::CommitBeforePersist),
+    ("no-reproposal-check", Mutant::NoReproposalCheck),
+    ("one-prepare-too-few", Mutant::OnePrepareTooFew),
+];
 
 /// One seeded fault schedule.
 #[derive(Clone, Debug)]
@@ -251,6 +263,7 @@ fn summary(m: &v1::PbftMessage) -> String {
             v.prepared.len()
         ),
         Some(Kind::NewView(v)) => format!("NewView(v{},pp{})", v.view, v.pre_prepares.len()),
+        Some(Kind::Complaint(c)) => format!("Complaint(v{})", c.new_view),
         None => "Empty".into(),
     }
 }
@@ -456,18 +469,74 @@ impl Sim<'_> {
                 .all(|(_, h)| h.ledger.items.len() >= self.valid_items.len())
     }
 
+    /// The views of the honest replicas that are up and will stay up, if they all share one in
+    /// normal status; else what each holds.
+    fn common_view(&self) -> Result<u64, String> {
+        let views: Vec<(u32, u64, bool)> = self
+            .honest()
+            .filter(|(r, _)| !self.gone.contains(r))
+            .filter_map(|(r, h)| {
+                h.engine
+                    .as_ref()
+                    .map(|e| (r, e.view(), e.is_view_changing()))
+            })
+            .collect();
+        match views.first() {
+            Some((_, v, false)) if views.iter().all(|(_, w, c)| w == v && !c) => Ok(*v),
+            _ => Err(views
+                .iter()
+                .map(|(r, v, c)| format!("r{r}:v{v}{}", if *c { "(changing)" } else { "" }))
+                .collect::<Vec<_>>()
+                .join(" ")),
+        }
+    }
+
     fn main_loop(&mut self) {
         let deadline = self.scn.net.gst_ms + LIVENESS_BOUND_MS;
+        // Once every item is executed everywhere, one more (the probe) is submitted, and after
+        // it the run goes on until the honest replicas share one view: block sync alone would
+        // hide a replica stuck in a view change, and the probe makes every replica that lags
+        // in an older view hear of the current one.
+        let mut probed = false;
+        let mut settle_by = None;
         while let Some((at, ev)) = self.queue.pop() {
-            if at > deadline {
+            if at > deadline || settle_by.is_some_and(|by| at > by) {
                 break;
             }
             self.now = at;
             self.events += 1;
             self.dispatch(ev);
-            if self.violation.is_some() || self.all_done() {
+            if self.violation.is_some() {
                 return;
             }
+            if !probed && self.all_done() {
+                probed = true;
+                let item = format!("tx-{}-probe", self.scn.seed).into_bytes();
+                self.valid_items.insert(item.clone());
+                for to in 0..self.scn.n as u32 {
+                    let at = self.now + 1 + self.rng.gen_range(0..50);
+                    let item = item.clone();
+                    self.queue.push(at, Ev::Submit { to, item });
+                }
+                continue;
+            }
+            if probed && settle_by.is_none() && self.all_done() {
+                settle_by = Some(self.now + COMMON_VIEW_BOUND_MS);
+            }
+            if settle_by.is_some() && self.common_view().is_ok() {
+                return;
+            }
+        }
+        if settle_by.is_some() {
+            if let Err(views) = self.common_view() {
+                self.fail(
+                    "common view",
+                    format!(
+                        "honest replicas not in one view within {COMMON_VIEW_BOUND_MS}ms of executing everything: {views}"
+                    ),
+                );
+            }
+            return;
         }
         if !self.all_done() {
             let lagging: Vec<String> = self
