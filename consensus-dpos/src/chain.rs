@@ -309,7 +309,9 @@ impl ChainState {
         reg.prune_evidence(header.height.saturating_sub(params.evidence_max_age));
         reg.replace_fallen(rules);
         if new_epoch {
-            reg.elect(rules, &checked.hash);
+            // Seeded by the parent, final before this block's producer built anything: the
+            // producer of the boundary block cannot grind its block to pick the next order.
+            reg.elect(rules, &self.last_hash());
         }
         ChainState {
             chain_id: self.chain_id.clone(),

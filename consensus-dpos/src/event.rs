@@ -64,4 +64,20 @@ pub enum Action {
     SetTimer { timer: Timer, at_ms: u64 },
     /// Ask `peer` for final blocks from `from_height` on and feed them back as [`Event::Sync`].
     RequestSync { from_height: u64, peer: u32 },
+    /// Something the operator may want to know; changes nothing. For logs and metrics only.
+    Note(Note),
+}
+
+/// What the engine tells its driver about its inputs, for logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A message or synced block was refused: from which peer (as the transport named it), what
+    /// it was, the (height, round) it claimed, and why. Nothing of it was kept.
+    Refused {
+        from: u32,
+        what: &'static str,
+        height: u64,
+        round: u64,
+        reason: String,
+    },
 }

@@ -19,8 +19,9 @@
 //! verdict, a double vote) is charged once. Then any representative below the threshold (or
 //! expelled for equivocating) is replaced in place by the best auditor, and the auditor set is
 //! refilled from the ranking. When the slots recorded by certificates cross an epoch boundary,
-//! both sets are re-elected and the production order is reshuffled by the block hash. Everything
-//! is integer arithmetic, checked and clamped, so every node computes the same registry.
+//! both sets are re-elected and the production order is reshuffled by the parent block's hash,
+//! which the boundary block's producer cannot choose. Everything is integer arithmetic, checked
+//! and clamped, so every node computes the same registry.
 //!
 //! # Ordering and finality
 //!
@@ -90,7 +91,7 @@ pub use chain::{BlockFault, ChainState, CheckedBlock};
 pub use content::check_content;
 pub use engine::{Config, Engine};
 
-pub use event::{Action, Event, Timer};
+pub use event::{Action, Event, Note, Timer};
 pub use evidence::{verify_evidence, CheckedEvidence};
 pub use mutant::Mutant;
 pub use params::{CreditRules, Genesis, InstitutionSpec, Params};

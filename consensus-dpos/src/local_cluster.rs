@@ -175,6 +175,7 @@ impl<V: Verifier + Clone> LocalCluster<V> {
                 Action::SetTimer { timer, at_ms } => {
                     self.timers.insert((i, timer), at_ms);
                 }
+                Action::Note(_) => {}
                 Action::RequestSync { from_height, peer } => {
                     let blocks: Vec<_> = self.ledgers[peer as usize]
                         .blocks

@@ -41,8 +41,11 @@ impl Default for CreditRules {
             weight_rating: 50,
             weight_scale: 30,
             weight_strength: 20,
-            produce_reward: 10,
-            verify_reward: 2,
+            // A representative produces one block in |RPN| (101), an auditor verifies every
+            // block: at 120 and 1 an honest representative still gains a little faster than an
+            // honest auditor, so honest behaviour keeps the roles where they are.
+            produce_reward: 120,
+            verify_reward: 1,
             service_reward: 1,
             missed_slot_penalty: 100,
             invalid_block_penalty: 2_000,
@@ -168,6 +171,12 @@ impl Params {
             );
         }
         let c = &self.credit;
+        if c.produce_reward < c.verify_reward.saturating_mul(self.rpn_size as u64) {
+            return bad(
+                "credit.produce_reward",
+                "must be at least rpn_size x verify_reward: a representative produces one block                  in rpn_size while an auditor verifies every one, so with less, honest auditors                  overtake honest representatives and the roles swap at every election",
+            );
+        }
         if c.threshold > c.max_credit {
             return bad(
                 "credit.threshold",

@@ -72,6 +72,10 @@ pub enum Action {
         at_ms: u64,
     },
     CancelTimer(Timer),
+    /// Send these pending items to the other replicas again: the progress timer fired with them
+    /// still unexecuted, and the primary may never have received them (a client that reached
+    /// only this replica, a forward that was lost). The oldest first, at most a few batches.
+    Forward(Vec<Vec<u8>>),
     /// Fetch committed batches from `from_seq` on (at least up to `target_seq`) from peers and feed
     /// them back as [`Event::StateTransfer`].
     RequestStateTransfer {

@@ -134,6 +134,7 @@ impl<V: Verifier + Clone> LocalCluster<V> {
                 Action::SetTimer { .. }
                 | Action::CancelTimer(_)
                 | Action::RequestStateTransfer { .. }
+                | Action::Forward(_)
                 | Action::Note(_) => {}
             }
         }

@@ -53,6 +53,10 @@ pub struct PersistedState {
     pub slots: BTreeMap<u64, SlotRecord>,
     /// The last view change this replica sent, re-sent after a restart.
     pub last_view_change: Option<Vec<u8>>,
+    /// The new-view message of the view this replica entered last: after a restart it can still
+    /// hand it to a laggard (rule 12), or no replica might hold it any more.
+    #[serde(default)]
+    pub new_view: Option<Vec<u8>>,
 }
 
 /// What changed in one call of [`crate::Replica::handle`]; see the module docs.
@@ -65,6 +69,9 @@ pub struct PersistDelta {
     pub slots: Vec<SlotRecord>,
     /// A view change this replica is about to send, if it signed one in this call.
     pub last_view_change: Option<Vec<u8>>,
+    /// The new-view message of the view it entered in this call, if any.
+    #[serde(default)]
+    pub new_view: Option<Vec<u8>>,
 }
 
 impl PersistedState {
@@ -76,6 +83,9 @@ impl PersistedState {
         }
         if delta.last_view_change.is_some() {
             self.last_view_change = delta.last_view_change;
+        }
+        if delta.new_view.is_some() {
+            self.new_view = delta.new_view;
         }
         self.slots = self.slots.split_off(&(self.header.stable_seq + 1));
     }
@@ -103,6 +113,7 @@ mod tests {
             },
             slots: vec![slot(1, 1), slot(2, 2), slot(3, 3)],
             last_view_change: Some(vec![7]),
+            new_view: Some(vec![8]),
         });
         s.apply(PersistDelta {
             header: PersistedHeader {
@@ -112,12 +123,14 @@ mod tests {
             },
             slots: vec![slot(3, 30)],
             last_view_change: None,
+            new_view: None,
         });
         assert_eq!(s.header.stable_seq, 1);
         assert_eq!(s.slots.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(s.slots[&2].pre_prepare, Some(vec![2]));
         assert_eq!(s.slots[&3].pre_prepare, Some(vec![30]));
-        // A delta without a view change keeps the one sent earlier.
+        // A delta without a view change or new view keeps the ones recorded earlier.
         assert_eq!(s.last_view_change, Some(vec![7]));
+        assert_eq!(s.new_view, Some(vec![8]));
     }
 }

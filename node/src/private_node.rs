@@ -577,13 +577,18 @@ impl Core {
         if self.forward.is_empty() {
             return;
         }
-        let transactions = std::mem::take(&mut self.forward);
-        let _ = self
-            .net
-            .send(NetCommand::Broadcast(peer_message(Body::Transactions(
-                v1::TransactionBatch { transactions },
-            ))))
-            .await;
+        let all = std::mem::take(&mut self.forward);
+        // Peers refuse a message of more than FORWARD_BATCH transactions.
+        for transactions in all.chunks(FORWARD_BATCH) {
+            let _ = self
+                .net
+                .send(NetCommand::Broadcast(peer_message(Body::Transactions(
+                    v1::TransactionBatch {
+                        transactions: transactions.to_vec(),
+                    },
+                ))))
+                .await;
+        }
     }
 
     async fn on_net(&mut self, ev: NetEvent) -> Result<()> {
@@ -782,6 +787,11 @@ impl Core {
                     self.timers.remove(&timer);
                 }
                 Action::Note(note) => self.on_note(note),
+                Action::Forward(items) => {
+                    // Checked transactions of this node's own pool: the others check them again.
+                    self.forward.extend(items);
+                    self.flush_forward().await;
+                }
                 Action::Halt(fault) => {
                     tracing::error!(
                         %fault,

@@ -1,5 +1,5 @@
 //! The PBFT replica's durable state in the store: one record for the header, one for the last
-//! view change, one per slot (keyed by big-endian sequence number so that the slots at or below
+//! view change, one for the last new view, one per slot (keyed by big-endian sequence number so that the slots at or below
 //! the stable checkpoint are one range to delete). Each [`PersistDelta`] is one synced write.
 
 use anyhow::{Context, Result};
@@ -8,6 +8,7 @@ use medchain_storage::{ConsensusChanges, Store};
 
 const HEADER: &str = "pbft/header";
 const VIEW_CHANGE: &str = "pbft/view_change";
+const NEW_VIEW: &str = "pbft/new_view";
 const SLOT_PREFIX: &[u8] = b"pbft/slot/";
 
 fn slot_key(seq: u64) -> Vec<u8> {
@@ -25,6 +26,9 @@ pub fn load(store: &Store) -> Result<Option<PersistedState>> {
     let last_view_change = store
         .consensus_state::<Vec<u8>>(VIEW_CHANGE)
         .context("reading the replica's last view change")?;
+    let new_view = store
+        .consensus_state::<Vec<u8>>(NEW_VIEW)
+        .context("reading the replica's last new view")?;
     let slots = store
         .consensus_records::<SlotRecord>(SLOT_PREFIX)
         .context("reading the replica's persisted slots")?
@@ -36,6 +40,7 @@ pub fn load(store: &Store) -> Result<Option<PersistedState>> {
         header,
         slots,
         last_view_change,
+        new_view,
     }))
 }
 
@@ -46,6 +51,9 @@ pub fn persist(store: &Store, delta: &PersistDelta) -> Result<()> {
     changes.put(HEADER.as_bytes(), &delta.header)?;
     if let Some(vc) = &delta.last_view_change {
         changes.put(VIEW_CHANGE.as_bytes(), vc)?;
+    }
+    if let Some(nv) = &delta.new_view {
+        changes.put(NEW_VIEW.as_bytes(), nv)?;
     }
     for rec in &delta.slots {
         changes.put(&slot_key(rec.seq), rec)?;
@@ -79,6 +87,7 @@ mod tests {
                 },
                 slots: vec![rec(1, 1), rec(2, 2), rec(3, 3)],
                 last_view_change: Some(vec![9, 9]),
+                new_view: Some(vec![8, 8]),
             },
             PersistDelta {
                 header: PersistedHeader {
@@ -89,6 +98,7 @@ mod tests {
                 },
                 slots: vec![rec(4, 4), rec(3, 33)],
                 last_view_change: None,
+                new_view: None,
             },
         ];
         let mut expected = PersistedState::default();
@@ -97,6 +107,7 @@ mod tests {
             expected.apply(d);
         }
         assert_eq!(load(&store).unwrap().unwrap(), expected);
+        assert_eq!(expected.new_view, Some(vec![8, 8]));
         assert_eq!(
             expected.slots.keys().copied().collect::<Vec<_>>(),
             vec![3, 4]

@@ -236,6 +236,7 @@ fn shape(a: &Action) -> String {
         Action::SetTimer { timer, .. } => format!("set:{timer:?}"),
         Action::CancelTimer(t) => format!("cancel:{t:?}"),
         Action::RequestStateTransfer { from_seq, .. } => format!("transfer:{from_seq}"),
+        Action::Forward(items) => format!("forward:{}", items.len()),
         Action::Note(Note::Refused { what, .. }) => format!("refused:{what}"),
         Action::Note(n) => format!("note:{}", format!("{n:?}").split(' ').next().unwrap_or("")),
         Action::Halt(_) => "halt".into(),
@@ -507,4 +508,50 @@ fn a_damaged_persisted_record_refuses_the_restart() {
     .unwrap_err();
     assert!(err.record.contains("slot 3"), "{err}");
     assert!(err.to_string().contains("restore the data folder"), "{err}");
+}
+
+/// Rule 8: a replica whose progress timer fires alone complains, forwards the items it holds, and
+/// stays in its view; a complaint from one more replica (f+1 in all) makes every replica leave
+/// the view, and a new view forms.
+#[test]
+fn a_replica_that_times_out_alone_complains_and_stays_in_its_view() {
+    let ks = keys(4);
+    let ledger = local_cluster::MemoryLedger::default();
+    let mut lone = Replica::new(config(4, 2, &ks), ks[2].clone(), EcdsaVerifier);
+    lone.handle(0, Event::Start, &ledger);
+    lone.handle(0, Event::Submit(b"only-here".to_vec()), &ledger);
+    let out: Vec<String> = lone
+        .handle(2_000, Event::Timer(Timer::Progress), &ledger)
+        .iter()
+        .map(shape)
+        .collect();
+    assert!(out.contains(&"forward:1".to_string()), "{out:?}");
+    assert!(out.contains(&"send:complaint".to_string()), "{out:?}");
+    assert!(!out.contains(&"send:view change".to_string()), "{out:?}");
+    assert_eq!((lone.view(), lone.is_view_changing()), (0, false));
+
+    let mut net = new_net(4);
+    net.event(2, Event::Submit(b"only-here".to_vec()));
+    net.now = 2_000;
+    net.event(2, Event::Timer(Timer::Progress));
+    net.run();
+    for r in 0..4 {
+        let replica = &net.replicas[r];
+        assert_eq!(
+            (replica.view(), replica.is_view_changing()),
+            (0, false),
+            "replica {r}"
+        );
+    }
+    net.event(3, Event::Submit(b"only-here".to_vec()));
+    net.event(3, Event::Timer(Timer::Progress));
+    net.run();
+    for r in 0..4 {
+        let replica = &net.replicas[r];
+        assert_eq!(
+            (replica.view(), replica.is_view_changing()),
+            (1, false),
+            "replica {r}"
+        );
+    }
 }

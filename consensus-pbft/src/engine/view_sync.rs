@@ -7,8 +7,11 @@ use medchain_crypto::validators::{Signer, Verifier};
 use medchain_proto::v1::{self, pbft_message::Kind};
 
 use super::Replica;
-use crate::event::{Note, Timer};
+use crate::event::{Action, Note, Timer};
 use crate::ReplicaId;
+
+/// Batches' worth of pending items re-forwarded with a complaint.
+const FORWARD_BATCHES: usize = 4;
 
 impl<S: Signer, V: Verifier> Replica<S, V> {
     /// Rule 8, first step: the progress timer expired with work outstanding. Say so, keep working
@@ -16,6 +19,18 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
     pub(super) fn complain(&mut self, now: u64) {
         let target = self.view + 1;
         self.note(Note::Complaint { view: self.view });
+        // The primary may not know the items at all: without them, complaints from this replica
+        // alone would never lead anywhere.
+        let items: Vec<Vec<u8>> = self
+            .pending
+            .iter()
+            .filter(|p| !self.in_flight.contains_key(&p.id))
+            .take(FORWARD_BATCHES * self.cfg.max_batch)
+            .map(|p| p.item.clone())
+            .collect();
+        if !items.is_empty() {
+            self.effects.push(Action::Forward(items));
+        }
         let msg = self.sign(Kind::Complaint(v1::Complaint { new_view: target }), None);
         self.broadcast(msg.clone());
         self.complaints.insert(self.cfg.me, (target, msg));

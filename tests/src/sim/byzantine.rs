@@ -37,7 +37,8 @@ pub enum Behaviour {
     /// As a new view's primary, sends a new view whose pre-prepares differ from the plan its view
     /// changes imply (a prepared batch replaced, a re-proposal dropped) or that carries too few
     /// view changes; in its own view changes, sends partial prepared certificates (a prepare
-    /// short) and forged ones (a pre-prepare it signed itself for another batch).
+    /// short) and forged ones (a pre-prepare it signed itself for another batch). As primary it
+    /// hides its proposals from half the replicas, and it shows its commits to one replica only.
     BadNewView,
 }
 
@@ -214,6 +215,11 @@ impl ByzantineNode {
         let msg = match a {
             Action::SetTimer { timer, at_ms } => return out.push(Out::SetTimer(e, timer, at_ms)),
             Action::CancelTimer(t) => return out.push(Out::CancelTimer(e, t)),
+            // The new view it hands to a laggard is as bad as the one it broadcast.
+            Action::Send { to, msg } if self.behaviour == Behaviour::BadNewView => {
+                let m = self.bad_new_view(msg, rng);
+                return out.push(Out::Send(to, m));
+            }
             Action::Send { to, msg } => return out.push(Out::Send(to, msg)),
             Action::Broadcast(m) => m,
             _ => return,
@@ -252,10 +258,26 @@ impl ByzantineNode {
                     out.push(Out::Send(to, m));
                 }
             }
-            Behaviour::BadNewView => {
-                let m = self.bad_new_view(msg, rng);
-                self.broadcast(e, m, out);
-            }
+            Behaviour::BadNewView => match &msg.kind {
+                // As primary it leaves the second half out of its proposals, and it shows its
+                // commits to one replica only: a batch then commits at a few replicas while the
+                // others time out, which is when a bad new view can do harm.
+                Some(Kind::PrePrepare(_)) => {
+                    for to in self.others().filter(|r| !self.second_half.contains(r)) {
+                        out.push(Out::Send(to, msg.clone()));
+                    }
+                }
+                Some(Kind::Commit(_)) => {
+                    let others: Vec<u32> = self.others().collect();
+                    if let Some(to) = others.choose(rng) {
+                        out.push(Out::Send(*to, msg));
+                    }
+                }
+                _ => {
+                    let m = self.bad_new_view(msg, rng);
+                    self.broadcast(e, m, out);
+                }
+            },
             Behaviour::ViewChangeLiar => match &msg.kind {
                 Some(Kind::ViewChange(vc)) => {
                     let others: Vec<u32> = self.others().collect();
@@ -333,10 +355,22 @@ impl ByzantineNode {
         match &msg.kind {
             Some(Kind::NewView(nv)) => {
                 let mut bad = nv.clone();
-                match rng.gen_range(0..4) {
+                match rng.gen_range(0..5) {
                     // A prepared batch replaced by the null batch, or a null one by another.
-                    0 | 1 if !bad.pre_prepares.is_empty() => {
-                        let i = rng.gen_range(0..bad.pre_prepares.len());
+                    0..=2 if !bad.pre_prepares.is_empty() => {
+                        // A prepared batch if there is one: it may have committed somewhere.
+                        let prepared: Vec<usize> = (0..bad.pre_prepares.len())
+                            .filter(|i| {
+                                bad.pre_prepares[*i]
+                                    .batch
+                                    .as_ref()
+                                    .is_some_and(|b| !b.items.is_empty())
+                            })
+                            .collect();
+                        let i = match prepared.choose(rng) {
+                            Some(i) => *i,
+                            None => rng.gen_range(0..bad.pre_prepares.len()),
+                        };
                         let old = &bad.pre_prepares[i];
                         let mut batch = old.batch.clone().unwrap_or_else(null_batch);
                         if batch.items.is_empty() {
@@ -353,7 +387,7 @@ impl ByzantineNode {
                         }
                     }
                     // A re-proposal dropped.
-                    2 if !bad.pre_prepares.is_empty() => {
+                    3 if !bad.pre_prepares.is_empty() => {
                         bad.pre_prepares.pop();
                     }
                     // One view change short of a quorum.

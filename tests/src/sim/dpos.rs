@@ -17,14 +17,17 @@ use medchain_dpos::{
     Params, PersistedState, Timer,
 };
 use medchain_proto::dpos::{
-    block_hash, extras_digest, items_root, sign_proposal, sign_vote, unsigned_vote,
+    block_hash, extras_digest, items_root, pol_round, sign_proposal, sign_vote, unsigned_vote,
 };
 use medchain_proto::v1::{self, dpos_message::Kind};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::network::{crash_schedule, cut_point, partitions, Crash, Cut, NetConfig, Queue};
+use super::network::{
+    crash_schedule, cut_point, long_asynchrony, partitions, slow_links, Crash, Cut, NetConfig,
+    Queue,
+};
 use super::{Trace, Violation};
 
 /// After GST every item must be final everywhere within this much virtual time.
@@ -55,11 +58,13 @@ pub enum Behaviour {
     DoubleVoter,
     /// As representative, in a round after the first, re-proposes the oldest block that a quorum
     /// prevoted at this height, with that old round as its proof-of-lock round, instead of the
-    /// latest one. It knows every prevote any node sent (the colluders' shared view).
+    /// latest one; it knows every prevote any node sent (the colluders' shared view). Its fresh
+    /// blocks it shows to every node but one auditor.
     StalePol,
-    /// As auditor, prevotes and precommits every proposal it sees, each to a random part of the
-    /// nodes, besides its own engine's votes: double votes for real blocks, used to split the
-    /// honest auditors' locks.
+    /// As auditor, instead of its engine's votes: prevotes and precommits every fresh proposal it
+    /// sees, each to one honest auditor only (splitting the honest auditors' locks), and backs a
+    /// re-proposal by sending everyone its prevote of the proof-of-lock round and its votes for
+    /// the re-proposal.
     Colluder,
 }
 
@@ -198,10 +203,11 @@ impl Scenario {
             net: NetConfig {
                 drop_per_mille: rng.gen_range(0..=120),
                 duplicate_per_mille: rng.gen_range(0..=80),
-                max_delay_ms: rng.gen_range(5..=250),
+                max_delay_ms: long_asynchrony(&mut rng).unwrap_or_else(|| rng.gen_range(5..=250)),
                 max_delay_after_gst_ms: 50,
                 gst_ms: gst,
                 partitions,
+                slow_links: slow_links(&mut rng, n),
             },
             broken_threshold: false,
             mutant: None,
@@ -254,7 +260,7 @@ impl Scenario {
             .map(|(r, b)| format!("i{r}:{b:?}"))
             .collect();
         format!(
-            "seed {} rpn={} atn={} spares={} byzantine=[{}] crashes={} partitions={} items={} batch={} epoch={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}{}",
+            "seed {} rpn={} atn={} spares={} byzantine=[{}] crashes={} partitions={} slow-links={} items={} batch={} epoch={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}{}",
             self.seed,
             self.rpn,
             self.atn,
@@ -262,6 +268,7 @@ impl Scenario {
             byz.join(","),
             self.crashes.len(),
             self.net.partitions.len(),
+            self.net.slow_links.len(),
             self.items,
             self.params.max_block_items,
             self.params.epoch_slots,
@@ -535,6 +542,7 @@ impl Sim<'_> {
                 self.queue
                     .push(at_ms.max(self.now), Ev::Timer { to: i, timer, gen });
             }
+            Action::Note(note) => self.trace.annotate(self.now, || format!("i{i} {note:?}")),
             Action::RequestSync { from_height, peer } => {
                 self.record(|| format!("i{i} sync-request h{from_height} from i{peer}"));
                 self.send(i, peer, Wire::SyncRequest(from_height));
@@ -646,23 +654,52 @@ impl Sim<'_> {
             .and_then(|((_, r, hash), _)| Some((*r, self.seen_blocks.get(hash)?.clone())))
     }
 
-    /// A Colluder auditor's extra votes for a proposal it received: a prevote and a precommit for
-    /// the block, each to a random part of the nodes.
+    /// A Colluder auditor's extra votes for a proposal it received (see [`Behaviour::Colluder`]).
     fn collude(&mut self, i: u32, p: &v1::DposProposal) {
         let Ok(hash) = Hash32::from_slice(&p.block_hash) else {
             return;
         };
         let key = self.keys[i as usize].clone();
-        for kind in [v1::DposVoteKind::Prevote, v1::DposVoteKind::Precommit] {
-            let vote = unsigned_vote(CHAIN, p.height, p.round, kind, Some(&hash), None, i);
-            let msg = v1::DposMessage {
-                kind: Some(Kind::Vote(sign_vote(&key, vote))),
-            };
+        let vote = |round, kind| {
+            let v = unsigned_vote(CHAIN, p.height, round, kind, Some(&hash), None, i);
+            v1::DposMessage {
+                kind: Some(Kind::Vote(sign_vote(&key, v))),
+            }
+        };
+        let mut votes = vec![
+            vote(p.round, v1::DposVoteKind::Prevote),
+            vote(p.round, v1::DposVoteKind::Precommit),
+        ];
+        let everyone: Vec<u32> = (0..self.scn.n() as u32).filter(|x| *x != i).collect();
+        let targets: Vec<Vec<u32>> = match pol_round(p) {
+            Some(vr) => {
+                votes.insert(0, vote(vr, v1::DposVoteKind::Prevote));
+                vec![everyone.clone(); 3]
+            }
+            None => {
+                let auditors: Vec<u32> = self.nodes[i as usize]
+                    .state
+                    .registry
+                    .atn()
+                    .iter()
+                    .copied()
+                    .filter(|a| self.nodes[*a as usize].behaviour.is_none())
+                    .collect();
+                (0..2)
+                    .map(|_| {
+                        auditors
+                            .choose(&mut self.rng)
+                            .copied()
+                            .into_iter()
+                            .collect()
+                    })
+                    .collect()
+            }
+        };
+        for (msg, to) in votes.into_iter().zip(targets) {
             self.observe(&msg);
-            for to in 0..self.scn.n() as u32 {
-                if to != i && self.rng.gen_bool(0.5) {
-                    self.send(i, to, Wire::Dpos(Box::new(msg.clone())));
-                }
+            for t in to {
+                self.send(i, t, Wire::Dpos(Box::new(msg.clone())));
             }
         }
     }
@@ -706,7 +743,16 @@ impl Sim<'_> {
                             };
                             self.broadcast(i, &stale);
                         }
-                        _ => self.broadcast(i, &msg),
+                        _ => {
+                            // A fresh block: every node sees it but one auditor.
+                            let atn = self.nodes[i as usize].state.registry.atn().to_vec();
+                            let hidden = atn.choose(&mut self.rng).copied();
+                            for to in 0..n {
+                                if to != i && Some(to) != hidden {
+                                    self.send(i, to, Wire::Dpos(Box::new(msg.clone())));
+                                }
+                            }
+                        }
                     },
                     Behaviour::InvalidBlock => {
                         let bad = forged_proposal(&key, i, &p, &block, true, 0);
@@ -743,6 +789,8 @@ impl Sim<'_> {
                     },
                 );
             }
+            // A Colluder's votes are the targeted ones it sends on proposals, not its engine's.
+            (Some(Kind::Vote(v)), Behaviour::Colluder) if v.voter == i => {}
             (Some(Kind::Vote(v)), Behaviour::DoubleVoter) if v.voter == i => {
                 let kind = v1::DposVoteKind::try_from(v.kind).unwrap_or(v1::DposVoteKind::Prevote);
                 let other = if v.block_hash.is_empty() {

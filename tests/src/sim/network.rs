@@ -121,6 +121,29 @@ pub struct NetConfig {
     pub gst_ms: u64,
     /// (from, until, isolated replicas): messages between the isolated set and the rest are lost.
     pub partitions: Vec<(u64, u64, Vec<u32>)>,
+    /// (from, to, extra delay): asymmetric links, slow in one direction only, before GST.
+    pub slow_links: Vec<(u32, u32, u64)>,
+}
+
+/// One schedule in eight is a long asynchrony: until GST, delays of up to 1.5-3 s, beyond the
+/// engines' slot and timeout lengths, so decisions take several rounds or views.
+pub fn long_asynchrony(rng: &mut ChaCha8Rng) -> Option<u64> {
+    rng.gen_bool(0.125).then(|| rng.gen_range(1_500..=3_000))
+}
+
+/// One schedule in four has up to three asymmetric links among `n` nodes: messages one way are
+/// delayed by up to two seconds more than the other way (before GST).
+pub fn slow_links(rng: &mut ChaCha8Rng, n: usize) -> Vec<(u32, u32, u64)> {
+    if n < 2 || !rng.gen_bool(0.25) {
+        return Vec::new();
+    }
+    (0..rng.gen_range(1..=3))
+        .map(|_| {
+            let from = rng.gen_range(0..n as u32);
+            let to = (from + rng.gen_range(1..n as u32)) % n as u32;
+            (from, to, rng.gen_range(100..=2_000))
+        })
+        .collect()
 }
 
 /// A queue of timed events; ties are broken by insertion order, so runs are deterministic.
@@ -179,9 +202,15 @@ impl NetConfig {
         if self.partitioned(now, a, b) || rng.gen_range(0..1000) < self.drop_per_mille {
             return Vec::new();
         }
-        let mut out = vec![now + rng.gen_range(1..=self.max_delay_ms)];
+        let extra: u64 = self
+            .slow_links
+            .iter()
+            .filter(|(from, to, _)| (*from, *to) == (a, b))
+            .map(|(_, _, ms)| *ms)
+            .sum();
+        let mut out = vec![now + extra + rng.gen_range(1..=self.max_delay_ms)];
         if rng.gen_range(0..1000) < self.duplicate_per_mille {
-            out.push(now + rng.gen_range(1..=self.max_delay_ms));
+            out.push(now + extra + rng.gen_range(1..=self.max_delay_ms));
         }
         out
     }

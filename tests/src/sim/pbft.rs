@@ -29,7 +29,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::byzantine::{Behaviour, ByzantineNode, Out, ALL};
 use super::network::{
-    crash_schedule, cut_point, mass_crash, partitions, Crash, Cut, NetConfig, Queue,
+    crash_schedule, cut_point, long_asynchrony, mass_crash, partitions, slow_links, Crash, Cut,
+    NetConfig, Queue,
 };
 use super::{Trace, Violation};
 
@@ -107,10 +108,11 @@ impl Scenario {
             net: NetConfig {
                 drop_per_mille: rng.gen_range(0..=150),
                 duplicate_per_mille: rng.gen_range(0..=100),
-                max_delay_ms: rng.gen_range(5..=300),
+                max_delay_ms: long_asynchrony(&mut rng).unwrap_or_else(|| rng.gen_range(5..=300)),
                 max_delay_after_gst_ms: 50,
                 gst_ms: gst,
                 partitions,
+                slow_links: slow_links(&mut rng, n),
             },
             broken_quorum: None,
             mutant: None,
@@ -130,12 +132,13 @@ impl Scenario {
             .count();
         let gone = self.crashes.iter().filter(|c| c.restart.is_none()).count();
         format!(
-            "seed {} n={} byzantine=[{}] crashes={} (in-call {in_call}, no restart {gone}) partitions={} items={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}{}",
+            "seed {} n={} byzantine=[{}] crashes={} (in-call {in_call}, no restart {gone}) partitions={} slow-links={} items={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}{}",
             self.seed,
             self.n,
             byz.join(","),
             self.crashes.len(),
             self.net.partitions.len(),
+            self.net.slow_links.len(),
             self.items,
             self.net.drop_per_mille,
             self.net.duplicate_per_mille,
@@ -576,9 +579,8 @@ impl Sim<'_> {
                         let cfg = &self.cfgs[to as usize];
                         if let Err(e) = medchain_pbft::check_view_change(cfg, &self.verifier, &msg)
                         {
-                            let line =
-                                format!("t={} r{to} refuses that view change: {e}", self.now);
-                            self.trace.record(line);
+                            let line = format!("r{to} refuses that view change: {e}");
+                            self.trace.annotate(self.now, || line);
                         }
                     }
                     self.step_node(to, Event::Message(msg), Some(from), None);
@@ -780,8 +782,8 @@ impl Sim<'_> {
                 if matches!(m.kind, Some(Kind::ViewChange(_))) && self.trace.keeps_lines() {
                     let cfg = &self.cfgs[r as usize];
                     if let Err(e) = medchain_pbft::check_view_change(cfg, &self.verifier, &m) {
-                        let line = format!("t={} r{r} sent an invalid view change: {e}", self.now);
-                        self.trace.record(line);
+                        let line = format!("r{r} sent an invalid view change: {e}");
+                        self.trace.annotate(self.now, || line);
                     }
                 }
                 for to in 0..self.scn.n as u32 {
@@ -800,6 +802,16 @@ impl Sim<'_> {
                 ..
             } => self.commit(r, entry, digest, repeats),
             Action::RequestStateTransfer { from_seq, .. } => self.state_transfer(r, from_seq),
+            Action::Forward(items) => {
+                for to in (0..self.scn.n as u32).filter(|to| *to != r) {
+                    for at in self.scn.net.deliveries(&mut self.rng, self.now, r, to) {
+                        for item in &items {
+                            let item = item.clone();
+                            self.queue.push(at, Ev::Submit { to, item });
+                        }
+                    }
+                }
+            }
             Action::Note(note) => self.trace.annotate(self.now, || format!("r{r} {note:?}")),
             // Reported by `step_node` as a violation: an honest replica never halts.
             Action::Halt(_) => {}
