@@ -81,22 +81,12 @@ fn checkers_catch_a_broken_quorum() {
     assert_eq!(run(&scn, false).violation, Some(v));
 }
 
-/// The first seed of `range` whose scenario (made by `make`) violates a property, replayed once to
-/// show it replays to the same violation.
+/// The first seed of `range` whose scenario (made by `make`) violates a property, replayed once.
 fn first_caught(
     range: std::ops::Range<u64>,
     make: impl Fn(u64) -> Scenario,
 ) -> Option<(u64, medchain_tests::sim::Violation)> {
-    let (seed, v) = range.into_iter().find_map(|seed| {
-        let v = run(&make(seed), false).violation?;
-        Some((seed, v))
-    })?;
-    assert_eq!(
-        run(&make(seed), false).violation.as_ref(),
-        Some(&v),
-        "seed {seed} replays"
-    );
-    Some((seed, v))
+    medchain_tests::sim::first_caught(range, |seed| run(&make(seed), false).violation)
 }
 
 #[test]

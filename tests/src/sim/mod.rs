@@ -101,3 +101,16 @@ pub fn assert_seeds_pass(
         failures.join("\n")
     );
 }
+
+/// The first seed of `range` on which `violation` (running that seed's scenario) reports one,
+/// run a second time to show the seed replays to the same violation; the mutation check's helper.
+pub fn first_caught(
+    range: std::ops::Range<u64>,
+    violation: impl Fn(u64) -> Option<Violation>,
+) -> Option<(u64, Violation)> {
+    let (seed, v) = range
+        .into_iter()
+        .find_map(|seed| Some((seed, violation(seed)?)))?;
+    assert_eq!(violation(seed).as_ref(), Some(&v), "seed {seed} replays");
+    Some((seed, v))
+}
