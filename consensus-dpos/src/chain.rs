@@ -262,9 +262,10 @@ impl ChainState {
     }
 
     /// The state after `block` (checked by [`ChainState::check_block`]) is final with `cert`.
-    /// Every credit change comes from the block itself: its producer, its items' service, its
-    /// evidence, and its parent's certificate (auditors who signed it earn verification credit;
-    /// representatives whose rounds passed before it are charged missed slots).
+    /// Every credit change comes from the block itself: its producer (in proportion to the
+    /// precommits its parent certificate carries), its items' service, its evidence, and its
+    /// parent's certificate (auditors who signed it earn verification credit; representatives
+    /// whose rounds passed before it are charged missed slots).
     pub fn apply_block(
         &self,
         block: &v1::DposBlock,
@@ -294,7 +295,16 @@ impl ChainState {
             }
             new_epoch = reg.advance_slots(pc.round + 1, params);
         }
-        reg.reward(header.producer, rules.produce_reward, rules);
+        let reward = match &extras.parent_certificate {
+            // Checked by check_block: distinct auditors of the parent's set, so signed <= set.
+            Some(pc) if !self.certifier_atn.is_empty() => {
+                let signed = pc.precommits.len() as u64;
+                let set = self.certifier_atn.len() as u64;
+                rules.produce_reward.saturating_mul(signed.min(set)) / set
+            }
+            _ => rules.produce_reward,
+        };
+        reg.reward(header.producer, reward, rules);
         for item in &block.items {
             for who in app.service_credits(item) {
                 reg.reward(who, rules.service_reward, rules);

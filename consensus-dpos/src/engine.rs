@@ -86,6 +86,10 @@ pub struct Engine<S, V> {
     pending: BTreeMap<Hash32, (Vec<u8>, u64)>,
     pending_order: BTreeMap<(u64, Hash32), ()>,
     evidence_pool: BTreeMap<Hash32, v1::DposEvidence>,
+    /// Precommits for the last final block (its certificate's round) that came after the
+    /// certificate was taken: the next block's parent certificate carries them too, so their
+    /// auditors earn their verification credit. At most one per auditor of that height.
+    late_precommits: BTreeMap<u32, Vec<u8>>,
     future: Vec<(u32, v1::DposMessage)>,
     sync_outstanding: bool,
     /// Peers that announced a final height above this node's, asked in turn.
@@ -131,6 +135,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             pending: BTreeMap::new(),
             pending_order: BTreeMap::new(),
             evidence_pool: BTreeMap::new(),
+            late_precommits: BTreeMap::new(),
             future: Vec::new(),
             sync_outstanding: false,
             sync_peers: BTreeSet::new(),

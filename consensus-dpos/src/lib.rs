@@ -12,8 +12,11 @@
 //! the institutions willing to serve whose credit is at least the threshold, ranked by credit
 //! (ties by identity bytes), ranks `1..=R` are the representatives (RPN, default 101) and ranks
 //! `R+1..=R+A` the auditors (ATN, default 20). Credit changes only when a block is final, and only
-//! from what that block holds ([`ChainState::apply_block`]): its producer gains; the auditors
-//! whose precommits are in its parent's certificate gain; the representatives of the rounds that
+//! from what that block holds ([`ChainState::apply_block`]): its producer gains, in proportion to
+//! the share of the parent's auditors whose precommits its parent certificate carries; those
+//! auditors gain (a producer puts in every precommit for the parent it holds when it builds,
+//! those that came after the parent was final included, so every auditor whose precommit arrived
+//! in time is paid, and leaving one out costs the producer more than the auditor); the representatives of the rounds that
 //! passed before the parent was final are charged a missed slot; the service its items report
 //! gains; the misbehaviour evidence it carries (an equivocation, an invalid block, a wrong
 //! verdict, a double vote) is charged once. Then any representative below the threshold (or

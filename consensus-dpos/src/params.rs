@@ -14,9 +14,11 @@ pub struct CreditRules {
     pub weight_rating: u64,
     pub weight_scale: u64,
     pub weight_strength: u64,
-    /// Added to a block's producer when the block is final.
+    /// Added to a block's producer when the block is final, in proportion to the share of the
+    /// parent's auditors whose precommits its parent certificate carries (all of it at height 1):
+    /// leaving out an honest auditor's precommit costs the producer more than the auditor loses.
     pub produce_reward: u64,
-    /// Added to each auditor whose precommit is in a final block's certificate.
+    /// Added to each auditor whose precommit is in a final block's parent certificate.
     pub verify_reward: u64,
     /// Added per unit of service the ledger reports for a final item (data sharing, later).
     pub service_reward: u64,
@@ -171,10 +173,16 @@ impl Params {
             );
         }
         let c = &self.credit;
-        if c.produce_reward < c.verify_reward.saturating_mul(self.rpn_size as u64) {
+        let seats = self.rpn_size.max(self.atn_size) as u64;
+        if c.produce_reward < c.verify_reward.saturating_mul(seats) {
             return bad(
                 "credit.produce_reward",
-                "must be at least rpn_size x verify_reward: a representative produces one block                  in rpn_size while an auditor verifies every one, so with less, honest auditors                  overtake honest representatives and the roles swap at every election",
+                "must be at least max(rpn_size, atn_size) x verify_reward: a representative \
+                 produces one block in rpn_size while an auditor verifies every one, so with \
+                 less, honest auditors overtake honest representatives and the roles swap at \
+                 every election; and a producer's reward shrinks by produce_reward / atn_size \
+                 for each precommit it leaves out of its parent's certificate, which must cost \
+                 it more than the verify_reward it denies the auditor",
             );
         }
         if c.threshold > c.max_credit {

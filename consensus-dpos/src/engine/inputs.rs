@@ -112,6 +112,9 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         };
         let Some(height) = height else { return };
         if height < self.height() {
+            if let Kind::Vote(v) = kind {
+                self.on_late_precommit(v);
+            }
             return;
         }
         if height > self.height() {
@@ -129,6 +132,32 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             Some(Kind::Proposal(p)) => self.on_proposal(now, from, p, app),
             Some(Kind::Vote(v)) => self.on_vote(from, v),
             _ => {}
+        }
+    }
+
+    /// Keeps a precommit for the last final block, in its certificate's round, that the
+    /// certificate lacks (see `late_precommits`); anything else for an old height is dropped.
+    pub(super) fn on_late_precommit(&mut self, v: &v1::DposVote) {
+        if v.height != self.chain.height
+            || v.kind != DposVoteKind::Precommit as i32
+            || v.block_hash[..] != self.chain.last_hash[..]
+            || self.late_precommits.contains_key(&v.voter)
+            || !self.chain.certifier_atn.contains(&v.voter)
+        {
+            return;
+        }
+        let Ok(cert) = v1::DposFinalityCertificate::decode_canonical(&self.chain.last_certificate)
+        else {
+            return;
+        };
+        if v.round != cert.round || cert.precommits.iter().any(|s| s.validator == v.voter) {
+            return;
+        }
+        let Some(identity) = self.chain.registry.identity(v.voter).copied() else {
+            return;
+        };
+        if verify_vote(v, &self.cfg.chain_id, &identity, &self.verifier).is_ok() {
+            self.late_precommits.insert(v.voter, v.signature.clone());
         }
     }
 

@@ -117,7 +117,19 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         let parent_certificate = if self.chain.height == 0 {
             None
         } else {
-            v1::DposFinalityCertificate::decode_canonical(&self.chain.last_certificate).ok()
+            v1::DposFinalityCertificate::decode_canonical(&self.chain.last_certificate)
+                .ok()
+                .map(|mut cert| {
+                    // Every precommit held, the late ones too: each earns its auditor's credit.
+                    for (voter, signature) in &self.late_precommits {
+                        cert.precommits.push(v1::IndexedSignature {
+                            validator: *voter,
+                            signature: signature.clone(),
+                        });
+                    }
+                    cert.precommits.sort_by_key(|s| s.validator);
+                    cert
+                })
         };
         let extras = v1::DposBlockExtras {
             parent_certificate,
@@ -232,6 +244,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         self.relayed.clear();
         self.armed.clear();
         self.sync_peers.clear();
+        self.late_precommits.clear();
         self.dirty = true;
         self.enter_round(0, now, app);
         for (from, msg) in std::mem::take(&mut self.future) {

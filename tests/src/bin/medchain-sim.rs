@@ -4,11 +4,14 @@
 //!     medchain-sim pbft --seed S [--trace] [--n N] [--mutant M]
 //!     medchain-sim dpos --seeds N [--start S] [--large] [--threads T] [--mutant M]
 //!     medchain-sim dpos --seed S [--trace] [--large] [--mutant M]
+//!     medchain-sim dpos (--seeds N | --seed S) --lock-split [--mutant M]
 //!
 //! `--mutant M` switches on one of the deliberate engine bugs of the mutation check in every
 //! honest node (names: `medchain-sim pbft --mutant list`); the run should then report violations.
 //! `--large` gives every dpos seed the 121-institution consortium (101 RPN + 20 ATN); without it
-//! one seed in 50 is large and the rest are small consortia.
+//! one seed in 50 is large and the rest are small consortia. `--lock-split` runs the scripted
+//! lock-split attack instead (the schedule that catches `unlock-on-lower-pol`), seeds varying its
+//! network delays.
 //! A failing seed prints its scenario and violation; replay it with `--seed S --trace`.
 
 use std::process::ExitCode;
@@ -25,6 +28,7 @@ struct Args {
     n: Option<usize>,
     trace: bool,
     large: bool,
+    lock_split: bool,
     threads: usize,
     mutant: Option<String>,
 }
@@ -42,6 +46,7 @@ fn parse() -> Result<Args, String> {
         n: None,
         trace: false,
         large: false,
+        lock_split: false,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         mutant: None,
     };
@@ -60,6 +65,7 @@ fn parse() -> Result<Args, String> {
             "--threads" => a.threads = value("--threads")?.max(1) as usize,
             "--trace" => a.trace = true,
             "--large" => a.large = true,
+            "--lock-split" => a.lock_split = true,
             "--mutant" => a.mutant = Some(it.next().ok_or("--mutant needs a name")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -230,7 +236,11 @@ fn dpos_main(args: &Args) -> ExitCode {
         Err(code) => return code,
     };
     let scenario = |seed| {
-        let mut scn = dpos::Scenario::generate(seed, large);
+        let mut scn = if args.lock_split {
+            dpos::Scenario::lock_split(seed)
+        } else {
+            dpos::Scenario::generate(seed, large)
+        };
         scn.mutant = mutant;
         scn
     };
@@ -261,6 +271,7 @@ fn dpos_main(args: &Args) -> ExitCode {
                     dpos::Behaviour::Silent
                         | dpos::Behaviour::Equivocator
                         | dpos::Behaviour::InvalidBlock
+                        | dpos::Behaviour::MultiProposer
                 )
             })
             .count() as u64;

@@ -25,8 +25,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::network::{
-    crash_schedule, cut_point, long_asynchrony, partitions, slow_links, Crash, Cut, NetConfig,
-    Queue,
+    clocks, crash_schedule, cut_point, long_asynchrony, partitions, slow_links, Crash, Cut,
+    NetConfig, Queue,
 };
 use super::{Trace, Violation};
 
@@ -37,250 +37,9 @@ pub const LIVENESS_BOUND_MS: u64 = 240_000;
 pub const REPLACEMENT_BOUND_HEIGHTS: u64 = 3;
 const CHAIN: &str = "sim-consortium";
 
-/// What a Byzantine institution does wrong (in whatever role it holds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Behaviour {
-    /// Sends nothing: a representative that misses its slots, an auditor that withholds votes.
-    Silent,
-    /// As representative, signs two different blocks for its slot and shows each to half.
-    Equivocator,
-    /// As representative, proposes blocks holding an invalid item.
-    InvalidBlock,
-    /// As representative, signs three blocks for its slot (its own, one with another timestamp
-    /// and one holding an invalid item) and shows all of them to everyone: honest nodes see
-    /// several pieces of evidence of one offence.
-    MultiProposer,
-    /// As auditor, accepts every block, invalid ones included, and votes for them.
-    AttestInvalid,
-    /// As auditor, rejects every valid block.
-    RejectValid,
-    /// As auditor, sends its vote to half the nodes and a different vote to the other half.
-    DoubleVoter,
-    /// As representative, in a round after the first, re-proposes the oldest block that a quorum
-    /// prevoted at this height, with that old round as its proof-of-lock round, instead of the
-    /// latest one; it knows every prevote any node sent (the colluders' shared view). Its fresh
-    /// blocks it shows to every node but one auditor.
-    StalePol,
-    /// As auditor, instead of its engine's votes: prevotes and precommits every fresh proposal it
-    /// sees, each to one honest auditor only (splitting the honest auditors' locks), and backs a
-    /// re-proposal by sending everyone its prevote of the proof-of-lock round and its votes for
-    /// the re-proposal.
-    Colluder,
-}
-
-const RPN_BEHAVIOURS: [Behaviour; 5] = [
-    Behaviour::Silent,
-    Behaviour::Equivocator,
-    Behaviour::InvalidBlock,
-    Behaviour::MultiProposer,
-    Behaviour::StalePol,
-];
-const ATN_BEHAVIOURS: [Behaviour; 5] = [
-    Behaviour::Silent,
-    Behaviour::AttestInvalid,
-    Behaviour::RejectValid,
-    Behaviour::DoubleVoter,
-    Behaviour::Colluder,
-];
-
-/// The mutation check's deliberate engine bugs, by the names the command line uses.
-pub const MUTANTS: [(&str, Mutant); 2] = [
-    ("unlock-on-lower-pol", Mutant::UnlockOnLowerPol),
-    (
-        "certificate-against-next-auditors",
-        Mutant::CertificateAgainstNextAuditors,
-    ),
-];
-
-/// One seeded fault schedule.
-#[derive(Clone, Debug)]
-pub struct Scenario {
-    pub seed: u64,
-    pub rpn: usize,
-    pub atn: usize,
-    /// Institutions beyond R + A, eligible to refill the sets.
-    pub spares: usize,
-    pub byzantine: Vec<(u32, Behaviour)>,
-    /// (node, crash time, restart time); restarts happen before GST.
-    pub crashes: Vec<Crash>,
-    pub items: usize,
-    pub params: Params,
-    /// Admission scores (rating = scale = strength) per institution.
-    pub scores: Vec<u64>,
-    pub net: NetConfig,
-    /// Finality with fewer precommits than the real threshold, to show the checkers catch it.
-    pub broken_threshold: bool,
-    /// A deliberate engine bug in every node (the mutation check).
-    pub mutant: Option<Mutant>,
-}
-
-fn sim_params(rng: &mut ChaCha8Rng, rpn: usize, atn: usize) -> Params {
-    let mut p = Params {
-        rpn_size: rpn,
-        atn_size: atn,
-        epoch_slots: rng.gen_range(8..=40),
-        max_block_items: rng.gen_range(2..=8),
-        block_interval_ms: 300,
-        slot_ms: 1_000,
-        vote_timeout_ms: 300,
-        round_increment_ms: 200,
-        resend_ms: 1_000,
-        max_clock_drift_ms: 1_000,
-        max_block_evidence: 8,
-        evidence_max_age: 50,
-        ..Params::default()
-    };
-    p.credit.missed_slot_penalty = 400;
-    p.credit.invalid_block_penalty = 5_000;
-    p
-}
-
-impl Scenario {
-    /// The scenario of `seed`. `large` forces the 121-institution consortium (101 RPN + 20 ATN);
-    /// otherwise small consortia (4-7 representatives, 3-7 auditors), and one seed in 50 is large.
-    pub fn generate(seed: u64, large: Option<bool>) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd905_51ab_c0de_2026);
-        let large = large.unwrap_or(seed % 50 == 49);
-        let (rpn, atn, spares) = if large {
-            (101, 20, 0)
-        } else {
-            *[(4, 3, 3), (4, 4, 5), (5, 7, 6), (7, 4, 5), (4, 7, 6)]
-                .choose(&mut rng)
-                .expect("non-empty")
-        };
-        let n = rpn + atn + spares;
-        // Byzantine institutions: at most f of the auditor set in total, whatever roles they
-        // end up in (a large consortium keeps a margin for sets that shrink).
-        let f = (atn - 1) / 3;
-        let max_byz = if large { 3 } else { f };
-        let b = rng.gen_range(0..=max_byz);
-        let mut scores: Vec<u64> = (0..n).map(|_| rng.gen_range(64..=90)).collect();
-        // The genesis ranking decides the first roles: give chosen Byzantine institutions a rank.
-        scores.sort_unstable_by(|a, b| b.cmp(a));
-        let mut byzantine = Vec::new();
-        let mut taken = BTreeSet::new();
-        for _ in 0..b {
-            let as_rpn = rng.gen_bool(0.5);
-            let idx = if as_rpn {
-                rng.gen_range(0..rpn)
-            } else {
-                rng.gen_range(rpn..rpn + atn)
-            } as u32;
-            if !taken.insert(idx) {
-                continue;
-            }
-            let behaviour = if as_rpn {
-                *RPN_BEHAVIOURS.choose(&mut rng).expect("non-empty")
-            } else {
-                *ATN_BEHAVIOURS.choose(&mut rng).expect("non-empty")
-            };
-            byzantine.push((idx, behaviour));
-        }
-        let gst = rng.gen_range(6_000..=25_000);
-        let honest: Vec<u32> = (0..n as u32).filter(|i| !taken.contains(i)).collect();
-        let crash_count = rng.gen_range(0..=2usize).min(honest.len());
-        let chosen: Vec<u32> = honest
-            .choose_multiple(&mut rng, crash_count)
-            .copied()
-            .collect();
-        let crashes = crash_schedule(&mut rng, &chosen, gst);
-        let partitions = partitions(&mut rng, n, gst, 8_000);
-        let params = sim_params(&mut rng, rpn, atn);
-        Scenario {
-            seed,
-            rpn,
-            atn,
-            spares,
-            byzantine,
-            crashes,
-            items: if large {
-                rng.gen_range(10..=20)
-            } else {
-                rng.gen_range(12..=40)
-            },
-            params,
-            scores,
-            net: NetConfig {
-                drop_per_mille: rng.gen_range(0..=120),
-                duplicate_per_mille: rng.gen_range(0..=80),
-                max_delay_ms: long_asynchrony(&mut rng).unwrap_or_else(|| rng.gen_range(5..=250)),
-                max_delay_after_gst_ms: 50,
-                gst_ms: gst,
-                partitions,
-                slow_links: slow_links(&mut rng, n),
-            },
-            broken_threshold: false,
-            mutant: None,
-        }
-    }
-
-    pub fn n(&self) -> usize {
-        self.rpn + self.atn + self.spares
-    }
-
-    pub fn genesis(&self, keys: &[SigningKey]) -> Genesis {
-        Genesis {
-            chain_id: CHAIN.into(),
-            genesis_time_ms: 0,
-            params: self.params.clone(),
-            institutions: keys
-                .iter()
-                .zip(&self.scores)
-                .enumerate()
-                .map(|(i, (k, s))| InstitutionSpec {
-                    name: format!("inst{i}"),
-                    identity: k.identity(),
-                    rating: *s,
-                    scale: *s,
-                    strength: *s,
-                    willing: true,
-                })
-                .collect(),
-        }
-    }
-
-    /// Chargeable misbehaviours after which `who` must have lost its representative seat.
-    pub fn strikes_needed(&self, who: u32, behaviour: Behaviour) -> usize {
-        let c = &self.params.credit;
-        match behaviour {
-            Behaviour::Silent => {
-                let credit = (c.weight_rating + c.weight_scale + c.weight_strength)
-                    * self.scores[who as usize];
-                let excess = credit.saturating_sub(c.threshold) + 1;
-                excess.div_ceil(c.missed_slot_penalty) as usize
-            }
-            _ => 1,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        let byz: Vec<String> = self
-            .byzantine
-            .iter()
-            .map(|(r, b)| format!("i{r}:{b:?}"))
-            .collect();
-        format!(
-            "seed {} rpn={} atn={} spares={} byzantine=[{}] crashes={} partitions={} slow-links={} items={} batch={} epoch={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}{}",
-            self.seed,
-            self.rpn,
-            self.atn,
-            self.spares,
-            byz.join(","),
-            self.crashes.len(),
-            self.net.partitions.len(),
-            self.net.slow_links.len(),
-            self.items,
-            self.params.max_block_items,
-            self.params.epoch_slots,
-            self.net.drop_per_mille,
-            self.net.duplicate_per_mille,
-            self.net.max_delay_ms,
-            self.net.gst_ms,
-            if self.broken_threshold { " BROKEN-THRESHOLD" } else { "" },
-            self.mutant.map(|m| format!(" MUTANT={m:?}")).unwrap_or_default()
-        )
-    }
-}
+use scenario::sim_keys;
+pub use scenario::{Behaviour, Scenario, MUTANTS};
+use summary::{evidence_summary, hex4, summary};
 
 /// What one run produced.
 #[derive(Debug)]
@@ -367,48 +126,8 @@ struct Sim<'a> {
     /// The colluders' shared view: every block proposed, and every prevote sent, by anyone.
     seen_blocks: BTreeMap<Hash32, v1::DposBlock>,
     seen_prevotes: BTreeMap<(u64, u64, Hash32), BTreeSet<u32>>,
-}
-
-fn hex4(d: &[u8]) -> String {
-    d.iter().take(3).map(|b| format!("{b:02x}")).collect()
-}
-
-fn summary(m: &v1::DposMessage) -> String {
-    match &m.kind {
-        Some(Kind::Proposal(p)) => {
-            let pr = p.proposal.clone().unwrap_or_default();
-            format!(
-                "Proposal(h{},r{},{},pol{})",
-                pr.height,
-                pr.round,
-                hex4(&pr.block_hash),
-                pr.pol_round
-            )
-        }
-        Some(Kind::Vote(v)) => format!(
-            "{}(h{},r{},i{},{}{})",
-            if v.kind == v1::DposVoteKind::Prevote as i32 {
-                "Prevote"
-            } else {
-                "Precommit"
-            },
-            v.height,
-            v.round,
-            v.voter,
-            if v.block_hash.is_empty() {
-                "nil".into()
-            } else {
-                hex4(&v.block_hash)
-            },
-            if v.rejected.is_empty() {
-                String::new()
-            } else {
-                format!(" reject {}", hex4(&v.rejected))
-            }
-        ),
-        Some(Kind::Status(s)) => format!("Status(h{})", s.height),
-        None => "Empty".into(),
-    }
+    /// The LockSplitter's fresh blocks of height 1, in the order it acted on them.
+    split_fresh: Vec<Hash32>,
 }
 
 impl Sim<'_> {
@@ -461,7 +180,8 @@ impl Sim<'_> {
             finals: &node.finals,
             accept_anything: node.behaviour == Some(Behaviour::AttestInvalid),
         };
-        let actions = engine.handle(self.now, event, &app);
+        let now = self.scn.net.local(i, self.now);
+        let actions = engine.handle(now, event, &app);
         let cut = cut_point(&mut self.rng, self.armed[i as usize], &actions, |a| {
             matches!(a, Action::Finalize { .. })
         });
@@ -506,8 +226,8 @@ impl Sim<'_> {
                 self.gen += 1;
                 self.timers.insert((i, timer), self.gen);
                 let gen = self.gen;
-                self.queue
-                    .push(at_ms.max(self.now), Ev::Timer { to: i, timer, gen });
+                let at = self.scn.net.fire_at(i, self.now, at_ms);
+                self.queue.push(at, Ev::Timer { to: i, timer, gen });
             }
             Action::Note(note) => self.trace.annotate(self.now, || format!("i{i} {note:?}")),
             Action::RequestSync { from_height, peer } => {
@@ -539,10 +259,14 @@ impl Sim<'_> {
         }
         self.record(|| {
             format!(
-                "i{i} FINAL h{height} {} items={} evidence={} rpn={:?} atn={:?}",
+                "i{i} FINAL h{height} {} items={} evidence={:?} rpn={:?} atn={:?}",
                 hex4(hash.as_bytes()),
                 block.items.len(),
-                block.extras.as_ref().map_or(0, |e| e.evidence.len()),
+                block
+                    .extras
+                    .as_ref()
+                    .map(|e| e.evidence.iter().map(evidence_summary).collect::<Vec<_>>())
+                    .unwrap_or_default(),
                 state.registry.rpn(),
                 state.registry.atn()
             )
@@ -578,6 +302,25 @@ impl Sim<'_> {
                 self.rpn_after.insert(height, state.registry.rpn().to_vec());
             }
         }
+        // The fault model itself: a schedule beyond it would prove nothing.
+        let atn = state.registry.atn();
+        let faulty = atn
+            .iter()
+            .filter(|a| {
+                self.nodes[**a as usize]
+                    .behaviour
+                    .is_some_and(Behaviour::votes_wrongly)
+            })
+            .count();
+        if 3 * faulty >= atn.len() {
+            self.fail(
+                "fault model",
+                format!(
+                    "height {height}: {faulty} of {} auditors vote wrongly",
+                    atn.len()
+                ),
+            );
+        }
         for x in state.registry.rpn().iter().chain(state.registry.atn()) {
             if state.registry.institutions()[*x as usize].expelled {
                 self.fail(
@@ -592,23 +335,25 @@ impl Sim<'_> {
         match wire {
             Wire::Dpos(msg) => {
                 self.record(|| format!("i{to} <- i{from} {}", summary(&msg)));
-                if self.nodes[to as usize].behaviour == Some(Behaviour::Colluder) {
-                    if let Some(Kind::Proposal(pm)) = &msg.kind {
-                        if let Some(p) = pm.proposal.clone() {
-                            self.collude(to, &p);
+                let behaviour = self.nodes[to as usize].behaviour;
+                if let (Some(Kind::Proposal(pm)), Some(b)) = (&msg.kind, behaviour) {
+                    if let Some(p) = pm.proposal.clone() {
+                        match b {
+                            Behaviour::Colluder => self.collude(to, &p),
+                            Behaviour::LockSplitter if p.height == 1 => self.split_locks(to, &p),
+                            _ => {}
                         }
                     }
                 }
                 self.handle(to, Event::Message { from, msg: *msg });
             }
             Wire::SyncRequest(h) => {
-                // Byzantine nodes do not serve blocks.
-                if self.nodes[to as usize].behaviour.is_some() {
-                    return;
-                }
                 let chain = &self.nodes[to as usize].chain;
                 let start = (h.max(1) - 1) as usize;
-                let blocks: Vec<_> = chain.iter().skip(start).take(16).cloned().collect();
+                let mut blocks: Vec<_> = chain.iter().skip(start).take(16).cloned().collect();
+                if self.nodes[to as usize].behaviour.is_some() {
+                    blocks = self.hostile_sync_answer(to, h, blocks);
+                }
                 if !blocks.is_empty() {
                     self.send(to, from, Wire::SyncResponse(blocks));
                 }
@@ -637,14 +382,7 @@ impl Sim<'_> {
 /// Runs one scenario to completion.
 pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
     let n = scn.n();
-    let keys: Vec<SigningKey> = (0..n)
-        .map(|i| {
-            let mut b = [0u8; 32];
-            b[0] = 0x22;
-            b[24..].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-            SigningKey::from_bytes(&b).expect("valid scalar")
-        })
-        .collect();
+    let keys = sim_keys(n);
     let genesis = scn.genesis(&keys);
     let mut state = ChainState::genesis(&genesis).expect("simulated genesis is valid");
     state.broken_threshold_for_checker_tests = scn.broken_threshold;
@@ -699,10 +437,14 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
         armed: vec![None; n],
         seen_blocks: BTreeMap::new(),
         seen_prevotes: BTreeMap::new(),
+        split_fresh: Vec::new(),
     };
     for i in 0..scn.items {
         let item = format!("valid:{}:{i}", scn.seed).into_bytes();
-        let at = sim.rng.gen_range(0..scn.net.gst_ms + 5_000);
+        let at = match scn.items_at {
+            Some(at) => at,
+            None => sim.rng.gen_range(0..scn.net.gst_ms + 5_000),
+        };
         sim.items.push(item.clone());
         for to in 0..n as u32 {
             sim.queue.push(
@@ -887,3 +629,5 @@ pub fn run(scn: &Scenario, keep_trace: bool) -> Outcome {
 }
 
 mod misbehaviour;
+mod scenario;
+mod summary;

@@ -123,6 +123,8 @@ pub struct NetConfig {
     pub partitions: Vec<(u64, u64, Vec<u32>)>,
     /// (from, to, extra delay): asymmetric links, slow in one direction only, before GST.
     pub slow_links: Vec<(u32, u32, u64)>,
+    /// Each node's clock (one per node; skewed in some schedules, see [`clocks`]).
+    pub clocks: Vec<Clock>,
 }
 
 /// One schedule in eight is a long asynchrony: until GST, delays of up to 1.5-3 s, beyond the
@@ -144,6 +146,61 @@ pub fn slow_links(rng: &mut ChaCha8Rng, n: usize) -> Vec<(u32, u32, u64)> {
             (from, to, rng.gen_range(100..=2_000))
         })
         .collect()
+}
+
+/// One node's clock: it reads `offset_ms` away from virtual time and runs `rate_ppm` parts per
+/// million fast (positive) or slow, as an NTP-disciplined clock does over a run (both stay
+/// bounded: at most a few hundred milliseconds apart over the simulated minutes). A timer fires
+/// when this clock reaches its time, never earlier, as a real timer on the node's clock does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    pub offset_ms: i64,
+    pub rate_ppm: i64,
+}
+
+const PPM: i128 = 1_000_000;
+
+impl Clock {
+    /// What this node's clock reads at virtual time `now`.
+    pub fn local(&self, now: u64) -> u64 {
+        let t = now as i128 * (PPM + self.rate_ppm as i128) / PPM + self.offset_ms as i128;
+        t.max(0) as u64
+    }
+
+    /// The first virtual time, not before `now`, at which this clock reads at least `at_local`.
+    pub fn fire_at(&self, now: u64, at_local: u64) -> u64 {
+        if self.local(now) >= at_local {
+            return now;
+        }
+        let rate = PPM + self.rate_ppm as i128;
+        let span = (at_local as i128 - self.offset_ms as i128) * PPM;
+        let mut t = (span + rate - 1).div_euclid(rate).max(now as i128) as u64;
+        // Rounding: step to the first millisecond the clock reads the time (or a later one).
+        while self.local(t) < at_local {
+            t += 1;
+        }
+        t
+    }
+}
+
+/// One schedule in four has skewed clocks: every node's clock is up to `max_offset_ms` off
+/// virtual time and up to 1,000 ppm fast or slow; one node in such a schedule may be off by up
+/// to three times the bound (a misconfigured clock). The others: perfect clocks.
+pub fn clocks(rng: &mut ChaCha8Rng, n: usize, max_offset_ms: i64) -> Vec<Clock> {
+    if !rng.gen_bool(0.25) {
+        return vec![Clock::default(); n];
+    }
+    let mut out: Vec<Clock> = (0..n)
+        .map(|_| Clock {
+            offset_ms: rng.gen_range(-max_offset_ms..=max_offset_ms),
+            rate_ppm: rng.gen_range(-1_000..=1_000),
+        })
+        .collect();
+    if rng.gen_bool(0.3) {
+        let i = rng.gen_range(0..n);
+        out[i].offset_ms = rng.gen_range(-3 * max_offset_ms..=3 * max_offset_ms);
+    }
+    out
 }
 
 /// A queue of timed events; ties are broken by insertion order, so runs are deterministic.
@@ -187,6 +244,26 @@ impl<E> Queue<E> {
 }
 
 impl NetConfig {
+    /// Node `i`'s clock reading at virtual time `now`.
+    pub fn local(&self, i: u32, now: u64) -> u64 {
+        self.clocks.get(i as usize).map_or(now, |c| c.local(now))
+    }
+
+    /// When a timer node `i` set at `now` for its local time `at_local` fires, in virtual time.
+    pub fn fire_at(&self, i: u32, now: u64, at_local: u64) -> u64 {
+        self.clocks
+            .get(i as usize)
+            .map_or(at_local.max(now), |c| c.fire_at(now, at_local))
+    }
+
+    /// How many nodes' clocks are skewed.
+    pub fn skewed(&self) -> usize {
+        self.clocks
+            .iter()
+            .filter(|c| **c != Clock::default())
+            .count()
+    }
+
     fn partitioned(&self, now: u64, a: u32, b: u32) -> bool {
         self.partitions.iter().any(|(from, until, set)| {
             now >= *from && now < *until && (set.contains(&a) != set.contains(&b))
@@ -213,5 +290,34 @@ impl NetConfig {
             out.push(now + extra + rng.gen_range(1..=self.max_delay_ms));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clock;
+
+    #[test]
+    fn a_timer_fires_when_its_clock_reaches_the_time_never_earlier() {
+        for (offset_ms, rate_ppm) in [(0, 0), (-900, -1_000), (900, 1_000), (-300, 0), (5, -7)] {
+            let c = Clock {
+                offset_ms,
+                rate_ppm,
+            };
+            for now in [0u64, 1, 999, 10_000, 123_457] {
+                for d in [0u64, 1, 2, 300, 1_000, 77_777] {
+                    let at_local = c.local(now) + d;
+                    let t = c.fire_at(now, at_local);
+                    assert!(t >= now);
+                    assert!(c.local(t) >= at_local, "{c:?} now {now} +{d}: fires early");
+                    if t > now {
+                        assert!(
+                            c.local(t - 1) < at_local,
+                            "{c:?} now {now} +{d}: fires late"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -29,8 +29,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::byzantine::{Behaviour, ByzantineNode, Out, ALL};
 use super::network::{
-    crash_schedule, cut_point, long_asynchrony, mass_crash, partitions, slow_links, Crash, Cut,
-    NetConfig, Queue,
+    clocks, crash_schedule, cut_point, long_asynchrony, mass_crash, partitions, slow_links, Crash,
+    Cut, NetConfig, Queue,
 };
 use super::{Trace, Violation};
 
@@ -41,114 +41,7 @@ pub const LIVENESS_BOUND_MS: u64 = 240_000;
 pub const COMMON_VIEW_BOUND_MS: u64 = 60_000;
 const CHAIN: &str = "sim-hospital";
 
-/// The mutation check's deliberate engine bugs, by the names the command line uses.
-pub const MUTANTS: [(&str, Mutant); 3] = [
-    ("commit-before-persist", Mutant::CommitBeforePersist),
-    ("no-reproposal-check", Mutant::NoReproposalCheck),
-    ("one-prepare-too-few", Mutant::OnePrepareTooFew),
-];
-
-/// One seeded fault schedule.
-#[derive(Clone, Debug)]
-pub struct Scenario {
-    pub seed: u64,
-    pub n: usize,
-    pub byzantine: Vec<(u32, Behaviour)>,
-    /// Crashes of honest replicas; every restart happens before GST.
-    pub crashes: Vec<Crash>,
-    pub items: usize,
-    pub max_batch: usize,
-    pub checkpoint_interval: u64,
-    pub net: NetConfig,
-    /// A deliberately wrong quorum, to show the checkers catch what it breaks.
-    pub broken_quorum: Option<usize>,
-    /// A deliberate engine bug in every honest replica (the mutation check).
-    pub mutant: Option<Mutant>,
-}
-
-impl Scenario {
-    /// The scenario of `seed`; `n` overrides the replica count (else 4, 7 or 10 by seed).
-    pub fn generate(seed: u64, n: Option<usize>) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
-        let n = n.unwrap_or([4, 7, 10][(seed % 3) as usize]);
-        let f = (n - 1) / 3;
-        let mut ids: Vec<u32> = (0..n as u32).collect();
-        ids.shuffle(&mut rng);
-        let b = rng.gen_range(0..=f);
-        let byzantine: Vec<(u32, Behaviour)> = ids[..b]
-            .iter()
-            .map(|r| (*r, *ALL.choose(&mut rng).expect("non-empty")))
-            .collect();
-        let gst = rng.gen_range(8_000..=30_000);
-        let mut crashes = if rng.gen_range(0..8) == 0 {
-            // More than n - quorum replicas down at once: no progress until they return, and
-            // nothing unsafe when they do.
-            mass_crash(&mut rng, &ids[b..], gst)
-        } else {
-            let crash_count = rng.gen_range(0..=(f - b).max(1)).min(n - b);
-            let mut crashes = crash_schedule(&mut rng, &ids[b..b + crash_count], gst);
-            // A replica that never comes back, when the Byzantine budget leaves room for it.
-            if b < f && rng.gen_bool(0.25) {
-                if let Some(c) = crashes.first_mut() {
-                    c.restart = None;
-                }
-            }
-            crashes
-        };
-        crashes.sort_by_key(|c| (c.at, c.node));
-        let partitions = partitions(&mut rng, n, gst, 10_000);
-        Scenario {
-            seed,
-            n,
-            byzantine,
-            crashes,
-            items: rng.gen_range(8..=40),
-            max_batch: rng.gen_range(2..=8),
-            checkpoint_interval: rng.gen_range(2..=5),
-            net: NetConfig {
-                drop_per_mille: rng.gen_range(0..=150),
-                duplicate_per_mille: rng.gen_range(0..=100),
-                max_delay_ms: long_asynchrony(&mut rng).unwrap_or_else(|| rng.gen_range(5..=300)),
-                max_delay_after_gst_ms: 50,
-                gst_ms: gst,
-                partitions,
-                slow_links: slow_links(&mut rng, n),
-            },
-            broken_quorum: None,
-            mutant: None,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        let byz: Vec<String> = self
-            .byzantine
-            .iter()
-            .map(|(r, b)| format!("r{r}:{b:?}"))
-            .collect();
-        let in_call = self
-            .crashes
-            .iter()
-            .filter(|c| c.cut != Cut::BetweenEvents)
-            .count();
-        let gone = self.crashes.iter().filter(|c| c.restart.is_none()).count();
-        format!(
-            "seed {} n={} byzantine=[{}] crashes={} (in-call {in_call}, no restart {gone}) partitions={} slow-links={} items={} drop={}‰ dup={}‰ delay<={}ms gst={}ms{}{}",
-            self.seed,
-            self.n,
-            byz.join(","),
-            self.crashes.len(),
-            self.net.partitions.len(),
-            self.net.slow_links.len(),
-            self.items,
-            self.net.drop_per_mille,
-            self.net.duplicate_per_mille,
-            self.net.max_delay_ms,
-            self.net.gst_ms,
-            self.broken_quorum.map(|q| format!(" BROKEN-QUORUM={q}")).unwrap_or_default(),
-            self.mutant.map(|m| format!(" MUTANT={m:?}")).unwrap_or_default()
-        )
-    }
-}
+pub use scenario::{Scenario, MUTANTS};
 
 /// What one run produced.
 #[derive(Debug)]
@@ -268,46 +161,6 @@ fn summary(m: &v1::PbftMessage) -> String {
         Some(Kind::NewView(v)) => format!("NewView(v{},pp{})", v.view, v.pre_prepares.len()),
         Some(Kind::Complaint(c)) => format!("Complaint(v{})", c.new_view),
         None => "Empty".into(),
-    }
-}
-
-/// Why `r` may not execute `entry` yet, if its durable state (`persisted`) lacks what justifies
-/// it: a certificate carrying r's own commit signature means r voted, and a replica votes commit
-/// only once prepared, so its prepared certificate for the same digest must be durable (unless a
-/// durable stable checkpoint already covers the sequence number). Otherwise a crash here would
-/// restart r with a certified block and no certificate for its view changes to report.
-fn unjustified_execution(
-    r: u32,
-    entry: &v1::CommittedBatch,
-    digest: &Hash32,
-    persisted: Option<&PersistedState>,
-) -> Option<String> {
-    if !entry.commits.iter().any(|c| c.validator == r) {
-        return None;
-    }
-    let stable = persisted.map_or(0, |p| p.header.stable_seq);
-    if entry.seq <= stable {
-        return None;
-    }
-    let prepared_digest = persisted
-        .and_then(|p| p.slots.get(&entry.seq))
-        .and_then(|slot| slot.prepared.as_ref())
-        .and_then(|msgs| msgs.first())
-        .and_then(|b| v1::PbftMessage::decode_canonical(b).ok())
-        .and_then(|m| match m.kind {
-            Some(Kind::PrePrepare(pp)) => Some(pp.digest),
-            _ => None,
-        });
-    match prepared_digest {
-        Some(d) if d == digest.as_bytes() => None,
-        Some(_) => Some(format!(
-            "r{r} executes s{} with its own commit signature while its durable prepared certificate is for another digest",
-            entry.seq
-        )),
-        None => Some(format!(
-            "r{r} executes s{} with its own commit signature before its prepared certificate is durable",
-            entry.seq
-        )),
     }
 }
 
@@ -462,36 +315,6 @@ impl Sim<'_> {
             Node::Honest(h) => Some((i as u32, h.as_ref())),
             Node::Byzantine(_) => None,
         })
-    }
-
-    fn all_done(&self) -> bool {
-        self.now >= self.scn.net.gst_ms
-            && self
-                .honest()
-                .filter(|(r, _)| !self.gone.contains(r))
-                .all(|(_, h)| h.ledger.items.len() >= self.valid_items.len())
-    }
-
-    /// The views of the honest replicas that are up and will stay up, if they all share one in
-    /// normal status; else what each holds.
-    fn common_view(&self) -> Result<u64, String> {
-        let views: Vec<(u32, u64, bool)> = self
-            .honest()
-            .filter(|(r, _)| !self.gone.contains(r))
-            .filter_map(|(r, h)| {
-                h.engine
-                    .as_ref()
-                    .map(|e| (r, e.view(), e.is_view_changing()))
-            })
-            .collect();
-        match views.first() {
-            Some((_, v, false)) if views.iter().all(|(_, w, c)| w == v && !c) => Ok(*v),
-            _ => Err(views
-                .iter()
-                .map(|(r, v, c)| format!("r{r}:v{v}{}", if *c { "(changing)" } else { "" }))
-                .collect::<Vec<_>>()
-                .join(" ")),
-        }
     }
 
     fn main_loop(&mut self) {
@@ -686,7 +509,7 @@ impl Sim<'_> {
     }
 
     fn step_node(&mut self, r: u32, event: Event, from: Option<u32>, timer_engine: Option<usize>) {
-        let now = self.now;
+        let now = self.scn.net.local(r, self.now);
         match &mut self.nodes[r as usize] {
             Node::Honest(h) => {
                 let Some(engine) = h.engine.as_mut() else {
@@ -753,7 +576,7 @@ impl Sim<'_> {
         *gen += 1;
         let gen = *gen;
         self.queue.push(
-            at.max(self.now),
+            self.scn.net.fire_at(r, self.now, at),
             Ev::Timer {
                 to: r,
                 engine,
@@ -818,68 +641,6 @@ impl Sim<'_> {
         }
     }
 
-    fn commit(&mut self, r: u32, entry: v1::CommittedBatch, digest: Hash32, repeats: Vec<u32>) {
-        let seq = entry.seq;
-        self.trace.record(format!(
-            "t={} r{r} EXECUTE s{seq} {}",
-            self.now,
-            hex4(digest.as_bytes())
-        ));
-        match self.decided.get(&seq) {
-            Some(d) if *d != digest => {
-                let d = *d;
-                return self.fail(
-                    "agreement",
-                    format!(
-                        "r{r} executed {digest} at seq {seq}, another honest replica executed {d}"
-                    ),
-                );
-            }
-            Some(_) => {}
-            None => {
-                self.decided.insert(seq, digest);
-            }
-        }
-        let batch = entry.batch.clone().unwrap_or_default();
-        let mut problem = None;
-        let Node::Honest(h) = &mut self.nodes[r as usize] else {
-            return;
-        };
-        if let Some(missing) = unjustified_execution(r, &entry, &digest, h.persisted.as_ref()) {
-            problem = Some(("persist before execute", missing));
-        }
-        if seq != h.ledger.entries.len() as u64 + 1 {
-            problem = Some((
-                "order",
-                format!("r{r} executed seq {seq} after {}", h.ledger.entries.len()),
-            ));
-        }
-        for (i, item) in batch.items.iter().enumerate() {
-            if repeats.contains(&(i as u32)) {
-                continue;
-            }
-            if !self.valid_items.contains(item) {
-                problem = Some((
-                    "validity",
-                    format!(
-                        "r{r} executed {:?}, never submitted as valid",
-                        String::from_utf8_lossy(item)
-                    ),
-                ));
-            } else if !h.ledger.items.insert(item.clone()) {
-                problem = Some((
-                    "integrity",
-                    format!("r{r} executed {:?} twice", String::from_utf8_lossy(item)),
-                ));
-            }
-        }
-        h.ledger.state = chain_state_digest(&h.ledger.state, seq, &digest);
-        h.ledger.entries.push(entry);
-        if let Some((p, d)) = problem {
-            self.fail(p, d);
-        }
-    }
-
     fn state_transfer(&mut self, r: u32, from_seq: u64) {
         let peers: Vec<u32> = (0..self.scn.n as u32)
             .filter(|p| *p != r && self.up[*p as usize])
@@ -935,3 +696,6 @@ impl Sim<'_> {
         );
     }
 }
+
+mod checks;
+mod scenario;

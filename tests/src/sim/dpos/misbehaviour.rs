@@ -42,6 +42,61 @@ impl Sim<'_> {
             .and_then(|((_, r, hash), _)| Some((*r, self.seen_blocks.get(hash)?.clone())))
     }
 
+    /// A StalePol re-proposal for the slot of `p` (a round after the first): the oldest block a
+    /// quorum prevoted at this height, with that round as its proof-of-lock round.
+    fn stale_reproposal(&self, i: u32, p: &v1::DposProposal) -> Option<v1::DposMessage> {
+        let (vr, old) = self
+            .stale_lock(i, p.height, p.round)
+            .filter(|_| p.round > 0)?;
+        let hash = block_hash(&old.header.clone().unwrap_or_default());
+        let key = &self.keys[i as usize];
+        let signed = sign_proposal(key, CHAIN, p.height, p.round, &hash, Some(vr), i);
+        Some(v1::DposMessage {
+            kind: Some(Kind::Proposal(v1::DposProposalMessage {
+                proposal: Some(signed),
+                block: Some(old),
+            })),
+        })
+    }
+
+    /// The LockSplitter's votes for a proposal of height 1 it received (see
+    /// [`Behaviour::LockSplitter`]).
+    pub(super) fn split_locks(&mut self, i: u32, p: &v1::DposProposal) {
+        let Ok(hash) = Hash32::from_slice(&p.block_hash) else {
+            return;
+        };
+        if pol_round(p).is_some() {
+            return self.collude(i, p);
+        }
+        if self.split_fresh.contains(&hash) {
+            return;
+        }
+        self.split_fresh.push(hash);
+        let reg = &self.nodes[i as usize].state.registry;
+        let honest = |x: &u32| self.nodes[*x as usize].behaviour.is_none();
+        let auditors: Vec<u32> = reg.atn().iter().copied().filter(honest).collect();
+        let reps: Vec<u32> = reg.rpn().iter().copied().filter(honest).collect();
+        let (prevote_to, precommit_to) = match self.split_fresh.len() {
+            1 => (auditors[..1].to_vec(), Vec::new()),
+            2 => (auditors[1..].to_vec(), reps),
+            _ => return,
+        };
+        let key = self.keys[i as usize].clone();
+        for (kind, to) in [
+            (v1::DposVoteKind::Prevote, prevote_to),
+            (v1::DposVoteKind::Precommit, precommit_to),
+        ] {
+            let v = unsigned_vote(CHAIN, p.height, p.round, kind, Some(&hash), None, i);
+            let msg = v1::DposMessage {
+                kind: Some(Kind::Vote(sign_vote(&key, v))),
+            };
+            self.observe(&msg);
+            for t in to {
+                self.send(i, t, Wire::Dpos(Box::new(msg.clone())));
+            }
+        }
+    }
+
     /// A Colluder auditor's extra votes for a proposal it received (see [`Behaviour::Colluder`]).
     pub(super) fn collude(&mut self, i: u32, p: &v1::DposProposal) {
         let Ok(hash) = Hash32::from_slice(&p.block_hash) else {
@@ -65,6 +120,9 @@ impl Sim<'_> {
                 vec![everyone.clone(); 3]
             }
             None => {
+                // Its prevote to a random part of the honest auditors (so some lock and some do
+                // not), its precommit to a random part of everyone (so a block can be final at
+                // one node and not known final elsewhere).
                 let auditors: Vec<u32> = self.nodes[i as usize]
                     .state
                     .registry
@@ -73,15 +131,16 @@ impl Sim<'_> {
                     .copied()
                     .filter(|a| self.nodes[*a as usize].behaviour.is_none())
                     .collect();
-                (0..2)
-                    .map(|_| {
-                        auditors
-                            .choose(&mut self.rng)
-                            .copied()
-                            .into_iter()
-                            .collect()
-                    })
-                    .collect()
+                let prevote_to = auditors
+                    .into_iter()
+                    .filter(|_| self.rng.gen_bool(0.5))
+                    .collect();
+                let precommit_to = everyone
+                    .iter()
+                    .copied()
+                    .filter(|_| self.rng.gen_bool(0.3))
+                    .collect();
+                vec![prevote_to, precommit_to]
             }
         };
         for (msg, to) in votes.into_iter().zip(targets) {
@@ -107,6 +166,26 @@ impl Sim<'_> {
                     }
                 }
             }
+            (Some(Kind::Proposal(pm)), Behaviour::LockSplitProposer)
+                if pm
+                    .proposal
+                    .as_ref()
+                    .is_some_and(|p| p.proposer == i && p.height == 1 && p.round > 0) =>
+            {
+                let p = pm.proposal.clone().unwrap_or_default();
+                let block = pm.block.clone().unwrap_or_default();
+                let out = if p.round == 1 {
+                    // Always a fresh block of its own in round 1.
+                    match pol_round(&p) {
+                        None => msg,
+                        Some(_) => forged_proposal(&key, i, &p, &block, false, 1),
+                    }
+                } else {
+                    self.stale_reproposal(i, &p).unwrap_or(msg)
+                };
+                self.broadcast(i, &out);
+            }
+            (Some(Kind::Vote(v)), Behaviour::LockSplitter) if v.voter == i && v.height == 1 => {}
             (
                 Some(Kind::Proposal(pm)),
                 Behaviour::Equivocator
@@ -118,20 +197,9 @@ impl Sim<'_> {
                 let block = pm.block.clone().unwrap_or_default();
                 self.strike(i, p.height, p.round);
                 match behaviour {
-                    Behaviour::StalePol => match self.stale_lock(i, p.height, p.round) {
-                        Some((vr, old)) if p.round > 0 => {
-                            let hash = block_hash(&old.header.clone().unwrap_or_default());
-                            let signed =
-                                sign_proposal(&key, CHAIN, p.height, p.round, &hash, Some(vr), i);
-                            let stale = v1::DposMessage {
-                                kind: Some(Kind::Proposal(v1::DposProposalMessage {
-                                    proposal: Some(signed),
-                                    block: Some(old),
-                                })),
-                            };
-                            self.broadcast(i, &stale);
-                        }
-                        _ => {
+                    Behaviour::StalePol => match self.stale_reproposal(i, &p) {
+                        Some(stale) => self.broadcast(i, &stale),
+                        None => {
                             // A fresh block: every node sees it but one auditor.
                             let atn = self.nodes[i as usize].state.registry.atn().to_vec();
                             let hidden = atn.choose(&mut self.rng).copied();
@@ -197,8 +265,63 @@ impl Sim<'_> {
                     self.send(i, to, Wire::Dpos(Box::new(other.clone())));
                 }
             }
+            // Every Byzantine node claims to be far ahead, luring honest nodes to ask it for
+            // blocks (it answers with hostile_sync_answer).
+            (Some(Kind::Status(st)), _) => {
+                let lie = v1::DposStatus {
+                    height: st.height + self.rng.gen_range(1..=1_000),
+                };
+                self.broadcast(
+                    i,
+                    &v1::DposMessage {
+                        kind: Some(Kind::Status(lie)),
+                    },
+                );
+            }
             _ => self.broadcast(i, &msg),
         }
+    }
+
+    /// What a Byzantine node answers to a block-sync request from height `from_height`, instead of
+    /// `blocks` (its true chain from there): nothing, a block with an item swapped, a certificate
+    /// one precommit short of the quorum, or later blocks passed off as the asked height (false
+    /// heights). Every one of them must be refused, and catch-up must go on through honest peers.
+    pub(super) fn hostile_sync_answer(
+        &mut self,
+        i: u32,
+        from_height: u64,
+        mut blocks: Vec<v1::DposFinalizedBlock>,
+    ) -> Vec<v1::DposFinalizedBlock> {
+        let quorum = self.nodes[i as usize].state.quorum();
+        match self.rng.gen_range(0..4) {
+            0 => return Vec::new(),
+            1 => {
+                if let Some(block) = blocks.first_mut().and_then(|fb| fb.block.as_mut()) {
+                    let swapped = format!("valid:swapped:{from_height}").into_bytes();
+                    match block.items.first_mut() {
+                        Some(item) => *item = swapped,
+                        None => block.items.push(swapped),
+                    }
+                }
+            }
+            2 => {
+                if let Some(cert) = blocks.first_mut().and_then(|fb| fb.certificate.as_mut()) {
+                    cert.precommits.truncate(quorum.saturating_sub(1));
+                }
+            }
+            _ => {
+                if !blocks.is_empty() {
+                    blocks.remove(0);
+                }
+                for (k, fb) in blocks.iter_mut().enumerate() {
+                    if let Some(cert) = fb.certificate.as_mut() {
+                        cert.height = from_height + k as u64;
+                    }
+                }
+            }
+        }
+        self.record(|| format!("i{i} hostile sync answer from h{from_height}"));
+        blocks
     }
 
     /// Records a misbehaviour as the proposer of (height, round) after GST, once per slot (a
