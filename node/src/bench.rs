@@ -144,13 +144,7 @@ fn devnet_nodes(dir: &Path) -> Result<(String, Vec<SocketAddr>)> {
     Ok((chain, apis))
 }
 
-#[allow(clippy::disallowed_methods)] // wall-clock timestamps of the generated transactions
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 /// One prepared upload: the transaction's id (hex) and the `RecordUpload` bytes.
 type Upload = (String, Vec<u8>);
@@ -179,7 +173,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     let seed = now_ms();
     // One doctor per client, writing for a handful of patients, registered by the devnet's
     // authority before the clock starts.
-    let authority_path = cfg.devnet.join(crate::commands::DEVNET_AUTHORITY_KEY);
+    let authority_path = cfg.devnet.join(crate::home_files::DEVNET_AUTHORITY_KEY);
     let authority = crate::client::load_key(&authority_path, None).with_context(|| {
         format!(
             "the bench registers its doctors and patients with the devnet's authority key {}",

@@ -127,7 +127,7 @@ async fn register(
 /// The scripted walk through the record workflow.
 async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
     let authority =
-        keystore::read_key_file(&dir.join(crate::commands::DEVNET_AUTHORITY_KEY), None)?;
+        keystore::read_key_file(&dir.join(crate::home_files::DEVNET_AUTHORITY_KEY), None)?;
     let (doctor_a, doctor_b, patient) = (
         participant(dir, "doctor-a")?,
         participant(dir, "doctor-b")?,
@@ -260,7 +260,7 @@ pub fn run(dir: PathBuf, exit_after_demo: bool, base_port: u16) -> Result<()> {
             dir.display()
         );
     } else {
-        crate::commands::init_devnet(NODES, &dir, base_port, "hospital-dev")?;
+        crate::home_files::init_devnet(NODES, &dir, base_port, "hospital-dev")?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -9,10 +9,11 @@ use libp2p::Multiaddr;
 
 use crate::cli::{GenesisCommand, GenesisEntry};
 use crate::client::KeyCard;
-use crate::commands::{dev_params, now_ms, write_genesis_file};
+use crate::clock::now_ms;
 use crate::config::{
     read_genesis, valid_chain_id, ChainParams, Genesis, GenesisAuthority, GenesisValidator,
 };
+use crate::home_files::{dev_params, write_genesis_file};
 
 const NOTE: &str =
     "# Built with `medchain genesis`; copy this file unchanged to every node of the chain.";

@@ -5,7 +5,8 @@
 //! scraped, and the store's size is measured then too, so nothing is computed for nobody.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,11 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::private_node::Status;
-
-/// Bytes of peer messages read and written by this process (the codec counts them).
-pub static PEER_BYTES_IN: AtomicU64 = AtomicU64::new(0);
-pub static PEER_BYTES_OUT: AtomicU64 = AtomicU64::new(0);
+use crate::net::PeerTraffic;
+use crate::status::Status;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -50,6 +48,7 @@ pub struct Metrics {
     pub record_api: Family<Call, Counter>,
     /// Peer messages dropped because they failed a check, by message kind.
     pub peer_messages_refused: Family<Kind, Counter>,
+    traffic: Arc<PeerTraffic>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,9 +57,18 @@ pub struct Kind {
 }
 
 impl Default for Metrics {
+    /// Metrics of a node instance with no network (its peer byte counters stay 0).
     fn default() -> Self {
+        Metrics::new(Arc::default())
+    }
+}
+
+impl Metrics {
+    /// The metrics of one node instance, reading its peer traffic from `traffic`.
+    pub fn new(traffic: Arc<PeerTraffic>) -> Self {
         let mut registry = Registry::with_prefix("medchain");
         let m = Metrics {
+            traffic,
             height: Gauge::default(),
             commits: Counter::default(),
             view_changes: Counter::default(),
@@ -187,9 +195,9 @@ impl Metrics {
         self.mempool.set(status.mempool as i64);
         self.peers.set(status.peers_connected as i64);
         self.bytes_in
-            .set(PEER_BYTES_IN.load(Ordering::Relaxed) as i64);
+            .set(self.traffic.bytes_in.load(Ordering::Relaxed) as i64);
         self.bytes_out
-            .set(PEER_BYTES_OUT.load(Ordering::Relaxed) as i64);
+            .set(self.traffic.bytes_out.load(Ordering::Relaxed) as i64);
         self.store_bytes.set(dir_size(data_dir) as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

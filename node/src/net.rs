@@ -21,6 +21,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
@@ -63,11 +65,25 @@ fn is_query(msg: &v1::PeerMessage) -> bool {
     )
 }
 
+/// Bytes of peer messages this node instance read and wrote (length prefixes included), counted
+/// by its codec and read by its metrics: per instance, so two nodes in one process (tests) count
+/// apart.
+#[derive(Debug, Default)]
+pub struct PeerTraffic {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
 /// Length-prefixed canonical `PeerMessage`s.
 #[derive(Clone, Debug, Default)]
-pub struct PeerCodec;
+pub struct PeerCodec {
+    traffic: Arc<PeerTraffic>,
+}
 
-async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<v1::PeerMessage> {
+async fn read_message<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    traffic: &PeerTraffic,
+) -> io::Result<v1::PeerMessage> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -82,19 +98,23 @@ async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<v1:
     }
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
-    crate::metrics::PEER_BYTES_IN.fetch_add(4 + len as u64, std::sync::atomic::Ordering::Relaxed);
+    traffic
+        .bytes_in
+        .fetch_add(4 + len as u64, Ordering::Relaxed);
     decode_peer_message(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 async fn write_message<T: AsyncWrite + Unpin + Send>(
     io: &mut T,
     msg: v1::PeerMessage,
+    traffic: &PeerTraffic,
 ) -> io::Result<()> {
     let bytes = msg.canonical_bytes();
     io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     io.write_all(&bytes).await?;
-    crate::metrics::PEER_BYTES_OUT
-        .fetch_add(4 + bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    traffic
+        .bytes_out
+        .fetch_add(4 + bytes.len() as u64, Ordering::Relaxed);
     io.close().await
 }
 
@@ -107,7 +127,7 @@ impl request_response::Codec for PeerCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_message(io).await
+        read_message(io, &self.traffic).await
     }
 
     async fn read_response<T>(
@@ -118,7 +138,7 @@ impl request_response::Codec for PeerCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_message(io).await
+        read_message(io, &self.traffic).await
     }
 
     async fn write_request<T>(
@@ -130,7 +150,7 @@ impl request_response::Codec for PeerCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_message(io, req).await
+        write_message(io, req, &self.traffic).await
     }
 
     async fn write_response<T>(
@@ -142,7 +162,7 @@ impl request_response::Codec for PeerCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_message(io, res).await
+        write_message(io, res, &self.traffic).await
     }
 }
 
@@ -236,6 +256,8 @@ pub struct Network {
     pub events: mpsc::Receiver<NetEvent>,
     pub stats: tokio::sync::watch::Receiver<NetStats>,
     pub local_peer_id: PeerId,
+    /// What this instance's codec has read and written.
+    pub traffic: Arc<PeerTraffic>,
 }
 
 /// Starts the network task: listens on `listen` and keeps dialing every peer in `peers` (with
@@ -250,6 +272,8 @@ pub fn start(key: &SigningKey, listen: Multiaddr, peers: Vec<Peer>) -> anyhow::R
     let rr_config = request_response::Config::default()
         .with_request_timeout(Duration::from_secs(30))
         .with_max_concurrent_streams(4_096);
+    let codec = PeerCodec::default();
+    let traffic = codec.traffic.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -260,7 +284,7 @@ pub fn start(key: &SigningKey, listen: Multiaddr, peers: Vec<Peer>) -> anyhow::R
         .with_behaviour(|_| Behaviour {
             allowed,
             peer: request_response::Behaviour::with_codec(
-                PeerCodec,
+                codec,
                 [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
                 rr_config,
             ),
@@ -278,6 +302,7 @@ pub fn start(key: &SigningKey, listen: Multiaddr, peers: Vec<Peer>) -> anyhow::R
         events: ev_rx,
         stats: stats_rx,
         local_peer_id,
+        traffic,
     })
 }
 

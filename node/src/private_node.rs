@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use medchain_crypto::keys::KeyMaterial;
@@ -29,7 +29,6 @@ use medchain_storage::Store;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access_guard::AccessGuard;
-use crate::api::ApiError;
 use crate::client::records::ciphertext_address;
 use crate::config::LoadedConfig;
 use crate::contracts::SideEffects;
@@ -44,50 +43,17 @@ pub const SYNC_BATCH: u32 = 64;
 /// Most transactions forwarded in one message; a peer sending more is refused.
 pub const FORWARD_BATCH: usize = 256;
 
-/// What the API and operators see of the node.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Status {
-    pub chain_id: String,
-    /// The genesis's hash (identical on every node of the chain).
-    pub genesis_hash: String,
-    pub node: String,
-    pub identity: String,
-    pub height: u64,
-    pub tip_hash: String,
-    pub view: u64,
-    pub primary: u32,
-    pub mempool: usize,
-    pub mempool_capacity: usize,
-    pub peers_connected: usize,
-    pub validators: usize,
-    pub committed_transactions: u64,
-    /// (from, target) while fetching missing blocks.
-    pub catching_up: Option<(u64, u64)>,
-    /// Timestamp of the last committed block (Unix ms), 0 before the first.
-    pub last_block_time_ms: u64,
-    /// Connected peers needed, with this node, for a PBFT quorum.
-    pub peers_needed: usize,
-}
+pub use crate::status::Status;
 
-impl Status {
-    /// Why the node is not ready to serve (in consensus and caught up), if it is not.
-    pub fn not_ready(&self) -> Option<String> {
-        if self.peers_connected < self.peers_needed {
-            return Some(format!(
-                "connected to {} of the {} other validators; {} are needed for a quorum",
-                self.peers_connected,
-                self.validators.saturating_sub(1),
-                self.peers_needed
-            ));
-        }
-        if let Some((from, target)) = self.catching_up {
-            return Some(format!(
-                "catching up: at height {} of at least {target} (fetching from {from})",
-                self.height
-            ));
-        }
-        None
-    }
+/// Why a transaction this node signs itself (an access record, a suspension) was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnTxError {
+    /// The node's own ledger refused it: a bug or a broken store, not the caller's fault.
+    #[error("{0}")]
+    Refused(String),
+    /// The mempool cannot take it now (full or shutting down); the caller may retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Why a submitted transaction was refused.
@@ -206,7 +172,7 @@ impl NodeHandle {
         granted: bool,
         reason: &str,
         grant: Option<Hash32>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), OwnTxError> {
         let reason: String = reason
             .chars()
             .take(medchain_proto::records::MAX_REASON)
@@ -226,18 +192,17 @@ impl NodeHandle {
         let checked = self
             .ledger
             .check(&bytes)
-            .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            .map_err(|e| OwnTxError::Refused(e.to_string()))?;
         self.queue(checked).await.map_err(|e| {
-            ApiError(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                format!("the read cannot be audited now ({e}); it is refused, retry shortly"),
-            )
+            OwnTxError::Unavailable(format!(
+                "the read cannot be audited now ({e}); it is refused, retry shortly"
+            ))
         })?;
         Ok(())
     }
 
     /// Queues a suspension of `id` signed by this node (abnormal access).
-    pub async fn suspend(&self, id: &Identity, reason: &str) -> Result<(), ApiError> {
+    pub async fn suspend(&self, id: &Identity, reason: &str) -> Result<(), OwnTxError> {
         tracing::warn!(identity = %id, reason, "abnormal access: suspending the identity");
         let tx = self.own_transaction(v1::transaction_body::Payload::Suspension(v1::Suspension {
             identity: id.as_bytes().to_vec(),
@@ -250,21 +215,15 @@ impl NodeHandle {
         let checked = self
             .ledger
             .check(&bytes)
-            .map_err(|e| ApiError(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            .map_err(|e| OwnTxError::Refused(e.to_string()))?;
         self.queue(checked)
             .await
-            .map_err(|e| ApiError(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            .map_err(|e| OwnTxError::Unavailable(e.to_string()))?;
         Ok(())
     }
 }
 
-#[allow(clippy::disallowed_methods)] // the node's clock: the engine gets time as an input
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Opens the store, restores the replica and starts the network and the core. Returns the handle
 /// for the API and the core's join handle.
@@ -375,7 +334,7 @@ pub fn start(
     let (status_tx, status_rx) = watch::channel(status.clone());
     let (submit_tx, submit_rx) = mpsc::channel(16_384);
     let node_key = Arc::new(keys);
-    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new(network.traffic.clone()));
     let access = Arc::new(Mutex::new(AccessGuard::new(loaded.config.access.clone())));
     let handle = NodeHandle {
         store: store.clone(),
@@ -976,7 +935,7 @@ impl Core {
             tracing::info!(blob = %address, "erased a deleted record's ciphertext");
         }
         for (grant_id, grant, patient) in fx.new_grants {
-            match crate::record_api::keep_fragment(
+            match crate::proxy_fragments::keep_fragment(
                 &self.node_key,
                 self.me,
                 &self.store,
@@ -995,7 +954,7 @@ impl Core {
         }
         for grant_id in fx.revoked_grants {
             self.store
-                .delete_node_secret(&crate::record_api::fragment_key(&grant_id))?;
+                .delete_node_secret(&crate::proxy_fragments::fragment_key(&grant_id))?;
             tracing::info!(grant = %grant_id, "destroyed this proxy's fragment of a revoked grant");
         }
         for id in fx.reinstated {

@@ -25,8 +25,7 @@ use serde_json::{json, Value};
 
 use crate::ledger::TxError;
 use crate::mempool::MempoolError;
-use crate::private_node::{NodeHandle, SubmitError};
-use crate::record_api;
+use crate::private_node::{NodeHandle, OwnTxError, SubmitError};
 
 /// A client's transaction: the hex of its canonical protobuf bytes.
 #[derive(Debug, Deserialize, Serialize)]
@@ -43,6 +42,16 @@ impl IntoResponse for ApiError {
         let mut response = (self.0, Json(json!({ "error": self.1.clone() }))).into_response();
         response.extensions_mut().insert(Refusal(self.1));
         response
+    }
+}
+
+impl From<OwnTxError> for ApiError {
+    fn from(e: OwnTxError) -> Self {
+        let status = match e {
+            OwnTxError::Refused(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            OwnTxError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
     }
 }
 
@@ -106,23 +115,20 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/blocks/latest", get(latest_block))
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/slips/{id}", get(slip))
-        .route("/v1/chain", get(record_api::chain))
-        .route("/v1/identities/{id}", get(record_api::identity))
-        .route("/v1/records/{slip}", get(record_api::record))
-        .route("/v1/records/{slip}/verify", get(record_api::verify))
-        .route("/v1/records/{slip}/read", post(record_api::read))
-        .route(
-            "/v1/patients/{id}/records",
-            get(record_api::patient_records),
-        )
-        .route("/v1/consent", get(record_api::consent))
-        .route("/v1/audit", get(record_api::audit))
+        .route("/v1/chain", get(records::chain))
+        .route("/v1/identities/{id}", get(records::identity))
+        .route("/v1/records/{slip}", get(records::record))
+        .route("/v1/records/{slip}/verify", get(records::verify))
+        .route("/v1/records/{slip}/read", post(records::read))
+        .route("/v1/patients/{id}/records", get(records::patient_records))
+        .route("/v1/consent", get(records::consent))
+        .route("/v1/audit", get(records::audit))
         // Hex doubles the bytes; allow a maximal transaction plus JSON framing.
         .layer(DefaultBodyLimit::max(limits::TRANSACTION * 2 + 1_024))
         // Record uploads carry up to 16 MiB of ciphertext as protobuf.
         .merge(
             Router::new()
-                .route("/v1/records", post(record_api::upload))
+                .route("/v1/records", post(records::upload))
                 .layer(DefaultBodyLimit::max(limits::RECORD_MESSAGE + 1_024)),
         )
         .layer(axum::middleware::from_fn(log_refusals))
@@ -382,3 +388,5 @@ pub(crate) fn slip_json(
         "slip": hex::encode(prost::Message::encode_to_vec(slip)),
     }))
 }
+
+mod records;

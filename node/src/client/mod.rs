@@ -78,18 +78,11 @@ pub fn load_key(path: &Path, password_file: Option<&Path>) -> Result<KeyMaterial
 
 /// A fresh nonce: microseconds since the Unix epoch. A user's commands run one at a time, so
 /// these never repeat for one signer; the chain refuses a reused nonce anyway.
-#[allow(clippy::disallowed_methods)] // the client's clock
 pub fn fresh_nonce() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    crate::clock::now_us()
 }
 
-#[allow(clippy::disallowed_methods)] // the client's clock
-pub fn now_ms() -> u64 {
-    fresh_nonce() / 1_000
-}
+pub use crate::clock::now_ms;
 
 /// Parses `http://host:port`, `host:port` or a bare port.
 pub fn parse_node(node: &str) -> Result<SocketAddr> {
