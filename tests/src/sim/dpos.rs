@@ -37,9 +37,10 @@ pub const LIVENESS_BOUND_MS: u64 = 240_000;
 pub const REPLACEMENT_BOUND_HEIGHTS: u64 = 3;
 const CHAIN: &str = "sim-consortium";
 
+use super::hex4;
 use scenario::sim_keys;
 pub use scenario::{Behaviour, Scenario, MUTANTS};
-use summary::{evidence_summary, hex4, summary};
+use summary::{evidence_summary, summary};
 
 /// What one run produced.
 #[derive(Debug)]

@@ -114,3 +114,8 @@ pub fn first_caught(
     assert_eq!(violation(seed).as_ref(), Some(&v), "seed {seed} replays");
     Some((seed, v))
 }
+
+/// The first three bytes of a digest in hex, for trace lines.
+pub(crate) fn hex4(d: &[u8]) -> String {
+    d.iter().take(3).map(|b| format!("{b:02x}")).collect()
+}

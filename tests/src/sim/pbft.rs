@@ -32,7 +32,8 @@ use super::network::{
     clocks, crash_schedule, cut_point, long_asynchrony, mass_crash, partitions, slow_links, Crash,
     Cut, NetConfig, Queue,
 };
-use super::{Trace, Violation};
+use super::{hex4, Trace, Violation};
+use summary::summary;
 
 /// After GST every item must be executed everywhere within this much virtual time.
 pub const LIVENESS_BOUND_MS: u64 = 240_000;
@@ -141,31 +142,6 @@ struct Sim<'a> {
     armed: Vec<Option<Cut>>,
     /// Replicas crashed for good: left out of the liveness check.
     gone: BTreeSet<u32>,
-}
-
-fn summary(m: &v1::PbftMessage) -> String {
-    let short = |d: &[u8]| hex4(d);
-    match &m.kind {
-        Some(Kind::PrePrepare(p)) => {
-            format!("PrePrepare(v{},s{},{})", p.view, p.seq, short(&p.digest))
-        }
-        Some(Kind::Prepare(p)) => format!("Prepare(v{},s{},{})", p.view, p.seq, short(&p.digest)),
-        Some(Kind::Commit(p)) => format!("Commit(v{},s{},{})", p.view, p.seq, short(&p.digest)),
-        Some(Kind::Checkpoint(c)) => format!("Checkpoint(s{},{})", c.seq, short(&c.state_digest)),
-        Some(Kind::ViewChange(v)) => format!(
-            "ViewChange(v{},stable{},prepared{})",
-            v.new_view,
-            v.stable_seq,
-            v.prepared.len()
-        ),
-        Some(Kind::NewView(v)) => format!("NewView(v{},pp{})", v.view, v.pre_prepares.len()),
-        Some(Kind::Complaint(c)) => format!("Complaint(v{})", c.new_view),
-        None => "Empty".into(),
-    }
-}
-
-fn hex4(d: &[u8]) -> String {
-    d.iter().take(3).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs one scenario to completion.
@@ -699,3 +675,4 @@ impl Sim<'_> {
 
 mod checks;
 mod scenario;
+mod summary;

@@ -2,10 +2,6 @@
 
 use super::*;
 
-pub(super) fn hex4(d: &[u8]) -> String {
-    d.iter().take(3).map(|b| format!("{b:02x}")).collect()
-}
-
 pub(super) fn evidence_summary(e: &v1::DposEvidence) -> String {
     use v1::dpos_evidence::Kind as E;
     match &e.kind {
