@@ -25,8 +25,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::network::{
-    clocks, crash_schedule, cut_point, long_asynchrony, partitions, slow_links, Crash, Cut,
-    NetConfig, Queue,
+    crash_schedule, cut_point, partitions, Crash, Cut, NetBounds, NetConfig, Queue,
 };
 use super::{Trace, Violation};
 

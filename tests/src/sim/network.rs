@@ -243,7 +243,42 @@ impl<E> Queue<E> {
     }
 }
 
+/// How lossy and slow one simulator's networks may be before GST.
+#[derive(Clone, Copy, Debug)]
+pub struct NetBounds {
+    pub max_drop_per_mille: u32,
+    pub max_duplicate_per_mille: u32,
+    /// Delays up to a random bound of at most this (or a long asynchrony, see
+    /// [`long_asynchrony`]).
+    pub max_delay_ms: u64,
+    /// Skewed clocks up to this far off (see [`clocks`]).
+    pub max_clock_offset_ms: i64,
+}
+
 impl NetConfig {
+    /// The network of one seed among `n` nodes: loss, duplication and delays drawn within
+    /// `bounds`, the given partitions, asymmetric links and skewed clocks; 50 ms delays after
+    /// `gst_ms`.
+    pub fn random(
+        rng: &mut ChaCha8Rng,
+        n: usize,
+        gst_ms: u64,
+        partitions: Vec<(u64, u64, Vec<u32>)>,
+        bounds: NetBounds,
+    ) -> Self {
+        NetConfig {
+            drop_per_mille: rng.gen_range(0..=bounds.max_drop_per_mille),
+            duplicate_per_mille: rng.gen_range(0..=bounds.max_duplicate_per_mille),
+            max_delay_ms: long_asynchrony(rng)
+                .unwrap_or_else(|| rng.gen_range(5..=bounds.max_delay_ms)),
+            max_delay_after_gst_ms: 50,
+            gst_ms,
+            partitions,
+            slow_links: slow_links(rng, n),
+            clocks: clocks(rng, n, bounds.max_clock_offset_ms),
+        }
+    }
+
     /// Node `i`'s clock reading at virtual time `now`.
     pub fn local(&self, i: u32, now: u64) -> u64 {
         self.clocks.get(i as usize).map_or(now, |c| c.local(now))

@@ -29,8 +29,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::byzantine::{Behaviour, ByzantineNode, Out, ALL};
 use super::network::{
-    clocks, crash_schedule, cut_point, long_asynchrony, mass_crash, partitions, slow_links, Crash,
-    Cut, NetConfig, Queue,
+    crash_schedule, cut_point, mass_crash, partitions, Crash, Cut, NetBounds, NetConfig, Queue,
 };
 use super::{hex4, Trace, Violation};
 use summary::summary;

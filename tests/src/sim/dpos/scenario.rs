@@ -208,16 +208,18 @@ impl Scenario {
             },
             params,
             scores,
-            net: NetConfig {
-                drop_per_mille: rng.gen_range(0..=120),
-                duplicate_per_mille: rng.gen_range(0..=80),
-                max_delay_ms: long_asynchrony(&mut rng).unwrap_or_else(|| rng.gen_range(5..=250)),
-                max_delay_after_gst_ms: 50,
-                gst_ms: gst,
+            net: NetConfig::random(
+                &mut rng,
+                n,
+                gst,
                 partitions,
-                slow_links: slow_links(&mut rng, n),
-                clocks: clocks(&mut rng, n, 300),
-            },
+                NetBounds {
+                    max_drop_per_mille: 120,
+                    max_duplicate_per_mille: 80,
+                    max_delay_ms: 250,
+                    max_clock_offset_ms: 300,
+                },
+            ),
             broken_threshold: false,
             mutant: None,
             items_at: None,
@@ -225,8 +227,8 @@ impl Scenario {
     }
 
     /// The lock-split attack (Tendermint's classic safety argument, as a schedule): 4
-    /// representatives, 4 auditors (and 2 spares), one of them a LockSplitter, the proposers of rounds 0-2 of
-    /// height 1 LockSplitProposers. Round 0: the last honest auditor is cut off, the first one
+    /// representatives, 4 auditors (and 2 spares), one of them a LockSplitter, the proposers of
+    /// rounds 0-2 of height 1 LockSplitProposers. Round 0: the last honest auditor is cut off, the first one
     /// alone sees a quorum of prevotes and locks on block X. Round 1: the other two lock on a
     /// fresh block Y, and the honest representative (the proposer of round 3) sees Y's quorum of
     /// precommits and finalizes Y, then crashes before telling anyone (back at 15 s). Round 2: X

@@ -66,16 +66,18 @@ impl Scenario {
             items: rng.gen_range(8..=40),
             max_batch: rng.gen_range(2..=8),
             checkpoint_interval: rng.gen_range(2..=5),
-            net: NetConfig {
-                drop_per_mille: rng.gen_range(0..=150),
-                duplicate_per_mille: rng.gen_range(0..=100),
-                max_delay_ms: long_asynchrony(&mut rng).unwrap_or_else(|| rng.gen_range(5..=300)),
-                max_delay_after_gst_ms: 50,
-                gst_ms: gst,
+            net: NetConfig::random(
+                &mut rng,
+                n,
+                gst,
                 partitions,
-                slow_links: slow_links(&mut rng, n),
-                clocks: clocks(&mut rng, n, 500),
-            },
+                NetBounds {
+                    max_drop_per_mille: 150,
+                    max_duplicate_per_mille: 100,
+                    max_delay_ms: 300,
+                    max_clock_offset_ms: 500,
+                },
+            ),
             broken_quorum: None,
             mutant: None,
         }
