@@ -218,7 +218,7 @@ fn json_logs_on_request() {
 #[test]
 fn devnet_runs_the_record_demo_and_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let base = (35_000 + (std::process::id() % 200) * 150) as u16;
+    let base = support::base_port(23_800, 110, 30);
     let out = medchain(&[
         "devnet",
         "--dir",
@@ -248,7 +248,7 @@ fn devnet_runs_the_record_demo_and_stops() {
 fn node_refuses_to_start_on_what_config_check_reports() {
     let dir = tempfile::tempdir().unwrap();
     let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
-    let port = 36_000 + (std::process::id() % 500) as u16 * 2;
+    let port = support::base_port(27_200, 110, 7);
     let ok = |args: &[&str]| {
         let out = medchain(args);
         assert!(out.status.success(), "{args:?}: {:?}", text(&out));

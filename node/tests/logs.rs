@@ -17,7 +17,7 @@ fn set(net: &Devnet, node: usize, from: &str, to: &str) {
 #[test]
 fn json_logs_by_config_with_consensus_events_and_refusals() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = 29_000 + (std::process::id() % 50) as u16 * 30;
+    let base = support::base_port(28_000, 110, 40);
     let mut net = Devnet::init(&tmp.path().join("devnet"), 4, base);
     set(&net, 0, "format = \"human\"", "format = \"json\"");
     set(

@@ -60,7 +60,7 @@ fn primary(net: &Devnet, any_live: usize) -> usize {
 #[test]
 fn four_nodes_commit_survive_crashes_and_catch_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = 31_000 + (std::process::id() % 200) as u16 * 150;
+    let base = support::base_port(12_000, 160, 38);
     let mut net = Devnet::init(&tmp.path().join("devnet"), 4, base);
     net.start_all_connected();
     let all = [0, 1, 2, 3];

@@ -76,7 +76,7 @@ fn audit_ops(api: &str, slip: &str) -> Vec<String> {
 #[test]
 fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = 33_000 + (std::process::id() % 200) as u16 * 150;
+    let base = support::base_port(18_200, 110, 50);
     let mut net = Devnet::init(&tmp.path().join("devnet"), 4, base);
     // node2 watches reads closely: a fourth read by one identity within a minute is abnormal.
     let cfg = net.home(2).join("config.toml");

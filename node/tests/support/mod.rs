@@ -49,3 +49,17 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The first of `width` consecutive ports for one test, below Linux's ephemeral range (32768 and
+/// up, where the kernel picks the local ports of outgoing connections, so a fixed port there can
+/// be taken by any client at any moment: "Address already in use"). Each test file owns its own
+/// band from `first`; the process id picks one of `slots` places in it, so two test runs at once
+/// rarely meet.
+pub fn base_port(first: u16, width: u16, slots: u32) -> u16 {
+    let top = first as u32 + slots * width as u32;
+    assert!(
+        top < 32_768,
+        "ports {first}..{top} reach the ephemeral range"
+    );
+    first + (std::process::id() % slots) as u16 * width
+}
