@@ -162,7 +162,7 @@ fn run_node(args: RunArgs, log_format: Option<LogFormat>) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (handle, core) = crate::private_node::start(&loaded, keys)?;
+        let (handle, core) = crate::private::start(&loaded, keys)?;
         let api = tokio::spawn(crate::api::serve(api_addr, handle));
         tokio::select! {
             r = core => match r {

@@ -58,14 +58,7 @@ impl From<ContractError> for TxError {
     }
 }
 
-/// A transaction that passed [`PrivateLedger::check`].
-#[derive(Clone, Debug)]
-pub struct CheckedTx {
-    pub id: Hash32,
-    /// Signer and nonce: at most one transaction with this key ever takes effect.
-    pub replay_key: Vec<u8>,
-    pub bytes: Vec<u8>,
-}
+pub use crate::mempool::CheckedTx;
 
 /// What [`PrivateLedger::commit`] wrote.
 #[derive(Clone, Debug)]

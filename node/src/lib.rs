@@ -9,7 +9,6 @@
 #[macro_use]
 mod output;
 
-pub mod access_guard;
 pub mod api;
 pub mod bench;
 pub mod cli;
@@ -19,6 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod contracts;
 pub mod devnet;
+pub mod driver;
 pub mod genesis_cmd;
 pub mod home_files;
 pub mod http_client;
@@ -28,7 +28,5 @@ pub mod mempool;
 pub mod metrics;
 pub mod net;
 pub mod password;
-pub mod private_node;
-pub mod proxy_fragments;
-pub mod replica_state;
+pub mod private;
 pub mod status;

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::ledger::TxError;
 use crate::mempool::MempoolError;
-use crate::private_node::{NodeHandle, OwnTxError, SubmitError};
+use crate::private::{NodeHandle, OwnTxError, SubmitError};
 
 /// A client's transaction: the hex of its canonical protobuf bytes.
 #[derive(Debug, Deserialize, Serialize)]
@@ -112,6 +112,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/transactions", post(submit))
         .route("/v1/transactions/{id}", get(transaction))
+        .route("/v1/events", get(events::events))
         .route("/v1/blocks/latest", get(latest_block))
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/slips/{id}", get(slip))
@@ -389,4 +390,5 @@ pub(crate) fn slip_json(
     }))
 }
 
+mod events;
 mod records;

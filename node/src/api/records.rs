@@ -23,7 +23,6 @@ use medchain_proto::v1::{self, transaction_body::Payload};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::access_guard::Refusal;
 use crate::api::{internal, parse_hash, slip_json, ApiError};
 use crate::client::records::ciphertext_address;
 use crate::contracts::state::{
@@ -31,8 +30,9 @@ use crate::contracts::state::{
     SuspensionEntry,
 };
 use crate::contracts::{self, state::Overlay};
-use crate::private_node::{now_ms, NodeHandle};
-use crate::proxy_fragments::fragment_key;
+use crate::private::access_guard::Refusal;
+use crate::private::proxy_fragments::fragment_key;
+use crate::private::{now_ms, NodeHandle};
 
 fn bad(m: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, m.into())
@@ -178,7 +178,7 @@ fn slip_id_of(tx: &v1::Transaction) -> Hash32 {
     }
 }
 
-fn submit_error(node: &NodeHandle, e: crate::private_node::SubmitError) -> ApiError {
+fn submit_error(node: &NodeHandle, e: crate::private::SubmitError) -> ApiError {
     node.metrics.reject(crate::api::reject_reason(&e));
     crate::api::submit_error(e)
 }

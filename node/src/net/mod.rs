@@ -15,32 +15,31 @@
 //! `PeerMessage`; the response is an empty acknowledgement, except for a query (a block request
 //! or a blob request), which is answered with the blocks or the ciphertext.
 //!
-//! **Limits.** A message over [`limits::PEER_MESSAGE`] bytes is refused before it is read; each
-//! peer may send at most [`RATE_PER_SEC`] messages per second (token bucket with a burst of
-//! [`RATE_BURST`]); excess messages are dropped and counted.
+//! **Rooms and limits.** Messages travel in [`Room`]s (consensus, transactions, sync, blobs),
+//! each its own protocol (`/medchain/<room>/1`) with its own size limit, refused before the body
+//! is read, and its own per-peer rate quota (token bucket); excess messages are dropped and
+//! counted. The blob room is delivered to its own receiver, the others to the chain's driver.
 
-use std::collections::{BTreeMap, HashMap};
+mod codec;
+mod rooms;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::futures::StreamExt;
 use libp2p::identity::{secp256k1, Keypair, PublicKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{allow_block_list, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use medchain_crypto::{Identity, SigningKey};
-use medchain_proto::canonical::{decode_peer_message, limits, Canonical};
 use medchain_proto::v1;
 use tokio::sync::mpsc;
 
-/// Protocol name of medchain's peer messages (version 1).
-pub const PROTOCOL: &str = "/medchain/peer/1";
-/// Sustained messages per second accepted from one peer.
-pub const RATE_PER_SEC: f64 = 20_000.0;
-/// Messages one peer may send in a burst.
-pub const RATE_BURST: f64 = 40_000.0;
+pub use codec::{PeerCodec, PeerTraffic};
+use rooms::{Quotas, Rooms};
+pub use rooms::{Room, RoomSpec, TRANSACTIONS_PER_MESSAGE};
 
 /// The libp2p keypair of a node: its signing key, so the peer ID is bound to its identity.
 pub fn keypair(key: &SigningKey) -> Keypair {
@@ -57,119 +56,24 @@ pub fn peer_id(identity: &Identity) -> PeerId {
     PublicKey::from(pk).to_peer_id()
 }
 
-/// Whether a message is a query, answered with data rather than an acknowledgement.
-fn is_query(msg: &v1::PeerMessage) -> bool {
-    matches!(
-        msg.body,
-        Some(v1::peer_message::Body::BlockRequest(_) | v1::peer_message::Body::BlobRequest(_))
-    )
-}
-
-/// Bytes of peer messages this node instance read and wrote (length prefixes included), counted
-/// by its codec and read by its metrics: per instance, so two nodes in one process (tests) count
-/// apart.
-#[derive(Debug, Default)]
-pub struct PeerTraffic {
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-}
-
-/// Length-prefixed canonical `PeerMessage`s.
-#[derive(Clone, Debug, Default)]
-pub struct PeerCodec {
-    traffic: Arc<PeerTraffic>,
-}
-
-async fn read_message<T: AsyncRead + Unpin + Send>(
-    io: &mut T,
-    traffic: &PeerTraffic,
-) -> io::Result<v1::PeerMessage> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > limits::PEER_MESSAGE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "peer message of {len} bytes is over the {}-byte limit",
-                limits::PEER_MESSAGE
-            ),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    traffic
-        .bytes_in
-        .fetch_add(4 + len as u64, Ordering::Relaxed);
-    decode_peer_message(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-async fn write_message<T: AsyncWrite + Unpin + Send>(
-    io: &mut T,
-    msg: v1::PeerMessage,
-    traffic: &PeerTraffic,
-) -> io::Result<()> {
-    let bytes = msg.canonical_bytes();
-    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-    io.write_all(&bytes).await?;
-    traffic
-        .bytes_out
-        .fetch_add(4 + bytes.len() as u64, Ordering::Relaxed);
-    io.close().await
-}
-
-impl request_response::Codec for PeerCodec {
-    type Protocol = StreamProtocol;
-    type Request = v1::PeerMessage;
-    type Response = v1::PeerMessage;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Request>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_message(io, &self.traffic).await
-    }
-
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Self::Response>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_message(io, &self.traffic).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Self::Request,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_message(io, req, &self.traffic).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Self::Response,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_message(io, res, &self.traffic).await
-    }
-}
-
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
-    peer: request_response::Behaviour<PeerCodec>,
+    consensus: request_response::Behaviour<PeerCodec>,
+    transactions: request_response::Behaviour<PeerCodec>,
+    sync: request_response::Behaviour<PeerCodec>,
+    blobs: request_response::Behaviour<PeerCodec>,
+}
+
+impl Behaviour {
+    fn room(&mut self, room: Room) -> &mut request_response::Behaviour<PeerCodec> {
+        match room {
+            Room::Consensus => &mut self.consensus,
+            Room::Transactions => &mut self.transactions,
+            Room::Sync => &mut self.sync,
+            Room::Blobs => &mut self.blobs,
+        }
+    }
 }
 
 /// Another validator of the chain.
@@ -219,27 +123,10 @@ pub enum NetEvent {
 #[derive(Debug, Default, Clone)]
 pub struct NetStats {
     pub connected: usize,
+    /// Indexes of the connected validators.
+    pub peers: std::collections::BTreeSet<u32>,
     pub rate_limited: u64,
     pub refused_connections: u64,
-}
-
-struct Bucket {
-    tokens: f64,
-    last: tokio::time::Instant,
-}
-
-impl Bucket {
-    fn take(&mut self, now: tokio::time::Instant) -> bool {
-        let dt = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + dt * RATE_PER_SEC).min(RATE_BURST);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 fn ack() -> v1::PeerMessage {
@@ -253,7 +140,10 @@ fn ack() -> v1::PeerMessage {
 #[derive(Debug)]
 pub struct Network {
     pub commands: mpsc::Sender<NetCommand>,
+    /// The chain's rooms: consensus, transactions and block sync, with connection changes.
     pub events: mpsc::Receiver<NetEvent>,
+    /// The blob room: pushed ciphertexts, blob requests and their answers.
+    pub blobs: mpsc::Receiver<NetEvent>,
     pub stats: tokio::sync::watch::Receiver<NetStats>,
     pub local_peer_id: PeerId,
     /// What this instance's codec has read and written.
@@ -269,11 +159,22 @@ pub fn start(key: &SigningKey, listen: Multiaddr, peers: Vec<Peer>) -> anyhow::R
     for p in &peers {
         allowed.allow_peer(peer_id(&p.identity));
     }
-    let rr_config = request_response::Config::default()
-        .with_request_timeout(Duration::from_secs(30))
-        .with_max_concurrent_streams(4_096);
-    let codec = PeerCodec::default();
-    let traffic = codec.traffic.clone();
+    let traffic = Arc::new(PeerTraffic::default());
+    let room = |room: Room| {
+        let spec = room.spec();
+        let codec = PeerCodec {
+            traffic: traffic.clone(),
+            max_bytes: spec.max_bytes,
+        };
+        let config = request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_concurrent_streams(4_096);
+        request_response::Behaviour::with_codec(
+            codec,
+            [(StreamProtocol::new(spec.protocol), ProtocolSupport::Full)],
+            config,
+        )
+    };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -283,23 +184,28 @@ pub fn start(key: &SigningKey, listen: Multiaddr, peers: Vec<Peer>) -> anyhow::R
         )?
         .with_behaviour(|_| Behaviour {
             allowed,
-            peer: request_response::Behaviour::with_codec(
-                codec,
-                [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)],
-                rr_config,
-            ),
+            consensus: room(Room::Consensus),
+            transactions: room(Room::Transactions),
+            sync: room(Room::Sync),
+            blobs: room(Room::Blobs),
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3_600)))
         .build();
     swarm.listen_on(listen.clone())?;
     let (cmd_tx, cmd_rx) = mpsc::channel(65_536);
     let (ev_tx, ev_rx) = mpsc::channel(65_536);
+    let (blob_tx, blob_rx) = mpsc::channel(4_096);
     let (stats_tx, stats_rx) = tokio::sync::watch::channel(NetStats::default());
-    tokio::spawn(run(swarm, peers, cmd_rx, ev_tx, stats_tx));
+    let rooms = Rooms {
+        chain: ev_tx,
+        blobs: blob_tx,
+    };
+    tokio::spawn(run(swarm, peers, cmd_rx, rooms, stats_tx));
     tracing::info!(%local_peer_id, %listen, "network started");
     Ok(Network {
         commands: cmd_tx,
         events: ev_rx,
+        blobs: blob_rx,
         stats: stats_rx,
         local_peer_id,
         traffic,
@@ -315,13 +221,13 @@ async fn run(
     mut swarm: Swarm<Behaviour>,
     peers: Vec<Peer>,
     mut commands: mpsc::Receiver<NetCommand>,
-    events: mpsc::Sender<NetEvent>,
+    events: Rooms,
     stats_tx: tokio::sync::watch::Sender<NetStats>,
 ) {
     let by_peer: HashMap<PeerId, &Peer> = peers.iter().map(|p| (peer_id(&p.identity), p)).collect();
     let by_index: BTreeMap<u32, PeerId> = by_peer.iter().map(|(id, p)| (p.index, *id)).collect();
     let mut connected: BTreeMap<PeerId, usize> = BTreeMap::new();
-    let mut buckets: HashMap<PeerId, Bucket> = HashMap::new();
+    let mut quotas = Quotas::default();
     let mut dialers: HashMap<PeerId, Dialer> = by_peer
         .keys()
         .map(|id| {
@@ -336,7 +242,8 @@ async fn run(
         .collect();
     let mut stats = NetStats::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut pending_block_requests: HashMap<OutboundRequestId, u32> = HashMap::new();
+    // Queries this node sent and awaits an answer to (request ids are per room).
+    let mut pending_queries: HashSet<(Room, OutboundRequestId)> = HashSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -362,22 +269,25 @@ async fn run(
                     NetCommand::Send { to, msg } => {
                         if let Some(id) = by_index.get(&to) {
                             if connected.contains_key(id) {
-                                let query = is_query(&msg);
-                                let rid = swarm.behaviour_mut().peer.send_request(id, msg);
+                                let room = Room::of(&msg);
+                                let query = Room::is_query(&msg);
+                                let rid = swarm.behaviour_mut().room(room).send_request(id, msg);
                                 if query {
-                                    pending_block_requests.insert(rid, to);
+                                    pending_queries.insert((room, rid));
                                 }
                             }
                         }
                     }
                     NetCommand::Broadcast(msg) => {
+                        let room = Room::of(&msg);
                         let ids: Vec<PeerId> = connected.keys().copied().collect();
                         for id in ids {
-                            swarm.behaviour_mut().peer.send_request(&id, msg.clone());
+                            swarm.behaviour_mut().room(room).send_request(&id, msg.clone());
                         }
                     }
                     NetCommand::Respond { channel, msg } => {
-                        let _ = swarm.behaviour_mut().peer.send_response(channel, msg);
+                        let room = Room::of(&msg);
+                        let _ = swarm.behaviour_mut().room(room).send_response(channel, msg);
                     }
                 }
             }
@@ -392,7 +302,7 @@ async fn run(
                                 if let Some(d) = dialers.get_mut(&peer_id) {
                                     d.backoff = Duration::from_millis(500);
                                 }
-                                let _ = events.send(NetEvent::Connected(p.index)).await;
+                                events.deliver(Room::Consensus, NetEvent::Connected(p.index)).await;
                             }
                         }
                     }
@@ -403,7 +313,7 @@ async fn run(
                             if let Some(d) = dialers.get_mut(&peer_id) {
                                 d.next_at = tokio::time::Instant::now() + d.backoff;
                             }
-                            let _ = events.send(NetEvent::Disconnected(p.index)).await;
+                            events.deliver(Room::Consensus, NetEvent::Disconnected(p.index)).await;
                         }
                     }
                     SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
@@ -418,63 +328,33 @@ async fn run(
                     SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                         tracing::debug!(?peer_id, %error, "dial failed");
                     }
-                    SwarmEvent::Behaviour(BehaviourEvent::Peer(ev)) => match ev {
-                        request_response::Event::Message { peer, message, .. } => {
-                            let Some(p) = by_peer.get(&peer) else { continue };
-                            match message {
-                                request_response::Message::Request { request, channel, .. } => {
-                                    let bucket = buckets.entry(peer).or_insert(Bucket {
-                                        tokens: RATE_BURST,
-                                        last: tokio::time::Instant::now(),
-                                    });
-                                    if !bucket.take(tokio::time::Instant::now()) {
-                                        stats.rate_limited += 1;
-                                        if stats.rate_limited.is_power_of_two() {
-                                            tracing::warn!(peer = %p.name, dropped = stats.rate_limited, "peer over its message rate; dropping");
-                                        }
-                                        continue;
-                                    }
-                                    if is_query(&request) {
-                                        let _ = events.send(NetEvent::Query { from: p.index, msg: request, channel }).await;
-                                    } else {
-                                        let _ = swarm.behaviour_mut().peer.send_response(channel, ack());
-                                        let _ = events.send(NetEvent::Message { from: p.index, msg: request }).await;
-                                    }
-                                }
-                                request_response::Message::Response { request_id, response } => {
-                                    if pending_block_requests.remove(&request_id).is_some() {
-                                        let _ = events.send(NetEvent::Message { from: p.index, msg: response }).await;
-                                    }
-                                }
-                            }
-                        }
-                        request_response::Event::OutboundFailure { request_id, peer, error, .. } => {
-                            pending_block_requests.remove(&request_id);
-                            tracing::debug!(%peer, %error, "request failed");
-                        }
-                        request_response::Event::InboundFailure { peer, error, .. } => {
-                            let name = by_peer.get(&peer).map_or("unknown", |p| p.name.as_str());
-                            match &error {
-                                // The codec refused the bytes: oversize, not canonical, or not a
-                                // peer message.
-                                request_response::InboundFailure::Io(e)
-                                    if e.kind() == io::ErrorKind::InvalidData =>
-                                {
-                                    tracing::info!(peer = name, %peer, error = %e, "refused a malformed peer message");
-                                }
-                                _ => tracing::debug!(peer = name, %peer, %error, "inbound request failed"),
-                            }
-                        }
-                        request_response::Event::ResponseSent { .. } => {}
-                    },
+                    SwarmEvent::Behaviour(ev) => {
+                        let (room, ev) = match ev {
+                            BehaviourEvent::Consensus(ev) => (Room::Consensus, ev),
+                            BehaviourEvent::Transactions(ev) => (Room::Transactions, ev),
+                            BehaviourEvent::Sync(ev) => (Room::Sync, ev),
+                            BehaviourEvent::Blobs(ev) => (Room::Blobs, ev),
+                            BehaviourEvent::Allowed(never) => match never {},
+                        };
+                        let mut link = Link {
+                            swarm: &mut swarm,
+                            by_peer: &by_peer,
+                            quotas: &mut quotas,
+                            pending: &mut pending_queries,
+                            stats: &mut stats,
+                            rooms: &events,
+                        };
+                        link.on_room_event(room, ev).await;
+                    }
                     SwarmEvent::NewListenAddr { address, .. } => {
                         tracing::info!(%address, "listening");
                     }
                     _ => {}
                 }
                 stats.connected = connected.len();
+                stats.peers = connected.keys().filter_map(|id| by_peer.get(id)).map(|p| p.index).collect();
                 stats_tx.send_if_modified(|s| {
-                    let changed = s.connected != stats.connected
+                    let changed = s.peers != stats.peers
                         || s.rate_limited != stats.rate_limited
                         || s.refused_connections != stats.refused_connections;
                     if changed {
@@ -483,6 +363,105 @@ async fn run(
                     changed
                 });
             }
+        }
+    }
+}
+
+/// What handling one room event needs of the network task's state.
+struct Link<'a> {
+    swarm: &'a mut Swarm<Behaviour>,
+    by_peer: &'a HashMap<PeerId, &'a Peer>,
+    quotas: &'a mut Quotas,
+    pending: &'a mut HashSet<(Room, OutboundRequestId)>,
+    stats: &'a mut NetStats,
+    rooms: &'a Rooms,
+}
+
+impl Link<'_> {
+    async fn on_room_event(
+        &mut self,
+        room: Room,
+        ev: request_response::Event<v1::PeerMessage, v1::PeerMessage>,
+    ) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => {
+                let Some(p) = self.by_peer.get(&peer) else {
+                    return;
+                };
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        if !self.quotas.take(peer, room, tokio::time::Instant::now()) {
+                            self.stats.rate_limited += 1;
+                            if self.stats.rate_limited.is_power_of_two() {
+                                tracing::warn!(peer = %p.name, ?room, dropped = self.stats.rate_limited, "peer over its message rate in this room; dropping");
+                            }
+                            return;
+                        }
+                        if Room::of(&request) != room {
+                            tracing::info!(peer = %p.name, ?room, sent = ?Room::of(&request), "refused a message sent in another room's protocol");
+                            return;
+                        }
+                        let from = p.index;
+                        if Room::is_query(&request) {
+                            let ev = NetEvent::Query {
+                                from,
+                                msg: request,
+                                channel,
+                            };
+                            self.rooms.deliver(room, ev).await;
+                        } else {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .room(room)
+                                .send_response(channel, ack());
+                            let ev = NetEvent::Message { from, msg: request };
+                            self.rooms.deliver(room, ev).await;
+                        }
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if self.pending.remove(&(room, request_id)) {
+                            let ev = NetEvent::Message {
+                                from: p.index,
+                                msg: response,
+                            };
+                            self.rooms.deliver(room, ev).await;
+                        }
+                    }
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id,
+                peer,
+                error,
+                ..
+            } => {
+                self.pending.remove(&(room, request_id));
+                tracing::debug!(%peer, ?room, %error, "request failed");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                let name = self
+                    .by_peer
+                    .get(&peer)
+                    .map_or("unknown", |p| p.name.as_str());
+                match &error {
+                    // The codec refused the bytes: oversize, not canonical, or not a peer message.
+                    request_response::InboundFailure::Io(e)
+                        if e.kind() == io::ErrorKind::InvalidData =>
+                    {
+                        tracing::info!(peer = name, %peer, ?room, error = %e, "refused a malformed peer message");
+                    }
+                    _ => {
+                        tracing::debug!(peer = name, %peer, ?room, %error, "inbound request failed")
+                    }
+                }
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 }
