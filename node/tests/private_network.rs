@@ -66,8 +66,10 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     let all = [0, 1, 2, 3];
     let mut accepted: Vec<String> = Vec::new();
 
-    // 1. 1,000 transactions, identical chains.
+    // 1. 1,000 transactions, identical chains; node 0 pushes every committed block on its event
+    // stream, in order.
     let authority = net.authority();
+    let events = support::devnet::block_events(&net.apis[0], 1_000, 180);
     accepted.extend(submit(&net, &all, &authority, 1..1_001));
     assert!(
         net.wait(180, |n| all.iter().all(|&i| n.committed(i) == 1_000)),
@@ -75,6 +77,20 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
         all.iter().map(|&i| net.committed(i)).collect::<Vec<_>>()
     );
     assert_identical_chains(&net, &all);
+    let events = events.join().unwrap();
+    let pushed: Vec<&String> = events.iter().flat_map(|e| &e.2).collect();
+    assert_eq!(pushed.len(), 1_000, "the event stream missed transactions");
+    assert!(
+        events.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "events out of order"
+    );
+    for (height, hash, _) in &events {
+        assert_eq!(
+            net.block_hash(0, *height).as_ref(),
+            Some(hash),
+            "event of block {height}"
+        );
+    }
 
     // 2. Kill a backup: the chain goes on. Restart it: it catches up.
     let p = primary(&net, 0);

@@ -223,3 +223,51 @@ impl Drop for Devnet {
         }
     }
 }
+
+/// Reads `GET /v1/events` from `addr` until the block events seen list `transactions` transaction
+/// ids in all (or nothing arrives for `secs`); returns each block event's (height, hash, transaction ids).
+/// Spawn it before submitting: the stream carries only blocks committed after it connected.
+pub fn block_events(
+    addr: &str,
+    transactions: usize,
+    secs: u64,
+) -> std::thread::JoinHandle<Vec<(u64, String, Vec<String>)>> {
+    let addr = addr.to_string();
+    let mut s = TcpStream::connect(&addr).expect("connecting to the event stream");
+    s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let req =
+        format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    std::thread::spawn(move || {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16_384];
+        let mut events = Vec::new();
+        let mut seen = 0;
+        // Ends when enough were seen, or when nothing came for `secs` (the read timeout).
+        while seen < transactions {
+            let Ok(n) = s.read(&mut buf) else { break };
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            // Chunk framing aside, every event's data is one `data: {json}` line.
+            events = String::from_utf8_lossy(&raw)
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter(|v| v.get("height").is_some())
+                .map(|v| {
+                    let ids = v["transactions"].as_array().unwrap().iter();
+                    (
+                        v["height"].as_u64().unwrap(),
+                        v["hash"].as_str().unwrap().to_string(),
+                        ids.map(|i| i.as_str().unwrap().to_string())
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .collect::<Vec<_>>();
+            seen = events.iter().map(|e| e.2.len()).sum();
+        }
+        events
+    })
+}
