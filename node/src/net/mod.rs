@@ -296,6 +296,9 @@ async fn run(
                     SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                         let count = connected.entry(peer_id).or_default();
                         *count += 1;
+                        if let Some(p) = by_peer.get(&peer_id) {
+                            stats.peers.insert(p.index);
+                        }
                         if *count == 1 {
                             if let Some(p) = by_peer.get(&peer_id) {
                                 tracing::info!(peer = %p.name, %peer_id, "connected");
@@ -308,6 +311,9 @@ async fn run(
                     }
                     SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                         connected.remove(&peer_id);
+                        if let Some(p) = by_peer.get(&peer_id) {
+                            stats.peers.remove(&p.index);
+                        }
                         if let Some(p) = by_peer.get(&peer_id) {
                             tracing::warn!(peer = %p.name, %peer_id, "disconnected; will redial");
                             if let Some(d) = dialers.get_mut(&peer_id) {
@@ -352,7 +358,6 @@ async fn run(
                     _ => {}
                 }
                 stats.connected = connected.len();
-                stats.peers = connected.keys().filter_map(|id| by_peer.get(id)).map(|p| p.index).collect();
                 stats_tx.send_if_modified(|s| {
                     let changed = s.peers != stats.peers
                         || s.rate_limited != stats.rate_limited
