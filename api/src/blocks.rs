@@ -1,0 +1,48 @@
+//! Committed blocks: `GET /v1/blocks/{height}` and the events of `GET /v1/events`.
+
+use serde::{Deserialize, Serialize};
+
+/// A committed block as the API shows it. `block` carries the canonical bytes with the commit
+/// certificate: a client that must not trust the node checks those, not the other fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub height: u64,
+    /// Hex of the block hash.
+    pub hash: String,
+    pub previous_hash: String,
+    pub timestamp_ms: u64,
+    /// `mcid1…` identity of the validator that built the batch.
+    pub creator: String,
+    pub merkle_root: String,
+    pub transaction_count: u32,
+    /// Hex ids of its transactions, in order.
+    pub transactions: Vec<String>,
+    pub commit: CommitInfo,
+    /// Hex of the canonical `Block` bytes, with its commit certificate.
+    pub block: String,
+}
+
+/// Who certified a block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitInfo {
+    pub view: u64,
+    /// Validator indexes whose commit signatures the certificate holds.
+    pub signers: Vec<u32>,
+}
+
+/// `event: block` of `GET /v1/events`: a block this node committed, in commit order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockEvent {
+    pub height: u64,
+    pub hash: String,
+    pub timestamp_ms: u64,
+    /// Hex ids of the transactions that took effect.
+    pub transactions: Vec<String>,
+}
+
+/// `event: lagged` of `GET /v1/events`: the client read too slowly and missed `missed` blocks;
+/// it should look up what it waits for directly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lagged {
+    pub missed: u64,
+}

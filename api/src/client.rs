@@ -1,0 +1,516 @@
+//! The client of a node's API: hyper's pooled HTTP/1.1 client, over TLS (rustls, the web's
+//! root certificates) for `https://` nodes, with a connect timeout and a whole-request timeout
+//! so that a node that stops answering costs a client seconds, not forever.
+//!
+//! One typed method per endpoint: the paths live here once, answers are decoded into this
+//! crate's types, and a refusal becomes [`ClientError::Api`] with the node's message, which says
+//! what to do.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{ACCEPT, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::events::EventStream;
+use crate::{
+    Accepted, AuditTrail, Block, ChainInfo, ConsentList, ErrorBody, Health, IdentityInfo,
+    PatientRecords, Ready, RecordAccepted, RecordView, Slip, Status, SubmitRequest,
+    TransactionInfo, VerifyReport,
+};
+
+/// How long a client waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For the TCP (and TLS) connection.
+    pub connect: Duration,
+    /// For a whole request: sending it and reading the whole answer.
+    pub request: Duration,
+    /// For the next bytes of an event stream (the node sends a keep-alive every 15 s).
+    pub stream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(30),
+            stream_idle: Duration::from_secs(45),
+        }
+    }
+}
+
+/// Why a call to the API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0:?} is not a node API address: give http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:8545)")]
+    Address(String),
+    #[error("cannot reach the node API at {url}: {reason} (is the node running, and is this its [api] listen address?)")]
+    Unreachable { url: String, reason: String },
+    #[error("the node API at {url} did not answer within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    #[error("the node answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("the answer of {url} is not what the API describes: {reason}")]
+    Decode { url: String, reason: String },
+    #[error("the TLS setup failed: {0}")]
+    Tls(String),
+}
+
+impl ClientError {
+    /// The HTTP status of a refusal, if the node answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The whole chain of an error's causes, for a message that names the real one (hyper's own
+/// top-level errors say only "client error (Connect)").
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+type Http = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A client of one node's API. Cheap to clone: clones share the connection pool.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    /// `http(s)://host:port[/prefix]`, without a trailing slash.
+    base: String,
+    http: Http,
+    timeouts: Timeouts,
+}
+
+/// Reads `http://host:port`, `https://host:port[/prefix]`, `host:port` or a bare port (on
+/// loopback) into the base URL of the API.
+pub fn parse_base(node: &str) -> Result<String, ClientError> {
+    let text = node.trim();
+    let (scheme, rest) = text.split_once("://").unwrap_or(("http", text));
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(ClientError::Address(node.to_string()));
+    }
+    let with_scheme = if rest.chars().all(|c| c.is_ascii_digit()) {
+        format!("{scheme}://127.0.0.1:{rest}")
+    } else {
+        format!("{scheme}://{rest}")
+    };
+    let uri: hyper::Uri = with_scheme
+        .parse()
+        .map_err(|_| ClientError::Address(node.to_string()))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.authority().is_none() || uri.query().is_some() {
+        return Err(ClientError::Address(node.to_string()));
+    }
+    Ok(with_scheme)
+}
+
+impl ApiClient {
+    /// A client of the node at `node` with the default timeouts.
+    pub fn new(node: &str) -> Result<Self, ClientError> {
+        Self::with_timeouts(node, Timeouts::default())
+    }
+
+    pub fn with_timeouts(node: &str, timeouts: Timeouts) -> Result<Self, ClientError> {
+        let base = parse_base(node)?;
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(timeouts.connect));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(ApiClient {
+            base,
+            http,
+            timeouts,
+        })
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .map_err(|_| ClientError::Address(format!("{}{path}", self.base)))
+    }
+
+    /// Sends one request and reads the whole answer, within the request timeout.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let request = self.request(method, path, content_type, body)?;
+        let exchange = async {
+            let response =
+                self.http
+                    .request(request)
+                    .await
+                    .map_err(|e| ClientError::Unreachable {
+                        url: url.clone(),
+                        reason: causes(&e),
+                    })?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    url: url.clone(),
+                    reason: format!("the answer broke off: {}", causes(&e)),
+                })?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.timeouts.request, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                url: url.clone(),
+                secs: self.timeouts.request.as_secs(),
+            })?
+    }
+
+    fn decode<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode {
+            url: format!("{}{path}", self.base),
+            reason: e.to_string(),
+        })
+    }
+
+    /// A refusal, with the node's message when it sent one.
+    fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
+        let message = serde_json::from_slice::<ErrorBody>(body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+        ClientError::Api {
+            status: status.as_u16(),
+            message,
+        }
+    }
+
+    /// GET a JSON resource; a non-2xx answer is an error.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (status, body) = self
+            .send(Method::GET, path, "application/json", Bytes::new())
+            .await?;
+        if !status.is_success() {
+            return Err(Self::refusal(status, &body));
+        }
+        self.decode(path, &body)
+    }
+
+    /// GET a JSON resource that may not exist: `None` on 404.
+    pub async fn find<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ClientError> {
+        let (status, body) = self
+            .send(Method::GET, path, "application/json", Bytes::new())
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => self.decode(path, &body).map(Some),
+            s => Err(Self::refusal(s, &body)),
+        }
+    }
+
+    /// POST a JSON body; the JSON answer on success.
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: format!("{}{path}", self.base),
+            reason: e.to_string(),
+        })?;
+        let (status, answer) = self
+            .send(Method::POST, path, "application/json", bytes.into())
+            .await?;
+        if !status.is_success() {
+            return Err(Self::refusal(status, &answer));
+        }
+        self.decode(path, &answer)
+    }
+
+    /// POST protobuf bytes; the answer's bytes on success.
+    pub async fn post_proto(&self, path: &str, body: Vec<u8>) -> Result<Bytes, ClientError> {
+        let (status, answer) = self
+            .send(Method::POST, path, "application/x-protobuf", body.into())
+            .await?;
+        if !status.is_success() {
+            return Err(Self::refusal(status, &answer));
+        }
+        Ok(answer)
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.get("/health").await
+    }
+
+    /// `GET /ready`: the answer whether ready (200) or not (503).
+    pub async fn ready(&self) -> Result<Ready, ClientError> {
+        let (status, body) = self
+            .send(Method::GET, "/ready", "application/json", Bytes::new())
+            .await?;
+        match status {
+            StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE => self.decode("/ready", &body),
+            s => Err(Self::refusal(s, &body)),
+        }
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.get("/v1/status").await
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let (status, body) = self
+            .send(Method::GET, "/metrics", "text/plain", Bytes::new())
+            .await?;
+        if !status.is_success() {
+            return Err(Self::refusal(status, &body));
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// `GET /v1/chain`.
+    pub async fn chain(&self) -> Result<ChainInfo, ClientError> {
+        self.get("/v1/chain").await
+    }
+
+    /// `POST /v1/transactions` with the hex of a transaction's canonical bytes.
+    pub async fn submit(&self, transaction_hex: String) -> Result<Accepted, ClientError> {
+        self.post_json(
+            "/v1/transactions",
+            &SubmitRequest {
+                transaction: transaction_hex,
+            },
+        )
+        .await
+    }
+
+    /// `GET /v1/transactions/{id}`: `None` while not committed.
+    pub async fn transaction(&self, id: &str) -> Result<Option<TransactionInfo>, ClientError> {
+        self.find(&format!("/v1/transactions/{id}")).await
+    }
+
+    /// `GET /v1/blocks/{height}`.
+    pub async fn block(&self, height: u64) -> Result<Option<Block>, ClientError> {
+        self.find(&format!("/v1/blocks/{height}")).await
+    }
+
+    /// `GET /v1/blocks/latest`: `None` before the first block.
+    pub async fn latest_block(&self) -> Result<Option<Block>, ClientError> {
+        self.find("/v1/blocks/latest").await
+    }
+
+    /// `GET /v1/slips/{id}`.
+    pub async fn slip(&self, id: &str) -> Result<Option<Slip>, ClientError> {
+        self.find(&format!("/v1/slips/{id}")).await
+    }
+
+    /// `GET /v1/identities/{id}`: `None` when not registered.
+    pub async fn identity(&self, id: &str) -> Result<Option<IdentityInfo>, ClientError> {
+        self.find(&format!("/v1/identities/{id}")).await
+    }
+
+    /// `POST /v1/records` with a canonical `RecordUpload`.
+    pub async fn upload(&self, upload: Vec<u8>) -> Result<RecordAccepted, ClientError> {
+        let answer = self.post_proto("/v1/records", upload).await?;
+        self.decode("/v1/records", &answer)
+    }
+
+    /// `GET /v1/records/{slip}`.
+    pub async fn record(&self, slip: &str) -> Result<Option<RecordView>, ClientError> {
+        self.find(&format!("/v1/records/{slip}")).await
+    }
+
+    /// `POST /v1/records/{slip}/read` with a canonical `SignedReadRequest`: the canonical
+    /// `ReadResponse` bytes.
+    pub async fn read(&self, slip: &str, request: Vec<u8>) -> Result<Bytes, ClientError> {
+        self.post_proto(&format!("/v1/records/{slip}/read"), request)
+            .await
+    }
+
+    /// `GET /v1/records/{slip}/verify`.
+    pub async fn verify(&self, slip: &str) -> Result<Option<VerifyReport>, ClientError> {
+        self.find(&format!("/v1/records/{slip}/verify")).await
+    }
+
+    /// `GET /v1/patients/{id}/records[?pending=true]`.
+    pub async fn patient_records(
+        &self,
+        patient: &str,
+        pending_only: bool,
+    ) -> Result<PatientRecords, ClientError> {
+        let query = if pending_only { "?pending=true" } else { "" };
+        self.get(&format!("/v1/patients/{patient}/records{query}"))
+            .await
+    }
+
+    /// `GET /v1/consent?patient=ID`: the grants a patient gave and the requests made to her.
+    pub async fn consent_of_patient(&self, patient: &str) -> Result<ConsentList, ClientError> {
+        self.get(&format!("/v1/consent?patient={patient}")).await
+    }
+
+    /// `GET /v1/consent?grantee=ID`: the grants one holds and the requests one made.
+    pub async fn consent_of_grantee(&self, grantee: &str) -> Result<ConsentList, ClientError> {
+        self.get(&format!("/v1/consent?grantee={grantee}")).await
+    }
+
+    /// `GET /v1/audit?record=SLIP | patient=ID | actor=ID` (`query` is one of those).
+    pub async fn audit(&self, query: &str) -> Result<AuditTrail, ClientError> {
+        self.get(&format!("/v1/audit?{query}")).await
+    }
+
+    /// `GET /v1/events`: the committed blocks from now on, pushed.
+    pub async fn events(&self) -> Result<EventStream, ClientError> {
+        let url = format!("{}/v1/events", self.base);
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .header(ACCEPT, "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| ClientError::Address(url.clone()))?;
+        let response = tokio::time::timeout(self.timeouts.request, self.http.request(request))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                url: url.clone(),
+                secs: self.timeouts.request.as_secs(),
+            })?
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: causes(&e),
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(Self::refusal(status, &body));
+        }
+        Ok(EventStream::new(
+            url,
+            response.into_body(),
+            self.timeouts.stream_idle,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_base("http://127.0.0.1:8545/").unwrap(),
+            "http://127.0.0.1:8545"
+        );
+        assert_eq!(
+            parse_base("localhost:9000").unwrap(),
+            "http://localhost:9000"
+        );
+        assert_eq!(parse_base("8545").unwrap(), "http://127.0.0.1:8545");
+        assert_eq!(
+            parse_base("https://node.hospital.example/medchain").unwrap(),
+            "https://node.hospital.example/medchain"
+        );
+        for bad in [
+            "",
+            "ftp://x:1",
+            "http://",
+            "http://h:1/?q=1",
+            "not an address",
+        ] {
+            assert!(
+                matches!(parse_base(bad), Err(ClientError::Address(_))),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    /// A node that accepts the connection and never answers costs the request timeout, and the
+    /// error says so.
+    #[tokio::test]
+    async fn a_silent_node_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                open.push(s);
+            }
+        });
+        let client = ApiClient::with_timeouts(
+            &addr.to_string(),
+            Timeouts {
+                request: Duration::from_millis(300),
+                ..Timeouts::default()
+            },
+        )
+        .unwrap();
+        let err = client.status().await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        hold.abort();
+    }
+
+    /// No listener: the error names the address and suggests the fix.
+    #[tokio::test]
+    async fn a_missing_node_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = ApiClient::new(&addr.to_string())
+            .unwrap()
+            .chain()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+}
