@@ -38,6 +38,20 @@ pub struct BlockEvent {
     pub timestamp_ms: u64,
     /// Hex ids of the transactions that took effect.
     pub transactions: Vec<String>,
+    /// Hex ids of the transactions ordered in the block but refused by a chain rule (final as
+    /// well; `GET /v1/transactions/{id}` says why). Absent from nodes before it was added.
+    #[serde(default)]
+    pub failed: Vec<String>,
+}
+
+impl BlockEvent {
+    /// Whether the block settled transaction `id` (hex), taking effect or refused.
+    pub fn settles(&self, id: &str) -> bool {
+        self.transactions
+            .iter()
+            .chain(&self.failed)
+            .any(|t| t == id)
+    }
 }
 
 /// `event: lagged` of `GET /v1/events`: the client read too slowly and missed `missed` blocks;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::client::ClientError;
+use crate::error::ClientError;
 use crate::{BlockEvent, Lagged};
 
 /// One event of the stream.
@@ -170,7 +170,7 @@ impl EventStream {
 mod tests {
     use super::*;
 
-    const STREAM: &str = ": keep-alive\r\n\r\nevent: block\ndata: {\"height\":3,\"hash\":\"ab\",\"timestamp_ms\":9,\"transactions\":[\"01\"]}\n\nevent: future\ndata: x\n\nevent: lagged\r\ndata:{\"missed\":4}\r\n\r\n";
+    const STREAM: &str = ": keep-alive\r\n\r\nevent: block\ndata: {\"height\":3,\"hash\":\"ab\",\"timestamp_ms\":9,\"transactions\":[\"01\"],\"failed\":[]}\n\nevent: future\ndata: x\n\nevent: lagged\r\ndata:{\"missed\":4}\r\n\r\n";
 
     fn all(chunks: &[&[u8]]) -> Vec<StreamEvent> {
         let mut p = Parser::default();
@@ -189,6 +189,7 @@ mod tests {
                 hash: "ab".into(),
                 timestamp_ms: 9,
                 transactions: vec!["01".into()],
+                failed: vec![],
             }),
             StreamEvent::Lagged(Lagged { missed: 4 }),
         ];

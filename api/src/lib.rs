@@ -14,6 +14,7 @@ pub mod blocks;
 pub mod chain;
 pub mod client;
 pub mod consent;
+pub mod error;
 pub mod events;
 pub mod identities;
 pub mod node;
@@ -23,10 +24,11 @@ pub mod transactions;
 pub use audit::{AuditEntry, AuditTrail};
 pub use blocks::{Block, BlockEvent, CommitInfo, Lagged};
 pub use chain::{AuthorityInfo, ChainInfo, ValidatorInfo};
-pub use client::{ApiClient, ClientError, Timeouts};
+pub use client::{ApiClient, Timeouts};
 pub use consent::{
     ConsentList, GrantInfo, GrantStatus, RequestInfo, RequestOutcome, RequestStatus,
 };
+pub use error::ClientError;
 pub use events::{EventStream, StreamEvent};
 pub use identities::{IdentityInfo, Role, SuspensionInfo};
 pub use node::{ErrorBody, Health, Ready, Status};
@@ -34,3 +36,6 @@ pub use records::{
     IntegrityStatus, PatientRecords, RecordAccepted, RecordSlip, RecordView, Slip, VerifyReport,
 };
 pub use transactions::{Accepted, SubmitRequest, TransactionInfo};
+
+/// What [`ApiClient::send`] takes and answers, so callers need not depend on hyper themselves.
+pub use hyper::{Method, StatusCode};

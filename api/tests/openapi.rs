@@ -353,6 +353,7 @@ fn the_description_matches_the_types() {
             hash: "h".into(),
             timestamp_ms: 2,
             transactions: vec!["t".into()],
+            failed: vec!["f".into()],
         })],
     );
     check(&doc, "Lagged", &[v(Lagged { missed: 3 })]);

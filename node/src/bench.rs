@@ -8,9 +8,8 @@
 //! the slip) and stores and replicates the ciphertext. The bench registers its doctors and
 //! patients with the devnet's authority key, and builds, encrypts and signs every write before
 //! the clock starts. Client `c` sends to the `c mod n`-th node that answers. Commit time is
-//! when the block holding the transaction is first seen on the first answering node (polled every
-//! 20 ms); latency is from the
-//! moment the client sent it.
+//! when the first answering node pushes the block holding the transaction on its event stream
+//! (`GET /v1/events`); latency is from the moment the client sent it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,8 +26,9 @@ use tokio::time::Instant;
 
 use crate::client::records::{build_record_write, PatientKeys, RecordInput};
 
+use medchain_api::{ApiClient, StreamEvent};
+
 use crate::config;
-use crate::http_client::HttpClient;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ async fn register_participants(
     doctors: &[KeyMaterial],
     patients: &[KeyMaterial],
 ) -> Result<()> {
-    let mut client = crate::client::Client::connect(&format!("http://{api}")).await?;
+    let client = crate::client::Client::connect(&format!("http://{api}")).await?;
     let mut ids = Vec::new();
     for (keys, role) in doctors
         .iter()
@@ -155,11 +155,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     // Only the nodes that answer take part (a node may be down on purpose).
     let mut apis = Vec::new();
     for a in all {
-        if HttpClient::new(a)
-            .request("GET", "/v1/status", None)
-            .await
-            .is_ok()
-        {
+        if ApiClient::new(&a.to_string())?.status().await.is_ok() {
             apis.push(a);
         }
     }
@@ -247,12 +243,8 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
         })
         .await??
     };
-    let start_height = {
-        let mut c = HttpClient::new(apis[0]);
-        let (_, body) = c.request("GET", "/v1/status", None).await?;
-        let v: serde_json::Value = serde_json::from_str(&body).context("status JSON")?;
-        v["height"].as_u64().unwrap_or(0)
-    };
+    let watcher = ApiClient::new(&apis[0].to_string())?;
+    let start_height = watcher.status().await?.height;
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let committed_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let refusals: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -264,33 +256,49 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     );
     let t0 = Instant::now();
 
-    // Poller: records when each transaction's block appears on node 0.
+    // Watcher: records when each transaction's block is pushed by node 0.
     let poller = {
         let committed_at = committed_at.clone();
         let done = done.clone();
-        let api = apis[0];
+        let mut events = watcher.events().await?;
         tokio::spawn(async move {
-            let mut c = HttpClient::new(api);
+            let seen = |ids: &mut dyn Iterator<Item = &String>| {
+                let now = Instant::now();
+                let mut m = committed_at.lock().expect("not poisoned");
+                for id in ids {
+                    m.entry(id.clone()).or_insert(now);
+                }
+            };
             let mut next = start_height + 1;
             loop {
-                match c.request("GET", &format!("/v1/blocks/{next}"), None).await {
-                    Ok((200, body)) => {
-                        let now = Instant::now();
-                        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                        let mut m = committed_at.lock().expect("not poisoned");
-                        for id in v["transactions"].as_array().into_iter().flatten() {
-                            if let Some(id) = id.as_str() {
-                                m.entry(id.to_string()).or_insert(now);
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let event = tokio::select! {
+                    e = events.next() => e,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                };
+                match event {
+                    Some(Ok(StreamEvent::Block(b))) => {
+                        // Blocks the stream did not carry (committed before it opened) first.
+                        while next < b.height {
+                            if let Ok(Some(block)) = watcher.block(next).await {
+                                seen(&mut block.transactions.iter());
                             }
+                            next += 1;
                         }
-                        next += 1;
-                        continue;
+                        seen(&mut b.transactions.iter().chain(&b.failed));
+                        next = next.max(b.height + 1);
                     }
+                    // Lagged or broken: reopen, then fetch what was missed.
                     _ => {
-                        if done.load(std::sync::atomic::Ordering::Relaxed) {
-                            return;
+                        if let Ok(e) = watcher.events().await {
+                            events = e;
                         }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        while let Ok(Some(block)) = watcher.block(next).await {
+                            seen(&mut block.transactions.iter());
+                            next += 1;
+                        }
                     }
                 }
             }
@@ -336,7 +344,13 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
         let sent_at = sent_at.clone();
         let refusals = refusals.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = HttpClient::new(api);
+            let client = match ApiClient::new(&api.to_string()) {
+                Ok(c) => c,
+                Err(e) => {
+                    refusals.lock().expect("not poisoned").push(e.to_string());
+                    return 0;
+                }
+            };
             let mut accepted = 0usize;
             let mut next_send = Instant::now();
             for (id, body) in txs {
@@ -345,18 +359,11 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
                     next_send += iv;
                 }
                 let sent = Instant::now();
-                match client
-                    .request_bytes("POST", "/v1/records", "application/x-protobuf", &body)
-                    .await
-                {
-                    Ok((202, _)) => {
+                match client.upload(body).await {
+                    Ok(_) => {
                         sent_at.lock().expect("not poisoned").insert(id, sent);
                         accepted += 1;
                     }
-                    Ok((code, body)) => refusals
-                        .lock()
-                        .expect("not poisoned")
-                        .push(format!("{code}: {}", String::from_utf8_lossy(&body))),
                     Err(e) => refusals.lock().expect("not poisoned").push(e.to_string()),
                 }
             }

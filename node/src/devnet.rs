@@ -88,10 +88,12 @@ async fn wait_ready(nodes: &mut Nodes, apis: &[String]) -> Result<()> {
     for _ in 0..150 {
         let mut ready = 0;
         for api in apis {
-            if let Ok(mut c) = Client::connect(api).await {
-                if matches!(c.get_with_status("/ready").await, Ok((200, _))) {
-                    ready += 1;
-                }
+            let answer = match medchain_api::ApiClient::new(api) {
+                Ok(c) => c.ready().await.ok(),
+                Err(e) => return Err(e.into()),
+            };
+            if answer.is_some_and(|r| r.ready) {
+                ready += 1;
             }
         }
         if ready == NODES {
@@ -108,14 +110,14 @@ async fn wait_ready(nodes: &mut Nodes, apis: &[String]) -> Result<()> {
 }
 
 async fn register(
-    c: &mut Client,
+    c: &Client,
     authority: &KeyMaterial,
     who: &KeyMaterial,
     role: v1::Role,
     name: &str,
 ) -> Result<()> {
     let id = who.signing_key().identity();
-    if c.get(&format!("/v1/identities/{id}")).await?.is_some() {
+    if c.api.identity(&id.to_string()).await?.is_some() {
         return Ok(());
     }
     let reg = KeyCard::from_binding(&who.key_binding()).registration(role, name)?;
@@ -133,30 +135,16 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         participant(dir, "doctor-b")?,
         participant(dir, "patient")?,
     );
-    let mut c0 = Client::connect(&apis[0]).await?;
-    let mut c1 = Client::connect(&apis[1]).await?;
+    let c0 = Client::connect(&apis[0]).await?;
+    let c1 = Client::connect(&apis[1]).await?;
     let patient_id = patient.signing_key().identity();
     let b_id = doctor_b.signing_key().identity();
     out!("demo: the record workflow on chain {:?}", c0.chain.chain_id);
 
+    register(&c0, &authority, &doctor_a, v1::Role::Doctor, "Dr A (demo)").await?;
+    register(&c0, &authority, &doctor_b, v1::Role::Doctor, "Dr B (demo)").await?;
     register(
-        &mut c0,
-        &authority,
-        &doctor_a,
-        v1::Role::Doctor,
-        "Dr A (demo)",
-    )
-    .await?;
-    register(
-        &mut c0,
-        &authority,
-        &doctor_b,
-        v1::Role::Doctor,
-        "Dr B (demo)",
-    )
-    .await?;
-    register(
-        &mut c0,
+        &c0,
         &authority,
         &patient,
         v1::Role::Patient,
@@ -196,7 +184,7 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         Err(e) => out!("  4. Dr B's read was refused and audited: {e}"),
         Ok(_) => bail!("Dr B read the record without a grant"),
     }
-    let grantee_key = c0.identity(&b_id).await?.encryption_key()?;
+    let grantee_key = crate::client::encryption_key(&c0.identity(&b_id).await?)?;
     let grant = build_grant(
         &c0.chain,
         &patient,
@@ -212,8 +200,7 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         .submit_and_wait(&c0.sign(&patient, Payload::ConsentGrant(grant)))
         .await?;
     out!("  5. the patient granted Dr B read on it for 10 minutes: grant {grant_id}");
-    c1.wait_for_height(committed["height"].as_u64().unwrap_or(0))
-        .await?;
+    c1.wait_for_height(committed.height).await?;
     let read = c1.read(&doctor_b, &slip).await?;
     if read != record {
         bail!("Dr B decrypted something else than the record");
@@ -223,32 +210,22 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         read.len()
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let trail = c0
-        .get(&format!("/v1/audit?record={slip}"))
-        .await?
-        .unwrap_or_default();
+    let trail = c0.api.audit(&format!("record={slip}")).await?;
     out!("  7. the record's audit trail:");
-    for e in trail["events"].as_array().cloned().unwrap_or_default() {
+    for e in trail.events {
         out!(
             "       height {:>5}  {:<12} {}",
-            e["height"],
-            e["op"].as_str().unwrap_or_default(),
-            e["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .take(90)
-                .collect::<String>()
+            e.height,
+            e.op,
+            e.detail.chars().take(90).collect::<String>()
         );
     }
     let v = c0
-        .get(&format!("/v1/records/{slip}/verify"))
+        .api
+        .verify(&slip.to_hex())
         .await?
         .ok_or_else(|| anyhow!("record {slip} vanished"))?;
-    out!(
-        "  8. tamper check on node0: stored ciphertext {}",
-        v["status"].as_str().unwrap_or_default()
-    );
+    out!("  8. tamper check on node0: stored ciphertext {}", v.status);
     Ok(())
 }
 

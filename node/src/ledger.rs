@@ -100,6 +100,11 @@ fn nonce_key(signer: &[u8], nonce: u64) -> Vec<u8> {
 }
 
 impl PrivateLedger {
+    /// Questions over the committed state (the API reads through these, never through keys).
+    pub fn queries(&self) -> crate::contracts::queries::Queries<'_> {
+        crate::contracts::queries::Queries::new(&self.store)
+    }
+
     pub fn new(
         store: Arc<Store>,
         chain_id: String,

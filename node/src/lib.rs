@@ -21,7 +21,6 @@ pub mod devnet;
 pub mod driver;
 pub mod genesis_cmd;
 pub mod home_files;
-pub mod http_client;
 pub mod ledger;
 pub mod logging;
 pub mod mempool;

@@ -54,7 +54,7 @@ fn assert_identical_chains(net: &Devnet, nodes: &[usize]) -> u64 {
 }
 
 fn primary(net: &Devnet, any_live: usize) -> usize {
-    net.status(any_live).unwrap()["primary"].as_u64().unwrap() as usize
+    net.status(any_live).unwrap().primary as usize
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     // Give it time to try: it redials with backoff.
     net.wait(3, |_| false);
     assert_eq!(
-        outsider.status(4).unwrap()["peers_connected"],
+        outsider.status(4).unwrap().peers_connected,
         0,
         "the outsider got connected"
     );

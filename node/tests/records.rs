@@ -629,7 +629,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
 
     // A node restart loses nothing.
     assert!(net.wait(20, |n| (0..4)
-        .all(|i| n.status(i).is_some_and(|s| s["mempool"] == 0))));
+        .all(|i| n.status(i).is_some_and(|s| s.mempool == 0))));
     let height = net.height(0);
     let trail = audit_ops(&n0, &s1);
     net.kill(0);

@@ -16,22 +16,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use medchain_api::{
+    Accepted, Block, CommitInfo, ErrorBody, Health, Ready, Slip, Status, SubmitRequest,
+    TransactionInfo,
+};
 use medchain_crypto::Hash32;
 use medchain_proto::canonical::{limits, Canonical, Hashed};
 use medchain_proto::ledger::{block_hash, verify_private_slip};
 use medchain_proto::v1;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::ledger::TxError;
 use crate::mempool::MempoolError;
 use crate::private::{NodeHandle, OwnTxError, SubmitError};
-
-/// A client's transaction: the hex of its canonical protobuf bytes.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct SubmitRequest {
-    pub transaction: String,
-}
 
 /// An API error: the status that tells the client what to do, and the message.
 #[derive(Debug)]
@@ -39,7 +35,10 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.0, Json(json!({ "error": self.1.clone() }))).into_response();
+        let body = ErrorBody {
+            error: self.1.clone(),
+        };
+        let mut response = (self.0, Json(body)).into_response();
         response.extensions_mut().insert(Refusal(self.1));
         response
     }
@@ -106,7 +105,7 @@ pub(crate) fn parse_hash(text: &str, what: &str) -> Result<Hash32, ApiError> {
 /// The API's routes.
 pub fn router(node: NodeHandle) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/v1/status", get(status))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -151,24 +150,26 @@ pub async fn serve(addr: SocketAddr, node: NodeHandle) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(State(node): State<NodeHandle>) -> Json<Value> {
-    Json(serde_json::to_value(&*node.status.borrow()).unwrap_or(Value::Null))
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+async fn status(State(node): State<NodeHandle>) -> Json<Status> {
+    Json(node.status.borrow().clone())
 }
 
 /// 200 when the node is in consensus (enough peers for a quorum) and caught up; 503 with the
 /// reason otherwise. For load balancers and orchestrators; `/health` only says the process answers.
-async fn ready(State(node): State<NodeHandle>) -> (StatusCode, Json<Value>) {
-    let status = node.status.borrow().clone();
-    match status.not_ready() {
-        None => (
-            StatusCode::OK,
-            Json(json!({"ready": true, "height": status.height})),
-        ),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason, "height": status.height})),
-        ),
-    }
+async fn ready(State(node): State<NodeHandle>) -> (StatusCode, Json<Ready>) {
+    let ready = node.status.borrow().readiness();
+    let code = if ready.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(ready))
 }
 
 /// Prometheus text exposition.
@@ -188,7 +189,7 @@ async fn metrics(State(node): State<NodeHandle>) -> Response {
 async fn submit(
     State(node): State<NodeHandle>,
     Json(req): Json<SubmitRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let bytes = hex::decode(req.transaction.trim()).map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -208,7 +209,10 @@ async fn submit(
     match node.submit(bytes).await {
         Ok(id) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "id": id.to_hex(), "status": "pending" })),
+            Json(Accepted {
+                id: id.to_hex(),
+                status: "pending".into(),
+            }),
         )),
         Err(e) => {
             node.metrics.reject(reject_reason(&e));
@@ -254,7 +258,7 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
 async fn transaction(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TransactionInfo>, ApiError> {
     let id = parse_hash(&id, "transaction id")?;
     let loc = node
         .store
@@ -275,50 +279,47 @@ async fn transaction(
         .transactions
         .get(loc.index as usize)
         .ok_or_else(|| internal("indexed transaction missing"))?;
-    let failed = node
-        .store
-        .chain_state(&crate::contracts::state::keys::failure(&id))
-        .map_err(internal)?
-        .map(|r| String::from_utf8_lossy(&r).into_owned());
-    Ok(Json(json!({
-        "id": id.to_hex(),
-        "failed": failed,
-        "height": loc.height,
-        "index": loc.index,
-        "block_hash": block_hash(&block).map_err(internal)?.to_hex(),
-        "transaction": hex::encode(tx.canonical_bytes()),
-    })))
+    let failed = node.ledger.queries().failure(&id).map_err(internal)?;
+    Ok(Json(TransactionInfo {
+        id: id.to_hex(),
+        failed,
+        height: loc.height,
+        index: loc.index,
+        block_hash: block_hash(&block).map_err(internal)?.to_hex(),
+        transaction: hex::encode(tx.canonical_bytes()),
+    }))
 }
 
-fn block_json(block: &v1::Block) -> Result<Value, ApiError> {
+fn block_json(block: &v1::Block) -> Result<Block, ApiError> {
     let header = block.header.clone().unwrap_or_default();
     let cert = block.commit.clone().unwrap_or_default();
-    let ids: Vec<String> = block
-        .transactions
-        .iter()
-        .filter_map(|t| t.body.as_ref().map(|b| b.digest().to_hex()))
-        .collect();
-    Ok(json!({
-        "height": header.height,
-        "hash": block_hash(block).map_err(internal)?.to_hex(),
-        "previous_hash": hex::encode(&header.previous_hash),
-        "timestamp_ms": header.timestamp_ms,
-        "creator": medchain_crypto::Identity::from_bytes(&header.creator).map(|i| i.to_string()).unwrap_or_default(),
-        "merkle_root": hex::encode(&header.merkle_root),
-        "transaction_count": header.transaction_count,
-        "transactions": ids,
-        "commit": {
-            "view": cert.view,
-            "signers": cert.signatures.iter().map(|s| s.validator).collect::<Vec<_>>(),
+    Ok(Block {
+        height: header.height,
+        hash: block_hash(block).map_err(internal)?.to_hex(),
+        previous_hash: hex::encode(&header.previous_hash),
+        timestamp_ms: header.timestamp_ms,
+        creator: medchain_crypto::Identity::from_bytes(&header.creator)
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
+        merkle_root: hex::encode(&header.merkle_root),
+        transaction_count: header.transaction_count,
+        transactions: block
+            .transactions
+            .iter()
+            .filter_map(|t| t.body.as_ref().map(|b| b.digest().to_hex()))
+            .collect(),
+        commit: CommitInfo {
+            view: cert.view,
+            signers: cert.signatures.iter().map(|s| s.validator).collect(),
         },
-        "block": hex::encode(block.canonical_bytes()),
-    }))
+        block: hex::encode(block.canonical_bytes()),
+    })
 }
 
 async fn block(
     State(node): State<NodeHandle>,
     Path(height): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Block>, ApiError> {
     let height: u64 = height.parse().map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -334,7 +335,7 @@ async fn block(
     Ok(Json(block_json(&b)?))
 }
 
-async fn latest_block(State(node): State<NodeHandle>) -> Result<Json<Value>, ApiError> {
+async fn latest_block(State(node): State<NodeHandle>) -> Result<Json<Block>, ApiError> {
     let tip = node
         .store
         .tip()
@@ -351,7 +352,7 @@ async fn latest_block(State(node): State<NodeHandle>) -> Result<Json<Value>, Api
 async fn slip(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Slip>, ApiError> {
     let id = parse_hash(&id, "slip id")?;
     let (loc, slip) = node.store.slip(&id).map_err(internal)?.ok_or_else(|| {
         ApiError(
@@ -362,32 +363,32 @@ async fn slip(
     Ok(Json(slip_json(&id, loc, &slip)?))
 }
 
-/// A committed slip as JSON.
+/// A committed slip as the API shows it.
 pub(crate) fn slip_json(
     id: &Hash32,
     loc: medchain_storage::TxLocation,
     slip: &v1::PrivateSlip,
-) -> Result<Value, ApiError> {
+) -> Result<Slip, ApiError> {
     let parties = verify_private_slip(slip).map_err(internal)?;
     let content = slip.content.clone().unwrap_or_default();
-    Ok(json!({
-        "slip_id": id.to_hex(),
-        "height": loc.height,
-        "index": loc.index,
-        "timestamp_ms": content.timestamp_ms,
-        "record_type": content.record_type,
-        "summary": content.summary,
-        "doctor": parties.doctor.to_string(),
-        "patient": parties.patient.to_string(),
-        "record_hash": parties.record_hash.to_hex(),
-        "encrypted_address": hex::encode(&content.encrypted_address),
-        "encrypted_keywords": content.encrypted_keywords.iter().map(hex::encode).collect::<Vec<_>>(),
-        "patient_confirmed": !slip.patient_signature.is_empty(),
-        "ciphertext_hash": hex::encode(&content.ciphertext_hash),
-        "ciphertext_size": content.ciphertext_size,
-        "replaces": hex::encode(&content.replaces),
-        "slip": hex::encode(prost::Message::encode_to_vec(slip)),
-    }))
+    Ok(Slip {
+        slip_id: id.to_hex(),
+        height: loc.height,
+        index: loc.index,
+        timestamp_ms: content.timestamp_ms,
+        record_type: content.record_type,
+        summary: content.summary,
+        doctor: parties.doctor.to_string(),
+        patient: parties.patient.to_string(),
+        record_hash: parties.record_hash.to_hex(),
+        encrypted_address: hex::encode(&content.encrypted_address),
+        encrypted_keywords: content.encrypted_keywords.iter().map(hex::encode).collect(),
+        patient_confirmed: !slip.patient_signature.is_empty(),
+        ciphertext_hash: hex::encode(&content.ciphertext_hash),
+        ciphertext_size: content.ciphertext_size,
+        replaces: hex::encode(&content.replaces),
+        slip: hex::encode(prost::Message::encode_to_vec(slip)),
+    })
 }
 
 mod events;

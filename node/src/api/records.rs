@@ -13,6 +13,11 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use medchain_api::{
+    AuditEntry, AuditTrail, ChainInfo, ConsentList, GrantInfo, GrantStatus, IdentityInfo,
+    IntegrityStatus, PatientRecords, RecordAccepted, RecordSlip, RecordView, RequestInfo,
+    RequestOutcome as OutcomeInfo, RequestStatus, Role, SuspensionInfo, VerifyReport,
+};
 use medchain_crypto::delegation::{check_fragment, reencrypt_for_grantee, DelegationVerifyingKey};
 use medchain_crypto::keys::EncryptionPublicKey;
 use medchain_crypto::record::EncryptedRecord;
@@ -21,14 +26,11 @@ use medchain_proto::canonical::{limits, Canonical};
 use medchain_proto::records::{action_names, verify_read_request};
 use medchain_proto::v1::{self, transaction_body::Payload};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::api::{internal, parse_hash, slip_json, ApiError};
 use crate::client::records::ciphertext_address;
-use crate::contracts::state::{
-    keys, AuditEvent, GrantEntry, IdentityEntry, RequestEntry, RequestOutcome, SlipEntry,
-    SuspensionEntry,
-};
+use crate::contracts::queries::{AuditSubject, Queries};
+use crate::contracts::state::{GrantEntry, RequestEntry, RequestOutcome, SlipEntry};
 use crate::contracts::{self, state::Overlay};
 use crate::private::access_guard::Refusal;
 use crate::private::proxy_fragments::fragment_key;
@@ -47,18 +49,15 @@ fn parse_identity(text: &str) -> Result<Identity, ApiError> {
         .map_err(|e| bad(format!("identity {text:?}: {e}")))
 }
 
-fn state<T: serde::de::DeserializeOwned>(
-    node: &NodeHandle,
-    key: &[u8],
-) -> Result<Option<T>, ApiError> {
-    Overlay::new(&node.store).get(key).map_err(internal)
+fn queries(node: &NodeHandle) -> Queries<'_> {
+    node.ledger.queries()
 }
 
-fn role_name(role: i32) -> &'static str {
+fn role_of(role: i32) -> Role {
     match v1::Role::try_from(role) {
-        Ok(v1::Role::Patient) => "patient",
-        Ok(v1::Role::Doctor) => "doctor",
-        _ => "unspecified",
+        Ok(v1::Role::Patient) => Role::Patient,
+        Ok(v1::Role::Doctor) => Role::Doctor,
+        _ => Role::Unspecified,
     }
 }
 
@@ -69,7 +68,7 @@ fn ident_text(bytes: &[u8]) -> String {
 }
 
 /// `GET /v1/chain`: what a client needs to build transactions and grants.
-pub async fn chain(State(node): State<NodeHandle>) -> Json<Value> {
+pub async fn chain(State(node): State<NodeHandle>) -> Json<ChainInfo> {
     Json((*node.chain).clone())
 }
 
@@ -77,23 +76,28 @@ pub async fn chain(State(node): State<NodeHandle>) -> Json<Value> {
 pub async fn identity(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IdentityInfo>, ApiError> {
     let id = parse_identity(&id)?;
-    let entry: IdentityEntry = state(&node, &keys::identity(&id))?
+    let q = queries(&node);
+    let entry = q
+        .identity(&id)
+        .map_err(internal)?
         .ok_or_else(|| not_found(format!("{id} is not registered on this chain")))?;
-    let suspended: Option<SuspensionEntry> = state(&node, &keys::suspension(&id))?;
-    Ok(Json(json!({
-        "identity": id.to_string(),
-        "role": role_name(entry.role),
-        "name": entry.name,
-        "encryption_key": hex::encode(&entry.encryption_key),
-        "search_key": hex::encode(&entry.search_key),
-        "height": entry.height,
-        "registered_by": ident_text(&entry.registered_by),
-        "suspended": suspended.map(|s| json!({
-            "reason": s.reason, "height": s.height, "by": ident_text(&s.by)
-        })),
-    })))
+    let suspended = q.suspension(&id).map_err(internal)?;
+    Ok(Json(IdentityInfo {
+        identity: id.to_string(),
+        role: role_of(entry.role),
+        name: entry.name,
+        encryption_key: hex::encode(&entry.encryption_key),
+        search_key: hex::encode(&entry.search_key),
+        height: entry.height,
+        registered_by: ident_text(&entry.registered_by),
+        suspended: suspended.map(|s| SuspensionInfo {
+            reason: s.reason,
+            height: s.height,
+            by: ident_text(&s.by),
+        }),
+    }))
 }
 
 /// `POST /v1/records`: a `RecordUpload` (signed slip transaction + ciphertext). The node checks
@@ -164,9 +168,11 @@ async fn upload_checked(node: &NodeHandle, body: Bytes) -> Result<Response, ApiE
         .map_err(|e| submit_error(node, e))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(
-            json!({ "id": id.to_hex(), "slip_id": slip_id_of(&tx).to_hex(), "status": "pending" }),
-        ),
+        Json(RecordAccepted {
+            id: id.to_hex(),
+            slip_id: slip_id_of(&tx).to_hex(),
+            status: "pending".into(),
+        }),
     )
         .into_response())
 }
@@ -183,31 +189,38 @@ fn submit_error(node: &NodeHandle, e: crate::private::SubmitError) -> ApiError {
     crate::api::submit_error(e)
 }
 
-fn record_state(node: &NodeHandle, slip: &Hash32) -> Result<(Value, SlipEntry), ApiError> {
+fn record_state(node: &NodeHandle, slip: &Hash32) -> Result<(RecordSlip, SlipEntry), ApiError> {
     let (loc, s) = node
         .store
         .slip(slip)
         .map_err(internal)?
         .ok_or_else(|| not_found(format!("record {slip} does not exist on this chain")))?;
-    let entry: SlipEntry = state(node, &keys::slip(slip))?
+    let entry = queries(node)
+        .slip(slip)
+        .map_err(internal)?
         .ok_or_else(|| internal(format!("record {slip} has no state entry")))?;
     let stored = node.store.has_record(&Hash32(entry.ciphertext_hash));
-    let mut v = slip_json(slip, loc, &s)?;
-    v["confirmed_height"] = json!(entry.confirmed_height);
-    v["patient_confirmed"] = json!(entry.confirmed_height.is_some());
-    v["deleted_height"] = json!(entry.deleted_height);
-    v["replaced_by"] = json!(entry.replaced_by.map(hex::encode));
-    v["stored_here"] = json!(stored);
-    Ok((json!({ "slip": v }), entry))
+    let mut public = slip_json(slip, loc, &s)?;
+    public.patient_confirmed = entry.confirmed_height.is_some();
+    let state = RecordSlip {
+        slip: public,
+        confirmed_height: entry.confirmed_height,
+        deleted_height: entry.deleted_height,
+        replaced_by: entry.replaced_by.map(hex::encode),
+        stored_here: stored,
+    };
+    Ok((state, entry))
 }
 
 /// `GET /v1/records/{slip}`: the slip and its state (confirmed, deleted, corrected).
 pub async fn record(
     State(node): State<NodeHandle>,
     Path(slip): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RecordView>, ApiError> {
     let slip = parse_hash(&slip, "slip id")?;
-    Ok(Json(record_state(&node, &slip)?.0))
+    Ok(Json(RecordView {
+        slip: record_state(&node, &slip)?.0,
+    }))
 }
 
 /// `GET /v1/records/{slip}/verify`: recompute the stored ciphertext's hash and compare it with
@@ -215,27 +228,32 @@ pub async fn record(
 pub async fn verify(
     State(node): State<NodeHandle>,
     Path(slip): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VerifyReport>, ApiError> {
     let slip = parse_hash(&slip, "slip id")?;
     let (state, entry) = record_state(&node, &slip)?;
     let expected = Hash32(entry.ciphertext_hash);
     let stored = node.store.record(&expected).map_err(internal)?;
     let (status, actual) = match (&stored, entry.deleted_height) {
-        (_, Some(_)) => ("deleted", None),
-        (None, None) => ("missing", None),
+        (_, Some(_)) => (IntegrityStatus::Deleted, None),
+        (None, None) => (IntegrityStatus::Missing, None),
         (Some(b), None) => {
             let h = ciphertext_address(b);
-            (if h == expected { "intact" } else { "corrupted" }, Some(h))
+            let status = if h == expected {
+                IntegrityStatus::Intact
+            } else {
+                IntegrityStatus::Corrupted
+            };
+            (status, Some(h))
         }
     };
-    Ok(Json(json!({
-        "slip_id": slip.to_hex(),
-        "status": status,
-        "ciphertext_hash_on_chain": expected.to_hex(),
-        "ciphertext_hash_stored": actual.map(|h| h.to_hex()),
-        "record_hash_on_chain": state["slip"]["record_hash"],
-        "node": node.name(),
-    })))
+    Ok(Json(VerifyReport {
+        slip_id: slip.to_hex(),
+        status,
+        ciphertext_hash_on_chain: expected.to_hex(),
+        ciphertext_hash_stored: actual.map(|h| h.to_hex()),
+        record_hash_on_chain: state.slip.record_hash,
+        node: node.name().to_string(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,7 +267,7 @@ pub async fn patient_records(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
     Query(q): Query<PatientQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PatientRecords>, ApiError> {
     let id = parse_identity(&id)?;
     let mut out = Vec::new();
     for slip in node.store.patient_slips(id.as_bytes()).map_err(internal)? {
@@ -257,9 +275,12 @@ pub async fn patient_records(
         if q.pending && (entry.confirmed_height.is_some() || entry.deleted_height.is_some()) {
             continue;
         }
-        out.push(v["slip"].clone());
+        out.push(v);
     }
-    Ok(Json(json!({ "patient": id.to_string(), "records": out })))
+    Ok(Json(PatientRecords {
+        patient: id.to_string(),
+        records: out,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,101 +289,99 @@ pub struct ConsentQuery {
     grantee: Option<String>,
 }
 
-fn grant_json(id: &Hash32, g: &GrantEntry, now: u64) -> Value {
+fn grant_json(id: &Hash32, g: &GrantEntry, now: u64) -> GrantInfo {
     let status = if g.revoked_height.is_some() {
-        "revoked"
+        GrantStatus::Revoked
     } else if g.expires_ms <= now {
-        "expired"
+        GrantStatus::Expired
     } else {
-        "active"
+        GrantStatus::Active
     };
-    json!({
-        "grant": id.to_hex(),
-        "patient": ident_text(&g.patient),
-        "grantee": ident_text(&g.grantee),
-        "scope": g.scope.describe(),
-        "actions": action_names(g.actions),
-        "expires_ms": g.expires_ms,
-        "threshold": g.threshold,
-        "proxies": g.proxies,
-        "request": g.request.map(hex::encode),
-        "height": g.height,
-        "revoked_height": g.revoked_height,
-        "status": status,
-    })
+    GrantInfo {
+        grant: id.to_hex(),
+        patient: ident_text(&g.patient),
+        grantee: ident_text(&g.grantee),
+        scope: g.scope.describe(),
+        actions: action_names(g.actions)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        expires_ms: g.expires_ms,
+        threshold: g.threshold,
+        proxies: g.proxies.clone(),
+        request: g.request.map(hex::encode),
+        height: g.height,
+        revoked_height: g.revoked_height,
+        status,
+    }
 }
 
-fn request_json(id: &Hash32, r: &RequestEntry) -> Value {
-    let (status, detail) = match &r.outcome {
-        RequestOutcome::Open => ("open", json!(null)),
+fn request_json(id: &Hash32, r: &RequestEntry) -> RequestInfo {
+    let (status, outcome) = match &r.outcome {
+        RequestOutcome::Open => (RequestStatus::Open, None),
         RequestOutcome::Approved { grant, height } => (
-            "approved",
-            json!({"grant": hex::encode(grant), "height": height}),
+            RequestStatus::Approved,
+            Some(OutcomeInfo {
+                grant: Some(hex::encode(grant)),
+                reason: None,
+                height: *height,
+            }),
         ),
-        RequestOutcome::Denied { reason, height } => {
-            ("denied", json!({"reason": reason, "height": height}))
-        }
+        RequestOutcome::Denied { reason, height } => (
+            RequestStatus::Denied,
+            Some(OutcomeInfo {
+                grant: None,
+                reason: Some(reason.clone()),
+                height: *height,
+            }),
+        ),
     };
-    json!({
-        "request": id.to_hex(),
-        "requester": ident_text(&r.requester),
-        "patient": ident_text(&r.patient),
-        "scope": r.scope.describe(),
-        "actions": action_names(r.actions),
-        "expires_ms": r.expires_ms,
-        "purpose": r.purpose,
-        "height": r.height,
-        "status": status,
-        "outcome": detail,
-    })
-}
-
-fn ids_under(node: &NodeHandle, prefix: &[u8]) -> Result<Vec<Hash32>, ApiError> {
-    Ok(node
-        .store
-        .chain_state_prefix(prefix, 100_000)
-        .map_err(internal)?
-        .into_iter()
-        .filter_map(|(k, _)| Hash32::from_slice(&k[prefix.len()..]).ok())
-        .collect())
+    RequestInfo {
+        request: id.to_hex(),
+        requester: ident_text(&r.requester),
+        patient: ident_text(&r.patient),
+        scope: r.scope.describe(),
+        actions: action_names(r.actions)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        expires_ms: r.expires_ms,
+        purpose: r.purpose.clone(),
+        height: r.height,
+        status,
+        outcome,
+    }
 }
 
 /// `GET /v1/consent?patient=ID` or `?grantee=ID`: grants and requests.
 pub async fn consent(
     State(node): State<NodeHandle>,
     Query(q): Query<ConsentQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConsentList>, ApiError> {
     let now = now_ms();
-    let (grant_prefix, request_prefix) = match (&q.patient, &q.grantee) {
+    let queries = queries(&node);
+    let (grants, requests) = match (&q.patient, &q.grantee) {
         (Some(p), None) => {
             let p = parse_identity(p)?;
-            (
-                [b"gp/".as_slice(), p.as_bytes()].concat(),
-                [b"rp/".as_slice(), p.as_bytes()].concat(),
-            )
+            (queries.grants_of_patient(&p), queries.requests_to(&p))
         }
         (None, Some(g)) => {
             let g = parse_identity(g)?;
-            (
-                [b"gg/".as_slice(), g.as_bytes()].concat(),
-                [b"rr/".as_slice(), g.as_bytes()].concat(),
-            )
+            (queries.grants_to(&g), queries.requests_by(&g))
         }
         _ => return Err(bad("give exactly one of ?patient=ID or ?grantee=ID")),
     };
-    let mut grants = Vec::new();
-    for id in ids_under(&node, &grant_prefix)? {
-        if let Some(g) = state::<GrantEntry>(&node, &keys::grant(&id))? {
-            grants.push(grant_json(&id, &g, now));
-        }
-    }
-    let mut requests = Vec::new();
-    for id in ids_under(&node, &request_prefix)? {
-        if let Some(r) = state::<RequestEntry>(&node, &keys::request(&id))? {
-            requests.push(request_json(&id, &r));
-        }
-    }
-    Ok(Json(json!({ "grants": grants, "requests": requests })))
+    let grants = grants
+        .map_err(internal)?
+        .iter()
+        .map(|(id, g)| grant_json(id, g, now))
+        .collect();
+    let requests = requests
+        .map_err(internal)?
+        .iter()
+        .map(|(id, r)| request_json(id, r))
+        .collect();
+    Ok(Json(ConsentList { grants, requests }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,37 +395,44 @@ pub struct AuditQuery {
 pub async fn audit(
     State(node): State<NodeHandle>,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let prefix = match (&q.record, &q.patient, &q.actor) {
-        (Some(r), None, None) => keys::audit_prefix(b'r', parse_hash(r, "record")?.as_bytes()),
-        (None, Some(p), None) => keys::audit_prefix(b'p', parse_identity(p)?.as_bytes()),
-        (None, None, Some(a)) => keys::audit_prefix(b'a', parse_identity(a)?.as_bytes()),
+) -> Result<Json<AuditTrail>, ApiError> {
+    let (record, patient, actor);
+    let subject = match (&q.record, &q.patient, &q.actor) {
+        (Some(r), None, None) => {
+            record = parse_hash(r, "record")?;
+            AuditSubject::Record(&record)
+        }
+        (None, Some(p), None) => {
+            patient = parse_identity(p)?;
+            AuditSubject::Patient(&patient)
+        }
+        (None, None, Some(a)) => {
+            actor = parse_identity(a)?;
+            AuditSubject::Actor(&actor)
+        }
         _ => {
             return Err(bad(
                 "give exactly one of ?record=SLIP, ?patient=ID or ?actor=ID",
             ))
         }
     };
-    let mut events = Vec::new();
-    for (k, v) in node
-        .store
-        .chain_state_prefix(&prefix, 100_000)
+    let events = queries(&node)
+        .audit(subject)
         .map_err(internal)?
-    {
-        let e: AuditEvent = crate::contracts::state::decode(&k, &v).map_err(internal)?;
-        events.push(json!({
-            "op": e.op,
-            "height": e.height,
-            "index": e.index,
-            "time_ms": e.time_ms,
-            "actor": ident_text(&e.actor),
-            "patient": e.patient.as_deref().map(ident_text),
-            "record": e.record.map(hex::encode),
-            "detail": e.detail,
-            "transaction": hex::encode(e.transaction),
-        }));
-    }
-    Ok(Json(json!({ "events": events })))
+        .into_iter()
+        .map(|e| AuditEntry {
+            op: e.op,
+            height: e.height,
+            index: e.index,
+            time_ms: e.time_ms,
+            actor: ident_text(&e.actor),
+            patient: e.patient.as_deref().map(ident_text),
+            record: e.record.map(hex::encode),
+            detail: e.detail,
+            transaction: hex::encode(e.transaction),
+        })
+        .collect();
+    Ok(Json(AuditTrail { events }))
 }
 
 fn refused(status: StatusCode, m: impl Into<String>) -> ApiError {
@@ -457,11 +483,7 @@ async fn read_checked(
     }
     // A request some node already recorded on chain is a replay, even after this node restarted
     // (its in-memory replay window starts empty).
-    let recorded = node
-        .store
-        .chain_state_prefix(&keys::access_prefix(&req.digest), 1)
-        .map_err(internal)?;
-    if !recorded.is_empty() {
+    if queries(node).read_recorded(&req.digest).map_err(internal)? {
         return Err(refused(StatusCode::CONFLICT, Refusal::Replay.to_string()));
     }
     let now = now_ms();
@@ -589,14 +611,13 @@ fn serve_read(
                 format!("this node holds no re-encryption fragment for grant {grant_id}; ask another proxy of the chain"),
             )
         })?;
-    let owner: IdentityEntry = ov
-        .get(&keys::identity(
-            &Identity::from_bytes(&grant.patient).map_err(internal)?,
-        ))
+    let q = queries(node);
+    let owner = q
+        .identity(&Identity::from_bytes(&grant.patient).map_err(internal)?)
         .map_err(internal)?
         .ok_or_else(|| internal("the grant's patient is not registered"))?;
-    let reader: IdentityEntry = ov
-        .get(&keys::identity(&req.reader))
+    let reader = q
+        .identity(&req.reader)
         .map_err(internal)?
         .ok_or_else(|| internal("the reader is not registered"))?;
     let owner_key = EncryptionPublicKey::from_bytes(&owner.encryption_key).map_err(internal)?;

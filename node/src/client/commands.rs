@@ -1,14 +1,14 @@
 //! The client subcommands: `identity`, `record`, `consent`, `audit`.
 
 use anyhow::{anyhow, bail, Context, Result};
+use medchain_api::{IntegrityStatus, RecordSlip, RequestStatus, TransactionInfo};
 use medchain_crypto::keys::KeyMaterial;
 use medchain_crypto::{Hash32, Identity};
 use medchain_proto::v1::{self, transaction_body::Payload};
-use serde_json::Value;
 
 use super::consent::{build_grant, parse_actions, parse_scope, parse_time};
 use super::records::{build_record_write, record_type_of, RecordInput};
-use super::{fresh_nonce, load_key, now_ms, Client, KeyCard};
+use super::{encryption_key, fresh_nonce, load_key, now_ms, Client, KeyCard};
 use crate::cli::{AuditArgs, ClientArgs, ConsentCommand, IdentityCommand, RecordCommand, RoleArg};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -27,9 +27,9 @@ fn key(args: &ClientArgs) -> Result<KeyMaterial> {
 }
 
 /// Signs `payload` with `--key`, submits it to `--node` and waits for its block.
-async fn act(args: &ClientArgs, payload: Payload) -> Result<Value> {
+async fn act(args: &ClientArgs, payload: Payload) -> Result<TransactionInfo> {
     let k = key(args)?;
-    let mut c = Client::connect(&args.node).await?;
+    let c = Client::connect(&args.node).await?;
     let tx = c.sign(&k, payload);
     Ok(c.submit_and_wait(&tx).await?.1)
 }
@@ -90,7 +90,7 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                     RoleArg::Doctor => v1::Role::Doctor,
                 };
                 let reg = card.registration(role, &name)?;
-                let mut c = Client::connect(&args.node).await?;
+                let c = Client::connect(&args.node).await?;
                 let tx = c.sign(&authority, Payload::IdentityRegistration(reg));
                 let (_, v) = c.submit_and_wait(&tx).await?;
                 out!(
@@ -100,7 +100,7 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                         v1::Role::Doctor => "doctor",
                         _ => "patient",
                     },
-                    v["height"]
+                    v.height
                 );
             }
             IdentityCommand::Show {
@@ -108,13 +108,8 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                 client: args,
             } => {
                 let id = subject(identity.as_deref(), &args, "identity")?;
-                let mut c = Client::connect(&args.node).await?;
-                let info = c
-                    .get(&format!("/v1/identities/{id}"))
-                    .await?
-                    .ok_or_else(|| {
-                        anyhow!("{id} is not registered on chain {}", c.chain.chain_id)
-                    })?;
+                let c = Client::connect(&args.node).await?;
+                let info = c.identity(&id).await?;
                 out!("{}", serde_json::to_string_pretty(&info)?);
             }
             IdentityCommand::Suspend {
@@ -131,7 +126,7 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                     }),
                 )
                 .await?;
-                out!("suspended {id} at height {}", v["height"]);
+                out!("suspended {id} at height {}", v.height);
             }
             IdentityCommand::Reinstate {
                 identity,
@@ -145,29 +140,21 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                     }),
                 )
                 .await?;
-                out!("reinstated {id} at height {}", v["height"]);
+                out!("reinstated {id} at height {}", v.height);
             }
         }
         Ok(())
     })
 }
 
-fn print_record(v: &Value) {
-    let s = &v["slip"];
-    let state = if !s["deleted_height"].is_null() {
-        format!("deleted at height {}", s["deleted_height"])
-    } else if !s["confirmed_height"].is_null() {
-        format!("confirmed at height {}", s["confirmed_height"])
-    } else {
-        "awaiting the patient's confirmation".into()
-    };
+fn print_record(s: &RecordSlip) {
     out!(
         "{}  {}  height {}  doctor {}  {}",
-        s["slip_id"].as_str().unwrap_or_default(),
-        s["record_type"].as_str().unwrap_or_default(),
-        s["height"],
-        s["doctor"].as_str().unwrap_or_default(),
-        state
+        s.slip.slip_id,
+        s.slip.record_type,
+        s.slip.height,
+        s.slip.doctor,
+        s.state_text()
     );
 }
 
@@ -199,7 +186,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let record_type = record_type_of(&plaintext, record_type.as_deref())?;
                 let replaces = replaces.map(|r| hash_arg(&r, "--replaces")).transpose()?;
-                let mut c = Client::connect(&args.node).await?;
+                let c = Client::connect(&args.node).await?;
                 let keys = c.patient_keys(&patient).await?;
                 let w = build_record_write(
                     &c.chain.chain_id.clone(),
@@ -225,7 +212,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             RecordCommand::Confirm { slip, client: args } => {
                 let patient = key(&args)?;
                 let slip = hash_arg(&slip, "slip")?;
-                let mut c = Client::connect(&args.node).await?;
+                let c = Client::connect(&args.node).await?;
                 let plaintext = c.confirm(&patient, &slip).await?;
                 out!(
                     "confirmed record {slip} ({} bytes, doctor's signature and H(M) checked)",
@@ -234,23 +221,19 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             }
             RecordCommand::Pending { patient, client: args } => {
                 let id = subject(patient.as_deref(), &args, "patient")?;
-                let mut c = Client::connect(&args.node).await?;
-                let v = c
-                    .get(&format!("/v1/patients/{id}/records?pending=true"))
-                    .await?
-                    .unwrap_or_default();
-                let list = v["records"].as_array().cloned().unwrap_or_default();
-                if list.is_empty() {
+                let c = Client::connect(&args.node).await?;
+                let list = c.api.patient_records(&id.to_string(), true).await?;
+                if list.records.is_empty() {
                     out!("no records await confirmation by {id}");
                 }
-                for r in list {
-                    print_record(&serde_json::json!({ "slip": r }));
+                for r in &list.records {
+                    print_record(r);
                 }
             }
             RecordCommand::Get { slip, out, client: args } => {
                 let reader = key(&args)?;
                 let slip = hash_arg(&slip, "slip")?;
-                let mut c = Client::connect(&args.node).await?;
+                let c = Client::connect(&args.node).await?;
                 let plaintext = c.read(&reader, &slip).await?;
                 std::fs::write(&out, &plaintext)
                     .with_context(|| format!("writing {}", out.display()))?;
@@ -262,24 +245,25 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             }
             RecordCommand::Verify { slip, client: args } => {
                 let slip = hash_arg(&slip, "slip")?;
-                let mut c = Client::connect(&args.node).await?;
+                let c = Client::connect(&args.node).await?;
                 let v = c
-                    .get(&format!("/v1/records/{slip}/verify"))
+                    .api
+                    .verify(&slip.to_hex())
                     .await?
                     .ok_or_else(|| anyhow!("record {slip} does not exist"))?;
-                let status = v["status"].as_str().unwrap_or_default().to_string();
+                let status = v.status;
                 out!(
                     "record {slip} on node {}: stored ciphertext {status} (chain {}, stored {})",
-                    v["node"].as_str().unwrap_or_default(),
-                    v["ciphertext_hash_on_chain"].as_str().unwrap_or_default(),
-                    v["ciphertext_hash_stored"].as_str().unwrap_or("-")
+                    v.node,
+                    v.ciphertext_hash_on_chain,
+                    v.ciphertext_hash_stored.as_deref().unwrap_or("-")
                 );
-                if status == "intact" && args.key.is_some() {
+                if status == IntegrityStatus::Intact && args.key.is_some() {
                     let reader = key(&args)?;
                     c.read(&reader, &slip).await?;
                     out!("plaintext hash matches H(M) on chain");
                 }
-                if status != "intact" {
+                if status != IntegrityStatus::Intact {
                     bail!("record {slip} failed the tamper check: {status}");
                 }
             }
@@ -295,7 +279,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                 .await?;
                 out!(
                     "record {slip} deleted at height {}: its ciphertext is erased on every node; the slip and its history stay",
-                    v["height"]
+                    v.height
                 );
             }
         }
@@ -309,8 +293,8 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Grant { to, scope, actions, until, client: args } => {
                 let patient = key(&args)?;
                 let grantee = identity_arg(&to)?;
-                let mut c = Client::connect(&args.node).await?;
-                let grantee_key = c.identity(&grantee).await?.encryption_key()?;
+                let c = Client::connect(&args.node).await?;
+                let grantee_key = encryption_key(&c.identity(&grantee).await?)?;
                 let grant = build_grant(
                     &c.chain,
                     &patient,
@@ -325,12 +309,12 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 let tx = c.sign(&patient, Payload::ConsentGrant(grant));
                 let (id, v) = c.submit_and_wait(&tx).await?;
                 out!("{id}");
-                eprintln!("grant {id} to {grantee} on {scope} ({actions}) committed at height {}", v["height"]);
+                eprintln!("grant {id} to {grantee} on {scope} ({actions}) committed at height {}", v.height);
             }
             ConsentCommand::Request { patient, scope, actions, until, purpose, client: args } => {
                 let me = key(&args)?;
                 let patient = identity_arg(&patient)?;
-                let mut c = Client::connect(&args.node).await?;
+                let c = Client::connect(&args.node).await?;
                 let tx = c.sign(
                     &me,
                     Payload::ConsentRequest(v1::ConsentRequest {
@@ -343,36 +327,33 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 );
                 let (id, v) = c.submit_and_wait(&tx).await?;
                 out!("{id}");
-                eprintln!("request {id} to {patient} committed at height {}", v["height"]);
+                eprintln!("request {id} to {patient} committed at height {}", v.height);
             }
             ConsentCommand::Approve { request, client: args } => {
                 let patient = key(&args)?;
                 let req_id = hash_arg(&request, "request")?;
-                let mut c = Client::connect(&args.node).await?;
+                let c = Client::connect(&args.node).await?;
                 let me = patient.signing_key().identity();
-                let list = c.get(&format!("/v1/consent?patient={me}")).await?.unwrap_or_default();
-                let req = list["requests"]
-                    .as_array()
-                    .and_then(|rs| rs.iter().find(|r| r["request"] == req_id.to_hex()))
-                    .cloned()
+                let list = c.api.consent_of_patient(&me.to_string()).await?;
+                let req = list
+                    .requests
+                    .into_iter()
+                    .find(|r| r.request == req_id.to_hex())
                     .ok_or_else(|| anyhow!("request {req_id} is not one of yours"))?;
-                if req["status"] != "open" {
-                    bail!("request {req_id} is {}, not open", req["status"]);
+                if req.status != RequestStatus::Open {
+                    bail!("request {req_id} is {}, not open", req.status);
                 }
-                let requester = identity_arg(req["requester"].as_str().unwrap_or_default())?;
-                let requester_key = c.identity(&requester).await?.encryption_key()?;
-                let actions = req["actions"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
-                    .unwrap_or_default();
+                let requester = identity_arg(&req.requester)?;
+                let requester_key = encryption_key(&c.identity(&requester).await?)?;
+                let actions = req.actions.join(",");
                 let grant = build_grant(
                     &c.chain,
                     &patient,
                     &requester,
                     &requester_key,
-                    parse_scope(req["scope"].as_str().unwrap_or_default())?,
+                    parse_scope(&req.scope)?,
                     parse_actions(&actions)?,
-                    req["expires_ms"].as_u64().unwrap_or_default(),
+                    req.expires_ms,
                     Some(req_id),
                     1,
                 )?;
@@ -381,9 +362,9 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 out!("{id}");
                 eprintln!(
                     "approved request {req_id}: grant {id} to {requester} on {} ({actions}) until {} committed at height {}",
-                    req["scope"].as_str().unwrap_or_default(),
-                    time_text(req["expires_ms"].as_u64().unwrap_or_default()),
-                    v["height"]
+                    req.scope,
+                    time_text(req.expires_ms),
+                    v.height
                 );
             }
             ConsentCommand::Deny { request, reason, client: args } => {
@@ -396,7 +377,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                     }),
                 )
                 .await?;
-                out!("denied request {req_id} at height {}", v["height"]);
+                out!("denied request {req_id} at height {}", v.height);
             }
             ConsentCommand::Revoke { grant, client: args } => {
                 let grant_id = hash_arg(&grant, "grant")?;
@@ -409,40 +390,42 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 .await?;
                 out!(
                     "revoked grant {grant_id} at height {}; the proxies destroy their fragments",
-                    v["height"]
+                    v.height
                 );
             }
             ConsentCommand::List { patient, grantee, client: args } => {
-                let query = match (patient, grantee) {
-                    (Some(p), None) => format!("patient={}", identity_arg(&p)?),
-                    (None, Some(g)) => format!("grantee={}", identity_arg(&g)?),
-                    (None, None) => format!("patient={}", subject(None, &args, "patient")?),
+                let c = Client::connect(&args.node).await?;
+                let v = match (patient, grantee) {
+                    (Some(p), None) => c.api.consent_of_patient(&identity_arg(&p)?.to_string()).await?,
+                    (None, Some(g)) => c.api.consent_of_grantee(&identity_arg(&g)?.to_string()).await?,
+                    (None, None) => {
+                        let me = subject(None, &args, "patient")?;
+                        c.api.consent_of_patient(&me.to_string()).await?
+                    }
                     _ => bail!("give --patient or --grantee, not both"),
                 };
-                let mut c = Client::connect(&args.node).await?;
-                let v = c.get(&format!("/v1/consent?{query}")).await?.unwrap_or_default();
-                for g in v["grants"].as_array().cloned().unwrap_or_default() {
+                for g in &v.grants {
                     out!(
-                        "grant   {}  {} -> {}  {}  {}  until {}  {}",
-                        g["grant"].as_str().unwrap_or_default(),
-                        g["patient"].as_str().unwrap_or_default(),
-                        g["grantee"].as_str().unwrap_or_default(),
-                        g["scope"].as_str().unwrap_or_default(),
-                        g["actions"],
-                        time_text(g["expires_ms"].as_u64().unwrap_or_default()),
-                        g["status"].as_str().unwrap_or_default()
+                        "grant   {}  {} -> {}  {}  {:?}  until {}  {}",
+                        g.grant,
+                        g.patient,
+                        g.grantee,
+                        g.scope,
+                        g.actions,
+                        time_text(g.expires_ms),
+                        g.status
                     );
                 }
-                for r in v["requests"].as_array().cloned().unwrap_or_default() {
+                for r in &v.requests {
                     out!(
-                        "request {}  {} -> {}  {}  {}  until {}  {}",
-                        r["request"].as_str().unwrap_or_default(),
-                        r["requester"].as_str().unwrap_or_default(),
-                        r["patient"].as_str().unwrap_or_default(),
-                        r["scope"].as_str().unwrap_or_default(),
-                        r["actions"],
-                        time_text(r["expires_ms"].as_u64().unwrap_or_default()),
-                        r["status"].as_str().unwrap_or_default()
+                        "request {}  {} -> {}  {}  {:?}  until {}  {}",
+                        r.request,
+                        r.requester,
+                        r.patient,
+                        r.scope,
+                        r.actions,
+                        time_text(r.expires_ms),
+                        r.status
                     );
                 }
             }
@@ -459,12 +442,8 @@ pub fn audit(args: AuditArgs) -> Result<()> {
             (None, None, Some(a)) => format!("actor={}", identity_arg(a)?),
             _ => bail!("give one of --record SLIP, --patient ID, --actor ID"),
         };
-        let mut c = Client::connect(&args.client.node).await?;
-        let v = c
-            .get(&format!("/v1/audit?{query}"))
-            .await?
-            .unwrap_or_default();
-        let events = v["events"].as_array().cloned().unwrap_or_default();
+        let c = Client::connect(&args.client.node).await?;
+        let events = c.api.audit(&query).await?.events;
         if args.json {
             out!("{}", serde_json::to_string_pretty(&events)?);
             return Ok(());
@@ -472,16 +451,16 @@ pub fn audit(args: AuditArgs) -> Result<()> {
         for e in &events {
             out!(
                 "{:>6}.{:<3} {}  {:<12} actor {}{}  {}",
-                e["height"],
-                e["index"],
-                time_text(e["time_ms"].as_u64().unwrap_or_default()),
-                e["op"].as_str().unwrap_or_default(),
-                short(e["actor"].as_str().unwrap_or_default()),
-                e["record"]
-                    .as_str()
+                e.height,
+                e.index,
+                time_text(e.time_ms),
+                e.op,
+                short(&e.actor),
+                e.record
+                    .as_deref()
                     .map(|r| format!("  record {}", &r[..16.min(r.len())]))
                     .unwrap_or_default(),
-                e["detail"].as_str().unwrap_or_default()
+                e.detail
             );
         }
         eprintln!("{} events", events.len());
@@ -493,48 +472,43 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(20)]
 }
 
-/// `medchain status`: what an operator checks first.
 /// Polls the node until `/ready` answers 200, for at most `secs` seconds.
 async fn wait_ready(node: &str, secs: u64) -> Result<()> {
+    let api = medchain_api::ApiClient::new(node)?;
     let mut reason = String::from("no answer yet");
     for _ in 0..secs.max(1) * 4 {
-        match Client::connect(node).await {
-            Ok(mut c) => match c.get_with_status("/ready").await {
-                Ok((200, _)) => return Ok(()),
-                Ok((_, v)) => reason = v["reason"].as_str().unwrap_or("not ready").to_string(),
-                Err(e) => reason = format!("{e:#}"),
-            },
-            Err(e) => reason = format!("{e:#}"),
+        match api.ready().await {
+            Ok(r) if r.ready => return Ok(()),
+            Ok(r) => reason = r.reason.unwrap_or_else(|| "not ready".into()),
+            Err(e) => reason = e.to_string(),
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     bail!("the node at {node} is not ready after {secs} s: {reason}")
 }
 
+/// `medchain status`: what an operator checks first.
 pub fn status(node: &str, json: bool, wait: Option<u64>) -> Result<()> {
     runtime()?.block_on(async move {
         if let Some(secs) = wait {
             wait_ready(node, secs).await?;
         }
-        let mut c = Client::connect(node).await?;
-        let s = c
-            .get("/v1/status")
-            .await?
-            .ok_or_else(|| anyhow!("the node at {node} serves no status"))?;
-        let ready = c.get_with_status("/ready").await?;
+        let c = Client::connect(node).await?;
+        let s = c.api.status().await?;
+        let ready = c.api.ready().await?;
         if json {
-            let mut all = s.clone();
-            all["ready"] = ready.1.clone();
+            let mut all = serde_json::to_value(&s)?;
+            all["ready"] = serde_json::to_value(&ready)?;
             out!("{}", serde_json::to_string_pretty(&all)?);
             return Ok(());
         }
-        let primary = s["primary"].as_u64().unwrap_or(0) as usize;
+        let primary = s.primary as usize;
         let primary_name = c
             .chain
             .validators
             .get(primary)
             .map_or_else(|| format!("validator {primary}"), |v| v.name.clone());
-        let last = s["last_block_time_ms"].as_u64().unwrap_or(0);
+        let last = s.last_block_time_ms;
         let ago = if last == 0 {
             "no block yet".to_string()
         } else {
@@ -544,47 +518,33 @@ pub fn status(node: &str, json: bool, wait: Option<u64>) -> Result<()> {
                 now_ms().saturating_sub(last) / 1_000
             )
         };
-        out!(
-            "{} ({}) on chain {}",
-            s["node"].as_str().unwrap_or_default(),
-            s["identity"].as_str().unwrap_or_default(),
-            s["chain_id"].as_str().unwrap_or_default()
-        );
+        out!("{} ({}) on chain {}", s.node, s.identity, s.chain_id);
         out!(
             "height      {}  (tip {})",
-            s["height"],
-            &s["tip_hash"].as_str().unwrap_or_default()
-                [..16.min(s["tip_hash"].as_str().unwrap_or_default().len())]
+            s.height,
+            &s.tip_hash[..16.min(s.tip_hash.len())]
         );
         out!("last block  {ago}");
-        out!("view        {}, primary {primary_name}", s["view"]);
+        out!("view        {}, primary {primary_name}", s.view);
         out!(
             "peers       {} of {} connected ({} needed for a quorum)",
-            s["peers_connected"],
-            s["validators"].as_u64().unwrap_or(1).saturating_sub(1),
-            s["peers_needed"]
+            s.peers_connected,
+            s.validators.saturating_sub(1),
+            s.peers_needed
         );
-        out!("mempool     {} of {}", s["mempool"], s["mempool_capacity"]);
-        out!("committed   {} transactions", s["committed_transactions"]);
-        match s["catching_up"].as_array() {
-            Some(a) if a.len() == 2 => {
-                let (height, target) = (
-                    s["height"].as_u64().unwrap_or(0),
-                    a[1].as_u64().unwrap_or(0),
-                );
-                out!(
-                    "catch-up    at height {height} of at least {target} ({}%)",
-                    (height * 100).checked_div(target).unwrap_or(0).min(100)
-                )
-            }
-            _ => out!("catch-up    none"),
-        }
-        match ready.0 {
-            200 => out!("ready       yes"),
-            _ => out!(
-                "ready       no: {}",
-                ready.1["reason"].as_str().unwrap_or("unknown")
+        out!("mempool     {} of {}", s.mempool, s.mempool_capacity);
+        out!("committed   {} transactions", s.committed_transactions);
+        match s.catching_up {
+            Some((_, target)) => out!(
+                "catch-up    at height {} of at least {target} ({}%)",
+                s.height,
+                (s.height * 100).checked_div(target).unwrap_or(0).min(100)
             ),
+            None => out!("catch-up    none"),
+        }
+        match ready.reason {
+            None => out!("ready       yes"),
+            Some(reason) => out!("ready       no: {reason}"),
         }
         Ok(())
     })

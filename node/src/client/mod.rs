@@ -7,60 +7,28 @@ pub mod commands;
 pub mod consent;
 pub mod records;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use medchain_api::{ApiClient, IdentityInfo, StreamEvent, TransactionInfo};
 use medchain_crypto::keys::{EncryptionPublicKey, KeyMaterial};
 use medchain_crypto::keystore;
 use medchain_crypto::{Hash32, Identity};
 use medchain_proto::canonical::Canonical;
 use medchain_proto::ledger::sign_transaction;
 use medchain_proto::v1;
-use serde::Deserialize;
-use serde_json::Value;
-
-use crate::http_client::HttpClient;
 
 pub use card::{card_path, KeyCard};
+pub use medchain_api::{ChainInfo, ValidatorInfo};
 
 pub use crate::cli::DEFAULT_NODE;
 
-/// A validator as the chain's API describes it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ValidatorInfo {
-    pub index: u32,
-    pub name: String,
-    pub identity: String,
-    pub encryption_key: Option<String>,
-}
-
-/// What a client needs to know of the chain.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ChainInfo {
-    pub chain_id: String,
-    pub validators: Vec<ValidatorInfo>,
-}
-
-/// A registered participant as the API describes it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct IdentityInfo {
-    pub identity: String,
-    pub role: String,
-    pub name: String,
-    pub encryption_key: String,
-    pub search_key: String,
-    pub height: u64,
-    pub suspended: Option<Value>,
-}
-
-impl IdentityInfo {
-    pub fn encryption_key(&self) -> Result<EncryptionPublicKey> {
-        Ok(EncryptionPublicKey::from_bytes(&hex::decode(
-            &self.encryption_key,
-        )?)?)
-    }
+/// The record-encryption key of a registered participant.
+pub fn encryption_key(info: &IdentityInfo) -> Result<EncryptionPublicKey> {
+    let bytes = hex::decode(&info.encryption_key)
+        .with_context(|| format!("the encryption key of {} is not hex", info.identity))?;
+    Ok(EncryptionPublicKey::from_bytes(&bytes)?)
 }
 
 /// Reads a user's key file (asking for its password unless it is a plaintext development key).
@@ -84,81 +52,24 @@ pub fn fresh_nonce() -> u64 {
 
 pub use crate::clock::now_ms;
 
-/// Parses `http://host:port`, `host:port` or a bare port.
-pub fn parse_node(node: &str) -> Result<SocketAddr> {
-    let s = node
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .replace("localhost", "127.0.0.1");
-    s.parse().map_err(|_| {
-        anyhow!(
-            "--node {node:?}: give the node API address as http://HOST:PORT (e.g. {DEFAULT_NODE})"
-        )
-    })
-}
-
 /// A connection to one node's API, with the chain it serves.
 #[derive(Debug)]
 pub struct Client {
-    http: HttpClient,
+    pub api: ApiClient,
     pub chain: ChainInfo,
-}
-
-fn api_error(status: u16, body: &[u8]) -> anyhow::Error {
-    let text = String::from_utf8_lossy(body);
-    let msg = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-        .unwrap_or_else(|| text.into_owned());
-    anyhow!("the node answered {status}: {msg}")
 }
 
 impl Client {
     pub async fn connect(node: &str) -> Result<Self> {
-        let mut http = HttpClient::new(parse_node(node)?);
-        let (status, body) = http
-            .request("GET", "/v1/chain", None)
-            .await
-            .with_context(|| format!("is a node running at {node}?"))?;
-        if status != 200 {
-            return Err(api_error(status, body.as_bytes()));
-        }
-        let chain = serde_json::from_str(&body).context("reading the chain description")?;
-        Ok(Client { http, chain })
-    }
-
-    /// GET a JSON resource; `None` on 404.
-    pub async fn get(&mut self, path: &str) -> Result<Option<Value>> {
-        let (status, body) = self.http.request("GET", path, None).await?;
-        match status {
-            200 => Ok(Some(serde_json::from_str(&body)?)),
-            404 => Ok(None),
-            s => Err(api_error(s, body.as_bytes())),
-        }
-    }
-
-    /// GET a JSON resource whatever its status: (status, body).
-    pub async fn get_with_status(&mut self, path: &str) -> Result<(u16, Value)> {
-        let (status, body) = self.http.request("GET", path, None).await?;
-        Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
-    }
-
-    /// POST protobuf bytes; the answer's bytes on success.
-    pub async fn post_proto(&mut self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
-        let (status, bytes) = self
-            .http
-            .request_bytes("POST", path, "application/x-protobuf", body)
-            .await?;
-        if !(200..300).contains(&status) {
-            return Err(api_error(status, &bytes));
-        }
-        Ok(bytes)
+        let api = ApiClient::new(node)?;
+        let chain = api.chain().await?;
+        Ok(Client { api, chain })
     }
 
     /// The registered participant `id`.
-    pub async fn identity(&mut self, id: &Identity) -> Result<IdentityInfo> {
-        match self.get(&format!("/v1/identities/{id}")).await? {
-            Some(v) => Ok(serde_json::from_value(v)?),
+    pub async fn identity(&self, id: &Identity) -> Result<IdentityInfo> {
+        match self.api.identity(&id.to_string()).await? {
+            Some(info) => Ok(info),
             None => bail!(
                 "{id} is not registered on chain {}; an authority registers it with `medchain identity register`",
                 self.chain.chain_id
@@ -185,73 +96,106 @@ impl Client {
     }
 
     /// Submits a transaction and returns its ID once the node accepted it.
-    pub async fn submit(&mut self, tx: &v1::Transaction) -> Result<Hash32> {
-        let body = serde_json::json!({ "transaction": hex::encode(tx.canonical_bytes()) });
-        let (status, text) = self
-            .http
-            .request("POST", "/v1/transactions", Some(&body.to_string()))
-            .await?;
-        if status != 202 && status != 200 {
-            return Err(api_error(status, text.as_bytes()));
-        }
-        let v: Value = serde_json::from_str(&text)?;
-        let id = v["id"].as_str().ok_or_else(|| anyhow!("no id in {text}"))?;
-        Ok(Hash32::from_hex(id)?)
+    pub async fn submit(&self, tx: &v1::Transaction) -> Result<Hash32> {
+        let accepted = self.api.submit(hex::encode(tx.canonical_bytes())).await?;
+        Hash32::from_hex(&accepted.id).map_err(|_| {
+            anyhow!(
+                "the node accepted the transaction under a malformed id {:?}",
+                accepted.id
+            )
+        })
     }
 
-    /// Waits until `id` is in a block; fails with the contract's reason if it was refused there.
-    pub async fn wait_committed(&mut self, id: &Hash32, timeout: Duration) -> Result<Value> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Waits until `id` is in a block, told by the node's event stream (no polling); fails with
+    /// the contract's reason if it was refused there.
+    pub async fn wait_committed(&self, id: &Hash32, timeout: Duration) -> Result<TransactionInfo> {
+        let found = tokio::time::timeout(timeout, self.settled(id)).await.map_err(|_| {
+            anyhow!(
+                "transaction {id} is not committed after {} s; check the network with `medchain status`",
+                timeout.as_secs()
+            )
+        })??;
+        if let Some(reason) = &found.failed {
+            bail!("transaction {id} was refused by the chain: {reason}");
+        }
+        Ok(found)
+    }
+
+    /// The transaction once a block settled it. Subscribes before it looks, so a block
+    /// committed in between is in the stream; looks again whenever the stream cannot say (it
+    /// lagged, or ended and was reopened).
+    async fn settled(&self, id: &Hash32) -> Result<TransactionInfo> {
+        let hex = id.to_hex();
         loop {
-            if let Some(v) = self.get(&format!("/v1/transactions/{id}")).await? {
-                if let Some(reason) = v.get("failed").and_then(|f| f.as_str()) {
-                    bail!("transaction {id} was refused by the chain: {reason}");
+            let mut events = self.api.events().await?;
+            if let Some(t) = self.api.transaction(&hex).await? {
+                return Ok(t);
+            }
+            loop {
+                match events.next().await {
+                    Some(Ok(StreamEvent::Block(b))) if b.settles(&hex) => {
+                        return self.api.transaction(&hex).await?.ok_or_else(|| {
+                            anyhow!(
+                                "block {} settled transaction {id}, but the node does not find it",
+                                b.height
+                            )
+                        });
+                    }
+                    Some(Ok(StreamEvent::Block(_))) => {}
+                    Some(Ok(StreamEvent::Lagged(_))) | None => break,
+                    Some(Err(e)) => return Err(e.into()),
                 }
-                return Ok(v);
             }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "transaction {id} is not committed after {} s; check the network with `medchain status`",
-                    timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Waits until this node has record `slip` (written through another node).
-    pub async fn wait_for_record(&mut self, slip: &Hash32) -> Result<()> {
-        for _ in 0..100 {
-            if self.get(&format!("/v1/records/{slip}")).await?.is_some() {
-                return Ok(());
+    /// Waits until this node has record `slip` (written through another node): a record is
+    /// there once the node executed the block that holds its slip.
+    pub async fn wait_for_record(&self, slip: &Hash32) -> Result<()> {
+        let wait = async {
+            let mut events = self.api.events().await?;
+            loop {
+                if self.api.record(&slip.to_hex()).await?.is_some() {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                match events.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => events = self.api.events().await?,
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("record {slip} did not reach this node within 10 s")
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .map_err(|_| anyhow!("record {slip} did not reach this node within 10 s"))?
     }
 
     /// Waits until this node has applied block `target` with everything it triggers (its status
     /// height moves only after the block's side effects, such as a proxy keeping its fragment).
     /// Another node's status is no substitute: it can lag that node's own transaction index.
-    pub async fn wait_for_height(&mut self, target: u64) -> Result<()> {
-        for _ in 0..100 {
-            let h = self
-                .get("/v1/status")
-                .await?
-                .and_then(|s| s["height"].as_u64())
-                .unwrap_or(0);
-            if h >= target {
-                return Ok(());
+    pub async fn wait_for_height(&self, target: u64) -> Result<()> {
+        let wait = async {
+            let mut events = self.api.events().await?;
+            loop {
+                if self.api.status().await?.height >= target {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                match events.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => events = self.api.events().await?,
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("this node did not reach height {target} within 10 s")
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .map_err(|_| anyhow!("this node did not reach height {target} within 10 s"))?
     }
 
     /// Submits and waits for the commit.
-    pub async fn submit_and_wait(&mut self, tx: &v1::Transaction) -> Result<(Hash32, Value)> {
+    pub async fn submit_and_wait(&self, tx: &v1::Transaction) -> Result<(Hash32, TransactionInfo)> {
         let id = self.submit(tx).await?;
-        let v = self.wait_committed(&id, Duration::from_secs(60)).await?;
-        Ok((id, v))
+        let info = self.wait_committed(&id, Duration::from_secs(60)).await?;
+        Ok((id, info))
     }
 }

@@ -134,50 +134,49 @@ pub fn build_record_write(
 
 impl Client {
     /// The keys a doctor encrypts to, from the patient's registration.
-    pub async fn patient_keys(&mut self, patient: &Identity) -> Result<PatientKeys> {
+    pub async fn patient_keys(&self, patient: &Identity) -> Result<PatientKeys> {
         let info = self.identity(patient).await?;
-        if info.role != "patient" {
+        if info.role != medchain_api::Role::Patient {
             bail!("{patient} is registered as a {}, not a patient", info.role);
         }
         Ok(PatientKeys {
             identity: *patient,
-            encryption: info.encryption_key()?,
+            encryption: super::encryption_key(&info)?,
             search: SearchPublicKey::from_bytes(&hex::decode(&info.search_key)?)?,
         })
     }
 
     /// Uploads a record write (ciphertext and slip together) and waits for the slip's block.
-    pub async fn upload_record(&mut self, w: &RecordWrite) -> Result<Hash32> {
+    pub async fn upload_record(&self, w: &RecordWrite) -> Result<Hash32> {
         let upload = v1::RecordUpload {
             transaction: Some(w.transaction.clone()),
             ciphertext: w.ciphertext.clone(),
         };
-        let answer = self
-            .post_proto("/v1/records", &upload.canonical_bytes())
-            .await?;
-        let v: serde_json::Value = serde_json::from_slice(&answer)?;
-        let id = Hash32::from_hex(v["id"].as_str().unwrap_or_default())
-            .context("the node's answer names no transaction")?;
+        let accepted = self.api.upload(upload.canonical_bytes()).await?;
+        let id = Hash32::from_hex(&accepted.id).map_err(|_| {
+            anyhow!(
+                "the node accepted the upload under a malformed id {:?}",
+                accepted.id
+            )
+        })?;
         self.wait_committed(&id, std::time::Duration::from_secs(60))
             .await?;
         Ok(w.slip_id)
     }
 
     /// The slip and its state.
-    pub async fn record(&mut self, slip: &Hash32) -> Result<serde_json::Value> {
-        self.get(&format!("/v1/records/{slip}"))
-            .await?
-            .ok_or_else(|| {
-                anyhow!(
-                    "record {slip} does not exist on chain {}",
-                    self.chain.chain_id
-                )
-            })
+    pub async fn record(&self, slip: &Hash32) -> Result<medchain_api::RecordView> {
+        self.api.record(&slip.to_hex()).await?.ok_or_else(|| {
+            anyhow!(
+                "record {slip} does not exist on chain {}",
+                self.chain.chain_id
+            )
+        })
     }
 
     /// MBDS Algorithm 2, the patient's side: check the doctor's signature (the node did, and so
     /// does this client), decrypt, check H(M), co-sign.
-    pub async fn confirm(&mut self, patient: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
+    pub async fn confirm(&self, patient: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
         let plaintext = self.read(patient, slip).await?;
         let sig = patient
             .signing_key()
@@ -195,9 +194,9 @@ impl Client {
 
     /// Reads a record through the node: a signed, fresh request; the patient gets the
     /// ciphertext, a grantee a capsule fragment too. Checks the plaintext against H(M) on chain.
-    pub async fn read(&mut self, reader: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
+    pub async fn read(&self, reader: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
         let info = self.record(slip).await?;
-        let slip_json = &info["slip"];
+        let expected = info.slip.slip.record_hash;
         let mut nonce = vec![0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let signed = sign_read_request(
@@ -211,10 +210,8 @@ impl Client {
             },
         );
         let answer = self
-            .post_proto(
-                &format!("/v1/records/{slip}/read"),
-                &signed.canonical_bytes(),
-            )
+            .api
+            .read(&slip.to_hex(), signed.canonical_bytes())
             .await?;
         let resp = v1::ReadResponse::decode_canonical(&answer)?;
         let record = EncryptedRecord::from_bytes(&resp.ciphertext)?;
@@ -232,7 +229,6 @@ impl Client {
                 std::slice::from_ref(&resp.capsule_fragment),
             )?
         };
-        let expected = slip_json["record_hash"].as_str().unwrap_or_default();
         if record_hash(&plaintext).to_hex() != expected {
             bail!(
                 "record {slip} decrypted but its hash differs from H(M) on chain: the stored data was altered"

@@ -17,6 +17,7 @@
 //! - a validator records every read it served or refused, and may suspend an identity whose reads
 //!   look abnormal.
 
+pub mod queries;
 pub mod state;
 
 use medchain_crypto::hash::domains;
@@ -673,7 +674,7 @@ pub fn find_grant(
     now_ms: u64,
     store: &medchain_storage::Store,
 ) -> Result<Option<(Hash32, GrantEntry)>, ContractError> {
-    let prefix = [b"gg/".as_slice(), reader.as_bytes()].concat();
+    let prefix = keys::grants_by_grantee(reader.as_bytes());
     let rows = store
         .chain_state_prefix(&prefix, 10_000)
         .map_err(|e| ContractError::Storage(e.to_string()))?;

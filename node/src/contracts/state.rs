@@ -137,20 +137,40 @@ pub mod keys {
     }
     /// Grants of a patient: `gp/ patient grant`.
     pub fn grant_by_patient(patient: &[u8], grant: &Hash32) -> Vec<u8> {
-        [b"gp/".as_slice(), patient, grant.as_bytes()].concat()
+        [grants_by_patient(patient).as_slice(), grant.as_bytes()].concat()
     }
     /// Grants to a grantee: `gg/ grantee grant`.
     pub fn grant_by_grantee(grantee: &[u8], grant: &Hash32) -> Vec<u8> {
-        [b"gg/".as_slice(), grantee, grant.as_bytes()].concat()
+        [grants_by_grantee(grantee).as_slice(), grant.as_bytes()].concat()
+    }
+    /// The prefix of [`grant_by_patient`] keys for one patient.
+    pub fn grants_by_patient(patient: &[u8]) -> Vec<u8> {
+        [b"gp/".as_slice(), patient].concat()
+    }
+    /// The prefix of [`grant_by_grantee`] keys for one grantee.
+    pub fn grants_by_grantee(grantee: &[u8]) -> Vec<u8> {
+        [b"gg/".as_slice(), grantee].concat()
+    }
+    /// The prefix of [`request_by_patient`] keys for one patient.
+    pub fn requests_by_patient(patient: &[u8]) -> Vec<u8> {
+        [b"rp/".as_slice(), patient].concat()
+    }
+    /// The prefix of [`request_by_requester`] keys for one requester.
+    pub fn requests_by_requester(requester: &[u8]) -> Vec<u8> {
+        [b"rr/".as_slice(), requester].concat()
     }
     pub fn request(request: &Hash32) -> Vec<u8> {
         [b"req/".as_slice(), request.as_bytes()].concat()
     }
     pub fn request_by_patient(patient: &[u8], request: &Hash32) -> Vec<u8> {
-        [b"rp/".as_slice(), patient, request.as_bytes()].concat()
+        [requests_by_patient(patient).as_slice(), request.as_bytes()].concat()
     }
     pub fn request_by_requester(requester: &[u8], request: &Hash32) -> Vec<u8> {
-        [b"rr/".as_slice(), requester, request.as_bytes()].concat()
+        [
+            requests_by_requester(requester).as_slice(),
+            request.as_bytes(),
+        ]
+        .concat()
     }
     /// One access record per (read request, serving validator).
     pub fn access(request: &Hash32, validator: &Identity) -> Vec<u8> {

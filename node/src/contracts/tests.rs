@@ -204,6 +204,7 @@ fn grants_cover_their_scope_until_expiry_or_revocation() {
         &crate::client::ChainInfo {
             chain_id: "h".into(),
             validators: vec![],
+            authorities: vec![],
         },
         &patient,
         &id(&doctor_b),

@@ -74,6 +74,9 @@ pub struct BlockEvent {
     pub timestamp_ms: u64,
     /// The transactions that took effect, in block order.
     pub transactions: Vec<Hash32>,
+    /// The transactions ordered in the block but refused by a chain rule: they are final too,
+    /// and a client waiting for one must learn of it.
+    pub failed: Vec<Hash32>,
 }
 
 /// Everything the driver is connected to.
@@ -499,6 +502,7 @@ impl<C: Chain> Driver<C> {
             hash: block.hash,
             timestamp_ms: block.timestamp_ms,
             transactions: block.effective,
+            failed: block.failed.iter().map(|(id, _)| *id).collect(),
         }));
         Ok(())
     }

@@ -59,7 +59,7 @@ pub struct NodeHandle {
     pub status: watch::Receiver<Status>,
     pub(super) submit: mpsc::Sender<Submission>,
     /// `GET /v1/chain`: chain ID, validators (with proxy encryption keys), authorities.
-    pub chain: Arc<serde_json::Value>,
+    pub chain: Arc<medchain_api::ChainInfo>,
     /// This node's keys: it signs access records and suspensions, and opens proxy fragments.
     pub node_key: Arc<KeyMaterial>,
     pub me: u32,

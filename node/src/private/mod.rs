@@ -64,19 +64,28 @@ pub fn start(
         validators.clone(),
         g.authorities.iter().map(|a| a.identity).collect(),
     ));
-    let chain = serde_json::json!({
-        "chain_id": g.chain_id,
-        "validators": g.validators.iter().enumerate().map(|(i, v)| serde_json::json!({
-            "index": i,
-            "name": v.name,
-            "identity": v.identity.to_string(),
-            "encryption_key": v.encryption_key,
-        })).collect::<Vec<_>>(),
-        "authorities": g.authorities.iter().map(|a| serde_json::json!({
-            "name": a.name,
-            "identity": a.identity.to_string(),
-        })).collect::<Vec<_>>(),
-    });
+    let chain = medchain_api::ChainInfo {
+        chain_id: g.chain_id.clone(),
+        validators: g
+            .validators
+            .iter()
+            .enumerate()
+            .map(|(i, v)| medchain_api::ValidatorInfo {
+                index: i as u32,
+                name: v.name.clone(),
+                identity: v.identity.to_string(),
+                encryption_key: v.encryption_key.clone(),
+            })
+            .collect(),
+        authorities: g
+            .authorities
+            .iter()
+            .map(|a| medchain_api::AuthorityInfo {
+                name: a.name.clone(),
+                identity: a.identity.to_string(),
+            })
+            .collect(),
+    };
     let cfg = Config::new(
         g.chain_id.clone(),
         validators.clone(),

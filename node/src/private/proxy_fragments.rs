@@ -8,7 +8,7 @@ use medchain_crypto::record::{decrypt_record, EncryptedRecord};
 use medchain_crypto::{Hash32, Identity};
 use medchain_proto::v1;
 
-use crate::contracts::state::{keys, IdentityEntry, Overlay};
+use crate::contracts::queries::Queries;
 
 /// Node-secret key of this proxy's fragment of a grant.
 pub fn fragment_key(grant: &Hash32) -> Vec<u8> {
@@ -28,14 +28,14 @@ pub fn keep_fragment(
     let Some(sealed) = grant.fragments.iter().find(|f| f.proxy == me) else {
         return Ok(false);
     };
-    let ov = Overlay::new(store);
-    let owner: IdentityEntry = ov
-        .get(&keys::identity(patient))
+    let q = Queries::new(store);
+    let owner = q
+        .identity(patient)
         .map_err(|e| e.to_string())?
         .ok_or("patient not registered")?;
     let grantee_id = Identity::from_bytes(&grant.grantee).map_err(|e| e.to_string())?;
-    let grantee: IdentityEntry = ov
-        .get(&keys::identity(&grantee_id))
+    let grantee = q
+        .identity(&grantee_id)
         .map_err(|e| e.to_string())?
         .ok_or("grantee not registered")?;
     let record = EncryptedRecord::from_bytes(&sealed.sealed).map_err(|e| e.to_string())?;

@@ -1,36 +1,48 @@
 //! A local network of real `medchain run` processes for end-to-end tests: made with
 //! `medchain init --devnet`, driven over the HTTP API, killed with SIGKILL and restarted.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use medchain_api::{ApiClient, Status, StreamEvent};
 use medchain_crypto::hash::domains;
 use medchain_crypto::keys::KeyMaterial;
 use medchain_proto::canonical::{Canonical, Hashed};
 use medchain_proto::ledger::sign_transaction;
 use medchain_proto::v1;
-use serde_json::Value;
 
 use super::medchain_bin;
 
-/// One `GET`/`POST` over a fresh connection; returns (status, body). `None` if unreachable.
+/// A runtime for the library client in these synchronous tests.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// The API client of the node at `addr` (`host:port`).
+pub fn client(addr: &str) -> ApiClient {
+    ApiClient::new(addr).expect("a node API address")
+}
+
+/// Runs one call of the library client to completion.
+pub fn call<T>(f: impl std::future::Future<Output = T>) -> T {
+    runtime().block_on(f)
+}
+
+/// One `GET`/`POST` with a JSON body through the library client; returns (status, body) so a
+/// test can check refusals exactly. `None` if unreachable.
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+    let method: medchain_api::Method = method.parse().expect("an HTTP method");
+    let body = body.unwrap_or("").as_bytes().to_vec();
+    let (status, bytes) =
+        call(client(addr).send(method, path, "application/json", body.into())).ok()?;
+    Some((
+        status.as_u16(),
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
 }
 
 /// The registration of a fresh participant (derived from `participant`) by `authority` with
@@ -74,7 +86,10 @@ pub fn tx_id(tx: &v1::Transaction) -> String {
 
 /// The JSON body the API takes.
 pub fn submit_body(tx: &v1::Transaction) -> String {
-    serde_json::json!({ "transaction": hex::encode(tx.canonical_bytes()) }).to_string()
+    serde_json::to_string(&medchain_api::SubmitRequest {
+        transaction: hex::encode(tx.canonical_bytes()),
+    })
+    .expect("serializes")
 }
 
 /// Nodes of a local network.
@@ -146,9 +161,8 @@ impl Devnet {
             self.start(i);
         }
         assert!(
-            self.wait(30, |d| (0..n).all(|i| d
-                .status(i)
-                .is_some_and(|s| s["peers_connected"] == n - 1))),
+            self.wait(30, |d| (0..n)
+                .all(|i| d.status(i).is_some_and(|s| s.peers_connected == n - 1))),
             "the {n} nodes did not connect:\n{}",
             self.log(0)
         );
@@ -166,21 +180,16 @@ impl Devnet {
         std::fs::read_to_string(self.dir.join(format!("node{i}.log"))).unwrap_or_default()
     }
 
-    pub fn status(&self, i: usize) -> Option<Value> {
-        let (code, body) = http(&self.apis[i], "GET", "/v1/status", None)?;
-        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    pub fn status(&self, i: usize) -> Option<Status> {
+        call(client(&self.apis[i]).status()).ok()
     }
 
     pub fn height(&self, i: usize) -> u64 {
-        self.status(i)
-            .and_then(|s| s["height"].as_u64())
-            .unwrap_or(0)
+        self.status(i).map_or(0, |s| s.height)
     }
 
     pub fn committed(&self, i: usize) -> u64 {
-        self.status(i)
-            .and_then(|s| s["committed_transactions"].as_u64())
-            .unwrap_or(0)
+        self.status(i).map_or(0, |s| s.committed_transactions)
     }
 
     /// Posts a transaction to node `i`; returns (status, body).
@@ -195,12 +204,8 @@ impl Devnet {
     }
 
     pub fn block_hash(&self, i: usize, height: u64) -> Option<String> {
-        let (code, body) = http(&self.apis[i], "GET", &format!("/v1/blocks/{height}"), None)?;
-        if code != 200 {
-            return None;
-        }
-        let v: Value = serde_json::from_str(&body).ok()?;
-        v["hash"].as_str().map(str::to_string)
+        let block = call(client(&self.apis[i]).block(height)).ok()??;
+        Some(block.hash)
     }
 
     /// Polls `cond` every 200 ms for up to `secs` seconds (a test waiting on real processes).
@@ -224,50 +229,37 @@ impl Drop for Devnet {
     }
 }
 
-/// Reads `GET /v1/events` from `addr` until the block events seen list `transactions` transaction
-/// ids in all (or nothing arrives for `secs`); returns each block event's (height, hash, transaction ids).
-/// Spawn it before submitting: the stream carries only blocks committed after it connected.
+/// Reads `GET /v1/events` from `addr` until the block events seen list `transactions`
+/// transaction ids in all (or nothing arrives for `secs`); returns each block event's (height,
+/// hash, transaction ids). The stream is open when this returns, so call it before submitting:
+/// the stream carries only blocks committed after it connected.
 pub fn block_events(
     addr: &str,
     transactions: usize,
     secs: u64,
 ) -> std::thread::JoinHandle<Vec<(u64, String, Vec<String>)>> {
-    let addr = addr.to_string();
-    let mut s = TcpStream::connect(&addr).expect("connecting to the event stream");
-    s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
-    let req =
-        format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
+    let rt = runtime();
+    let mut stream = rt
+        .block_on(client(addr).events())
+        .expect("opening the event stream");
     std::thread::spawn(move || {
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 16_384];
-        let mut events = Vec::new();
-        let mut seen = 0;
-        // Ends when enough were seen, or when nothing came for `secs` (the read timeout).
-        while seen < transactions {
-            let Ok(n) = s.read(&mut buf) else { break };
-            if n == 0 {
-                break;
+        rt.block_on(async move {
+            let mut events = Vec::new();
+            let mut seen = 0;
+            let idle = Duration::from_secs(secs);
+            while seen < transactions {
+                match tokio::time::timeout(idle, stream.next()).await {
+                    Ok(Some(Ok(StreamEvent::Block(b)))) => {
+                        seen += b.transactions.len();
+                        events.push((b.height, b.hash, b.transactions));
+                    }
+                    Ok(Some(Ok(StreamEvent::Lagged(l)))) => {
+                        panic!("the stream lagged by {} blocks", l.missed)
+                    }
+                    _ => break,
+                }
             }
-            raw.extend_from_slice(&buf[..n]);
-            // Chunk framing aside, every event's data is one `data: {json}` line.
-            events = String::from_utf8_lossy(&raw)
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                .filter(|v| v.get("height").is_some())
-                .map(|v| {
-                    let ids = v["transactions"].as_array().unwrap().iter();
-                    (
-                        v["height"].as_u64().unwrap(),
-                        v["hash"].as_str().unwrap().to_string(),
-                        ids.map(|i| i.as_str().unwrap().to_string())
-                            .collect::<Vec<_>>(),
-                    )
-                })
-                .collect::<Vec<_>>();
-            seen = events.iter().map(|e| e.2.len()).sum();
-        }
-        events
+            events
+        })
     })
 }
