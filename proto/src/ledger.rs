@@ -238,11 +238,39 @@ pub fn private_block(
     committed: &v1::CommittedBatch,
     previous_hash: Hash32,
 ) -> Result<v1::Block, ProtoError> {
+    let items = committed.batch.as_ref().map_or(&[][..], |b| &b.items[..]);
+    let transactions = items
+        .iter()
+        .map(|b| v1::Transaction::decode_canonical(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    private_block_of(chain_id, validators, committed, previous_hash, transactions)
+}
+
+/// [`private_block`] from the batch's items already decoded (`transactions[i]` is the canonical
+/// decoding of item `i`, as a node that checked them on arrival holds them): nothing is decoded
+/// or encoded again, the Merkle root is taken over the items' own bytes.
+pub fn private_block_of(
+    chain_id: &str,
+    validators: &ValidatorSet,
+    committed: &v1::CommittedBatch,
+    previous_hash: Hash32,
+    transactions: Vec<v1::Transaction>,
+) -> Result<v1::Block, ProtoError> {
     const KIND: &str = "committed batch";
     let batch = committed.batch.as_ref().ok_or(ProtoError::MissingField {
         kind: KIND,
         field: "batch",
     })?;
+    if transactions.len() != batch.items.len() {
+        return Err(ProtoError::Invalid {
+            kind: KIND,
+            reason: format!(
+                "{} decoded transactions for {} items",
+                transactions.len(),
+                batch.items.len()
+            ),
+        });
+    }
     let creator = validators
         .get(batch.proposer)
         .ok_or_else(|| ProtoError::Invalid {
@@ -253,18 +281,13 @@ pub fn private_block(
                 validators.len()
             ),
         })?;
-    let transactions = batch
-        .items
-        .iter()
-        .map(|b| v1::Transaction::decode_canonical(b))
-        .collect::<Result<Vec<_>, _>>()?;
     let header = v1::BlockHeader {
         chain_id: chain_id.to_string(),
         height: committed.seq,
         previous_hash: previous_hash.as_bytes().to_vec(),
         timestamp_ms: batch.timestamp_ms,
         creator: creator.as_bytes().to_vec(),
-        merkle_root: transactions_root(&transactions).as_bytes().to_vec(),
+        merkle_root: merkle::root(&batch.items).as_bytes().to_vec(),
         transaction_count: transactions.len() as u32,
     };
     Ok(v1::Block {

@@ -148,8 +148,9 @@ async fn upload_checked(node: &NodeHandle, body: Bytes) -> Result<Response, ApiE
     EncryptedRecord::check_format(&upload.ciphertext)
         .map_err(|e| bad(format!("the ciphertext is not an encrypted record: {e}")))?;
     let bytes = tx.canonical_bytes();
+    let slip_id = slip_id_of(&tx);
     let checked = node
-        .check_client(bytes)
+        .check_client_decoded(tx, bytes)
         .await
         .map_err(|e| submit_error(node, e))?;
     // Store before the slip can commit anywhere, then let the other stores have it.
@@ -170,7 +171,7 @@ async fn upload_checked(node: &NodeHandle, body: Bytes) -> Result<Response, ApiE
         StatusCode::ACCEPTED,
         Json(RecordAccepted {
             id: id.to_hex(),
-            slip_id: slip_id_of(&tx).to_hex(),
+            slip_id: slip_id.to_hex(),
             status: "pending".into(),
         }),
     )

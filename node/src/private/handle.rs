@@ -96,6 +96,19 @@ impl NodeHandle {
             .map_err(SubmitError::Tx)
     }
 
+    /// [`Self::check_client`] of a transaction already decoded from `bytes` (an upload's).
+    pub async fn check_client_decoded(
+        &self,
+        tx: v1::Transaction,
+        bytes: Vec<u8>,
+    ) -> Result<CheckedTx, SubmitError> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.check_client_decoded(tx, &bytes, now_ms()))
+            .await
+            .map_err(|_| SubmitError::Closed)?
+            .map_err(SubmitError::Tx)
+    }
+
     /// Queues a checked transaction; it is forwarded to the other validators.
     pub async fn queue(&self, checked: CheckedTx) -> Result<Hash32, SubmitError> {
         let id = checked.id;

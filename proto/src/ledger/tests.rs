@@ -107,6 +107,14 @@ fn block_structure_and_certificate() {
         private_block("hospital-a", &set, &committed, Hash32::ZERO).unwrap(),
         block
     );
+    // Built from the items already decoded, it is the same block; a count that does not match
+    // the items is refused.
+    let decoded = block.transactions.clone();
+    assert_eq!(
+        private_block_of("hospital-a", &set, &committed, Hash32::ZERO, decoded).unwrap(),
+        block
+    );
+    assert!(private_block_of("hospital-a", &set, &committed, Hash32::ZERO, vec![]).is_err());
 
     // A block the same validators certified for another chain is not a block of this one.
     let other_chain = make_block(&keys, "hospital-b", 1, Hash32::ZERO, 5, vec![]);

@@ -10,18 +10,21 @@
 //! PBFT execution digest in one atomic RocksDB batch.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use medchain_crypto::hash::{digest, domains};
 use medchain_crypto::validators::ValidatorSet;
 use medchain_crypto::Hash32;
 use medchain_crypto::Identity;
 use medchain_proto::canonical::{Canonical, Hashed};
-use medchain_proto::ledger::{private_block, verify_transaction};
+use medchain_proto::ledger::{private_block_of, verify_transaction};
 use medchain_proto::v1;
 use medchain_storage::{ChainTip, Store};
 
 use crate::contracts::{self, state::Overlay, ContractError, ExecContext, SideEffects};
+
+mod known;
+pub use known::{Decoded, Known, KNOWN_CAPACITY};
 
 /// Chain-state key of the PBFT execution point: (sequence, execution digest).
 pub const EXEC_KEY: &[u8] = b"pbft/exec";
@@ -81,7 +84,8 @@ pub struct PrivateLedger {
     pub validators: ValidatorSet,
     /// Genesis authorities: they register participants.
     pub authorities: Vec<Identity>,
-    verified: Mutex<HashSet<Hash32>>,
+    /// Decoded, verified transactions by the digest of their bytes: decoded once per node.
+    known: Known,
 }
 
 impl std::fmt::Debug for PrivateLedger {
@@ -89,8 +93,6 @@ impl std::fmt::Debug for PrivateLedger {
         write!(f, "PrivateLedger({})", self.chain_id)
     }
 }
-
-const VERIFIED_CAPACITY: usize = 1 << 20;
 
 fn nonce_key(signer: &[u8], nonce: u64) -> Vec<u8> {
     let mut k = b"nonce/".to_vec();
@@ -116,15 +118,24 @@ impl PrivateLedger {
             chain_id,
             validators,
             authorities,
-            verified: Mutex::new(HashSet::new()),
+            known: Known::new(KNOWN_CAPACITY),
         }
     }
 
-    /// Decodes and verifies a transaction (signatures checked once per distinct bytes), without
-    /// looking at what is committed.
-    pub fn check_form(&self, bytes: &[u8]) -> Result<(v1::Transaction, Hash32), TxError> {
+    /// Decodes and verifies a transaction, without looking at what is committed. Bytes seen
+    /// before are neither decoded nor verified again (see [`known`]).
+    pub fn check_form(&self, bytes: &[u8]) -> Result<Arc<Decoded>, TxError> {
+        let key = digest(domains::VERIFY_CACHE, bytes);
+        if let Some(d) = self.known.get(&key) {
+            return Ok(d);
+        }
         let tx = v1::Transaction::decode_canonical(bytes)
             .map_err(|e| TxError::Malformed(e.to_string()))?;
+        self.verify_form(key, tx)
+    }
+
+    /// The chain and signature checks of a decoded transaction; keeps it as known.
+    fn verify_form(&self, key: Hash32, tx: v1::Transaction) -> Result<Arc<Decoded>, TxError> {
         let body = tx
             .body
             .as_ref()
@@ -135,28 +146,19 @@ impl PrivateLedger {
                 got: body.chain_id.clone(),
             });
         }
-        let id = body.digest();
-        let key = digest(domains::VERIFY_CACHE, bytes);
-        let known = self
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key);
-        if !known {
-            verify_transaction(tx.clone()).map_err(|e| TxError::Invalid(e.to_string()))?;
-            let mut v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if v.len() >= VERIFIED_CAPACITY {
-                v.clear();
-            }
-            v.insert(key);
-        }
-        Ok((tx, id))
+        let verified = verify_transaction(tx).map_err(|e| TxError::Invalid(e.to_string()))?;
+        let decoded = Arc::new(Decoded {
+            tx: verified.transaction,
+            id: verified.id,
+        });
+        self.known.insert(key, decoded.clone());
+        Ok(decoded)
     }
 
     /// Everything a transaction must pass to be ordered: form, signatures and replay.
     pub fn check(&self, bytes: &[u8]) -> Result<CheckedTx, TxError> {
-        let (tx, id) = self.check_form(bytes)?;
-        self.checked(&tx, id, bytes)
+        let d = self.check_form(bytes)?;
+        self.checked(&d.tx, d.id, bytes)
     }
 
     /// The replay check of a decoded, verified transaction.
@@ -203,8 +205,34 @@ impl PrivateLedger {
     /// forwarded by other validators get [`Self::check`] only: this node's state may lag theirs by
     /// a block, and the contracts decide again, deterministically, at commit.
     pub fn check_client(&self, bytes: &[u8], now_ms: u64) -> Result<CheckedTx, TxError> {
-        let (tx, id) = self.check_form(bytes)?;
-        let checked = self.checked(&tx, id, bytes)?;
+        let d = self.check_form(bytes)?;
+        self.check_contracts(&d, bytes, now_ms)
+    }
+
+    /// [`Self::check_client`] of a transaction the caller already decoded from `bytes` (an
+    /// upload carries it inside the `RecordUpload`): it is not decoded a second time.
+    pub fn check_client_decoded(
+        &self,
+        tx: v1::Transaction,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Result<CheckedTx, TxError> {
+        let key = digest(domains::VERIFY_CACHE, bytes);
+        let d = match self.known.get(&key) {
+            Some(d) => d,
+            None => self.verify_form(key, tx)?,
+        };
+        self.check_contracts(&d, bytes, now_ms)
+    }
+
+    fn check_contracts(
+        &self,
+        d: &Decoded,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Result<CheckedTx, TxError> {
+        let (tx, id) = (&d.tx, d.id);
+        let checked = self.checked(tx, id, bytes)?;
         let body = tx.body.as_ref().expect("checked by check_form");
         let signer =
             Identity::from_bytes(&body.signer).map_err(|e| TxError::Malformed(e.to_string()))?;
@@ -231,18 +259,42 @@ impl PrivateLedger {
 
     /// Whether the transaction (or another with its signer and nonce) is committed.
     pub fn is_committed(&self, bytes: &[u8]) -> bool {
-        match v1::Transaction::decode_canonical(bytes) {
-            Ok(tx) => {
-                let Some(body) = tx.body.as_ref() else {
-                    return false;
-                };
-                matches!(
-                    self.check_not_committed(&tx, &body.digest()),
-                    Err(TxError::AlreadyCommitted { .. } | TxError::NonceUsed { .. })
-                )
+        let (known, owned);
+        let tx = match self.known.get(&digest(domains::VERIFY_CACHE, bytes)) {
+            Some(d) => {
+                known = d;
+                &known.tx
             }
-            Err(_) => false,
-        }
+            None => match v1::Transaction::decode_canonical(bytes) {
+                Ok(tx) => {
+                    owned = tx;
+                    &owned
+                }
+                Err(_) => return false,
+            },
+        };
+        let Some(body) = tx.body.as_ref() else {
+            return false;
+        };
+        matches!(
+            self.check_not_committed(tx, &body.digest()),
+            Err(TxError::AlreadyCommitted { .. } | TxError::NonceUsed { .. })
+        )
+    }
+
+    /// The decoded items of a batch: the known ones as they were decoded on arrival, any other
+    /// (a block fetched from a peer) decoded now.
+    fn decode_items(&self, items: &[Vec<u8>]) -> Result<Vec<v1::Transaction>, TxError> {
+        items
+            .iter()
+            .map(
+                |bytes| match self.known.get(&digest(domains::VERIFY_CACHE, bytes)) {
+                    Some(d) => Ok(d.tx.clone()),
+                    None => v1::Transaction::decode_canonical(bytes)
+                        .map_err(|e| TxError::Malformed(e.to_string())),
+                },
+            )
+            .collect()
     }
 
     /// The PBFT execution point stored with the last block: (sequence, execution digest).
@@ -276,8 +328,16 @@ impl PrivateLedger {
             .tip()
             .map_err(storage)?
             .map_or(Hash32::ZERO, |t| t.hash);
-        let block = private_block(&self.chain_id, &self.validators, committed, parent)
-            .map_err(|e| TxError::Malformed(e.to_string()))?;
+        let items = committed.batch.as_ref().map_or(&[][..], |b| &b.items[..]);
+        let transactions = self.decode_items(items)?;
+        let block = private_block_of(
+            &self.chain_id,
+            &self.validators,
+            committed,
+            parent,
+            transactions,
+        )
+        .map_err(|e| TxError::Malformed(e.to_string()))?;
         let header = block.header.as_ref().expect("built above");
         let (height, time_ms) = (header.height, header.timestamp_ms);
         let mut skipped: Vec<u32> = repeats.to_vec();
@@ -438,6 +498,25 @@ mod tests {
             vec![authority().signing_key().identity()],
         );
         (l, ks)
+    }
+
+    /// The same bytes checked on arrival, in a proposal and at commit are decoded and verified
+    /// once; an altered copy is not mistaken for them.
+    #[test]
+    fn a_transaction_is_decoded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = ledger(dir.path());
+        let a = registration("h", 1, 10);
+        let first = ledger.check_form(&a).unwrap();
+        let again = ledger.check_form(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "decoded a second time");
+        let decoded = ledger.decode_items(std::slice::from_ref(&a)).unwrap();
+        assert_eq!(decoded, vec![first.tx.clone()]);
+        let mut altered = a.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert!(ledger.check_form(&altered).is_err());
+        assert!(ledger.check(&a).is_ok());
     }
 
     #[test]
