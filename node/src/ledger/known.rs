@@ -73,6 +73,10 @@ impl Known {
     pub fn len(&self) -> usize {
         self.lock().by_bytes.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().by_bytes.is_empty()
+    }
 }
 
 #[cfg(test)]
