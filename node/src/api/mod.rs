@@ -1,4 +1,6 @@
-//! The client API: HTTP/JSON (axum), described in `docs/api/openapi.yaml`.
+//! The client API: HTTP/JSON (axum), described in `docs/api/openapi.yaml`, answering with the
+//! types of the `medchain-api` crate. This file holds the router, errors and the node, transaction,
+//! block and slip routes; each other resource family has its own file.
 //!
 //! Why HTTP/JSON and not gRPC: hospital integration engines, web clients and operators' tools all
 //! speak HTTP and JSON natively (curl works), and the payloads that matter are already canonical
@@ -20,7 +22,7 @@ use medchain_api::{
     Accepted, Block, CommitInfo, ErrorBody, Health, Ready, Slip, Status, SubmitRequest,
     TransactionInfo,
 };
-use medchain_crypto::Hash32;
+use medchain_crypto::{Hash32, Identity};
 use medchain_proto::canonical::{limits, Canonical, Hashed};
 use medchain_proto::ledger::{block_hash, verify_private_slip};
 use medchain_proto::v1;
@@ -115,14 +117,14 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/blocks/latest", get(latest_block))
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/slips/{id}", get(slip))
-        .route("/v1/chain", get(records::chain))
-        .route("/v1/identities/{id}", get(records::identity))
+        .route("/v1/chain", get(identities::chain))
+        .route("/v1/identities/{id}", get(identities::identity))
         .route("/v1/records/{slip}", get(records::record))
         .route("/v1/records/{slip}/verify", get(records::verify))
-        .route("/v1/records/{slip}/read", post(records::read))
+        .route("/v1/records/{slip}/read", post(reads::read))
         .route("/v1/patients/{id}/records", get(records::patient_records))
-        .route("/v1/consent", get(records::consent))
-        .route("/v1/audit", get(records::audit))
+        .route("/v1/consent", get(consent::consent))
+        .route("/v1/audit", get(audit::audit))
         // Hex doubles the bytes; allow a maximal transaction plus JSON framing.
         .layer(DefaultBodyLimit::max(limits::TRANSACTION * 2 + 1_024))
         // Record uploads carry up to 16 MiB of ciphertext as protobuf.
@@ -391,5 +393,33 @@ pub(crate) fn slip_json(
     })
 }
 
+pub(crate) fn bad(m: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, m.into())
+}
+
+pub(crate) fn not_found(m: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, m.into())
+}
+
+pub(crate) fn parse_identity(text: &str) -> Result<Identity, ApiError> {
+    text.parse::<Identity>()
+        .map_err(|e| bad(format!("identity {text:?}: {e}")))
+}
+
+/// The committed state's questions (the handlers read through these, never through keys).
+pub(crate) fn queries(node: &NodeHandle) -> crate::contracts::queries::Queries<'_> {
+    node.ledger.queries()
+}
+
+pub(crate) fn ident_text(bytes: &[u8]) -> String {
+    Identity::from_bytes(bytes)
+        .map(|i| i.to_string())
+        .unwrap_or_else(|_| hex::encode(bytes))
+}
+
+mod audit;
+mod consent;
 mod events;
+mod identities;
+mod reads;
 mod records;

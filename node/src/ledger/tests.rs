@@ -1,0 +1,154 @@
+use super::*;
+use medchain_crypto::keys::KeyMaterial;
+use medchain_crypto::SigningKey;
+use medchain_proto::ledger::{sign_committed_batch, sign_transaction};
+
+fn keys() -> Vec<SigningKey> {
+    (1..=4u8)
+        .map(|i| SigningKey::from_bytes(&[i; 32]).unwrap())
+        .collect()
+}
+
+fn authority() -> KeyMaterial {
+    KeyMaterial::from_seed(&[50; 32]).unwrap()
+}
+
+/// The authority registers participant `who` with `nonce`.
+fn registration(chain: &str, nonce: u64, who: u8) -> Vec<u8> {
+    let card = crate::client::KeyCard::from_binding(
+        &KeyMaterial::from_seed(&[who; 32]).unwrap().key_binding(),
+    );
+    sign_transaction(
+        &authority().signing_key(),
+        v1::TransactionBody {
+            chain_id: chain.into(),
+            signer: vec![],
+            nonce,
+            timestamp_ms: 5,
+            payload: Some(v1::transaction_body::Payload::IdentityRegistration(
+                card.registration(v1::Role::Patient, "p").unwrap(),
+            )),
+        },
+    )
+    .canonical_bytes()
+}
+
+fn ledger(dir: &std::path::Path) -> (PrivateLedger, Vec<SigningKey>) {
+    let store = Arc::new(Store::open(dir).unwrap());
+    let ks = keys();
+    let set = ValidatorSet::new(ks.iter().map(|k| k.identity()).collect()).unwrap();
+    let l = PrivateLedger::new(
+        store,
+        "h".into(),
+        set,
+        vec![authority().signing_key().identity()],
+    );
+    (l, ks)
+}
+
+/// The same bytes checked on arrival, in a proposal and at commit are decoded and verified
+/// once; an altered copy is not mistaken for them.
+#[test]
+fn a_transaction_is_decoded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = ledger(dir.path());
+    let a = registration("h", 1, 10);
+    let first = ledger.check_form(&a).unwrap();
+    let again = ledger.check_form(&a).unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "decoded a second time");
+    let decoded = ledger.decode_items(std::slice::from_ref(&a)).unwrap();
+    assert_eq!(decoded, vec![first.tx.clone()]);
+    let mut altered = a.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    assert!(ledger.check_form(&altered).is_err());
+    assert!(ledger.check(&a).is_ok());
+}
+
+#[test]
+fn replays_and_reused_nonces_are_refused_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, ks) = ledger(dir.path());
+    let a = registration("h", 1, 10);
+    let same_nonce = registration("h", 1, 11);
+    assert!(ledger.check(&a).is_ok());
+    assert!(matches!(
+        ledger.check(&registration("other", 1, 10)),
+        Err(TxError::WrongChain { .. })
+    ));
+    let mut bad = a.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(ledger.check(&bad).is_err());
+
+    // Both with nonce 1 in one batch: only the first takes effect.
+    let batch = v1::PbftBatch {
+        timestamp_ms: 7,
+        items: vec![a.clone(), same_nonce.clone()],
+        proposer: 0,
+    };
+    let committed = sign_committed_batch(&ks, "h", 1, 0, batch);
+    let done = ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
+    assert_eq!(done.tip.height, 1);
+    assert_eq!(done.effective.len(), 1);
+    assert!(done.failed.is_empty());
+    // Both are reported, so the mempool drops the one that can no longer take effect.
+    assert_eq!(done.seen.len(), 2);
+    assert_eq!(done.seen[0].1, done.seen[1].1);
+    assert!(matches!(
+        ledger.check(&a),
+        Err(TxError::AlreadyCommitted { height: 1, .. })
+    ));
+    assert!(matches!(
+        ledger.check(&same_nonce),
+        Err(TxError::NonceUsed { nonce: 1, .. })
+    ));
+    assert!(ledger.is_committed(&same_nonce));
+    assert_eq!(ledger.exec_point().unwrap().0, 1);
+}
+
+#[test]
+fn a_refused_transaction_commits_as_failed_and_uses_its_nonce() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, ks) = ledger(dir.path());
+    let first = registration("h", 1, 10);
+    // The same participant registered again (another nonce): the contract refuses it, at
+    // admission and, if it gets ordered anyway, at commit.
+    let again = registration("h", 2, 10);
+    let batch = v1::PbftBatch {
+        timestamp_ms: 7,
+        items: vec![first, again.clone()],
+        proposer: 0,
+    };
+    let done = ledger
+        .commit(
+            &sign_committed_batch(&ks, "h", 1, 0, batch),
+            &[],
+            Hash32::ZERO,
+        )
+        .unwrap();
+    assert_eq!(done.effective.len(), 1);
+    assert_eq!(done.failed.len(), 1);
+    assert!(
+        done.failed[0].1.contains("already registered"),
+        "{:?}",
+        done.failed
+    );
+    let failure = ledger
+        .store
+        .chain_state(&crate::contracts::state::keys::failure(&done.failed[0].0))
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8(failure)
+        .unwrap()
+        .contains("already registered"));
+    assert!(matches!(
+        ledger.check(&again),
+        Err(TxError::AlreadyCommitted { .. })
+    ));
+    let fresh = registration("h", 3, 10);
+    assert!(matches!(
+        ledger.check_client(&fresh, 10),
+        Err(TxError::Refused(m)) if m.contains("already registered")
+    ));
+}
