@@ -9,14 +9,7 @@ use std::collections::HashMap;
 
 use medchain_crypto::Hash32;
 
-/// A transaction its chain's ledger has checked (decoding, signatures, replay, contract rules).
-#[derive(Clone, Debug)]
-pub struct CheckedTx {
-    pub id: Hash32,
-    /// Signer and nonce: at most one transaction with this key ever takes effect.
-    pub replay_key: Vec<u8>,
-    pub bytes: Vec<u8>,
-}
+pub use medchain_ledger::CheckedTx;
 
 /// Why the pool refused a transaction.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

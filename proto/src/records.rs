@@ -137,6 +137,19 @@ pub fn check_slip_fields(content: &v1::SlipContent) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// The registration an authority signs for a participant's key binding (the inverse of
+/// [`check_registration`]).
+pub fn registration(b: &KeyBinding, role: v1::Role, name: &str) -> v1::IdentityRegistration {
+    v1::IdentityRegistration {
+        identity: b.identity.as_bytes().to_vec(),
+        encryption_key: b.encryption_key.to_bytes(),
+        search_key: b.search_key.to_bytes().to_vec(),
+        binding_signature: b.signature.as_bytes().to_vec(),
+        role: role as i32,
+        name: name.to_string(),
+    }
+}
+
 /// Checks a registration: the keys parse and the participant's binding signature covers them.
 pub fn check_registration(r: &v1::IdentityRegistration) -> Result<KeyBinding, ProtoError> {
     const KIND: &str = "identity registration";

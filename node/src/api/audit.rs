@@ -6,8 +6,8 @@ use medchain_api::{AuditEntry, AuditTrail};
 use serde::Deserialize;
 
 use crate::api::{bad, ident_text, internal, parse_hash, parse_identity, queries, ApiError};
-use crate::contracts::queries::AuditSubject;
 use crate::private::NodeHandle;
+use medchain_ledger::contracts::queries::AuditSubject;
 
 #[derive(Debug, Deserialize)]
 pub struct AuditQuery {

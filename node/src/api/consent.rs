@@ -10,8 +10,8 @@ use medchain_proto::records::action_names;
 use serde::Deserialize;
 
 use crate::api::{bad, ident_text, internal, parse_identity, queries, ApiError};
-use crate::contracts::state::{GrantEntry, RequestEntry, RequestOutcome};
 use crate::private::{now_ms, NodeHandle};
+use medchain_ledger::contracts::state::{GrantEntry, RequestEntry, RequestOutcome};
 
 #[derive(Debug, Deserialize)]
 pub struct ConsentQuery {

@@ -27,9 +27,9 @@ use medchain_proto::canonical::{limits, Canonical, Hashed};
 use medchain_proto::ledger::{block_hash, verify_private_slip};
 use medchain_proto::v1;
 
-use crate::ledger::TxError;
 use crate::mempool::MempoolError;
 use crate::private::{NodeHandle, OwnTxError, SubmitError};
+use medchain_ledger::TxError;
 
 /// An API error: the status that tells the client what to do, and the message.
 #[derive(Debug)]
@@ -407,7 +407,7 @@ pub(crate) fn parse_identity(text: &str) -> Result<Identity, ApiError> {
 }
 
 /// The committed state's questions (the handlers read through these, never through keys).
-pub(crate) fn queries(node: &NodeHandle) -> crate::contracts::queries::Queries<'_> {
+pub(crate) fn queries(node: &NodeHandle) -> medchain_ledger::contracts::queries::Queries<'_> {
     node.ledger.queries()
 }
 

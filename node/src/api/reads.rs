@@ -20,10 +20,10 @@ use medchain_proto::v1;
 
 use crate::api::{bad, internal, not_found, parse_hash, queries, ApiError};
 use crate::client::records::ciphertext_address;
-use crate::contracts::{self, state::Overlay};
 use crate::private::access_guard::Refusal;
 use crate::private::proxy_fragments::fragment_key;
 use crate::private::{now_ms, NodeHandle};
+use medchain_ledger::contracts::{self, state::Overlay};
 
 fn refused(status: StatusCode, m: impl Into<String>) -> ApiError {
     ApiError(status, m.into())

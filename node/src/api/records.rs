@@ -22,8 +22,8 @@ use crate::api::{
     bad, internal, not_found, parse_hash, parse_identity, queries, slip_json, ApiError,
 };
 use crate::client::records::ciphertext_address;
-use crate::contracts::state::SlipEntry;
 use crate::private::NodeHandle;
+use medchain_ledger::contracts::state::SlipEntry;
 
 /// `POST /v1/records`: a `RecordUpload` (signed slip transaction + ciphertext). The node checks
 /// the transaction like any other (signatures, registration, replay), checks the ciphertext

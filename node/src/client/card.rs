@@ -66,15 +66,11 @@ impl KeyCard {
 
     /// The registration an authority signs for this card.
     pub fn registration(&self, role: v1::Role, name: &str) -> Result<v1::IdentityRegistration> {
-        let b = self.binding()?;
-        Ok(v1::IdentityRegistration {
-            identity: b.identity.as_bytes().to_vec(),
-            encryption_key: b.encryption_key.to_bytes(),
-            search_key: b.search_key.to_bytes().to_vec(),
-            binding_signature: b.signature.as_bytes().to_vec(),
-            role: role as i32,
-            name: name.to_string(),
-        })
+        Ok(medchain_proto::records::registration(
+            &self.binding()?,
+            role,
+            name,
+        ))
     }
 }
 

@@ -22,9 +22,9 @@ use medchain_storage::Store;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::records::ciphertext_address;
-use crate::contracts::SideEffects;
 use crate::driver::{next_peer, Committed, DriverError, Follower};
 use crate::net::{NetCommand, NetEvent, NetStats};
+use medchain_ledger::contracts::SideEffects;
 
 /// Missing ciphertexts asked for per second.
 const FETCH_PER_TICK: usize = 8;

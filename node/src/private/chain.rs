@@ -19,9 +19,9 @@ use medchain_proto::ledger::committed_batch_of;
 use medchain_proto::v1::{self, peer_message::Body};
 use medchain_storage::Store;
 
-use crate::contracts::SideEffects;
 use crate::driver::{Chain, Checker, Committed, DriverError, Incoming, Input, Job, Output};
-use crate::ledger::PrivateLedger;
+use medchain_ledger::contracts::SideEffects;
+use medchain_ledger::PrivateLedger;
 
 /// A batch PBFT committed, to execute.
 #[derive(Debug)]

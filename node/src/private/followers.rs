@@ -8,8 +8,8 @@ use medchain_storage::Store;
 
 use super::access_guard::AccessGuard;
 use super::proxy_fragments::{fragment_key, keep_fragment};
-use crate::contracts::SideEffects;
 use crate::driver::{Committed, DriverError, Follower};
+use medchain_ledger::contracts::SideEffects;
 
 /// Opens and keeps this proxy's fragment of each new grant; destroys it on revocation.
 pub struct FragmentKeeper {

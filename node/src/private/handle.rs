@@ -15,10 +15,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use super::access_guard::AccessGuard;
 use crate::clock::now_ms;
 use crate::driver::{AdmitError, BlockEvent, Submission};
-use crate::ledger::{CheckedTx, PrivateLedger, TxError};
 use crate::mempool::MempoolError;
 use crate::net::NetCommand;
 use crate::status::Status;
+use medchain_ledger::{CheckedTx, PrivateLedger, TxError};
 
 /// Why a transaction this node signs itself (an access record, a suspension) was not queued.
 #[derive(Debug, thiserror::Error)]

@@ -28,10 +28,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::LoadedConfig;
 use crate::driver::{Driver, Follower, Wiring, BLOCK_EVENTS};
-use crate::ledger::PrivateLedger;
 use crate::net::{self, Peer};
 use access_guard::AccessGuard;
 use chain::PrivateChain;
+use medchain_ledger::PrivateLedger;
 
 pub use crate::clock::now_ms;
 pub use crate::status::Status;
@@ -132,7 +132,7 @@ pub fn start(
     let listen = loaded.config.network.listen.parse()?;
     let network = net::start(&key, listen, peers)?;
     let committed_transactions = store
-        .chain_state(crate::ledger::COMMITTED_KEY)?
+        .chain_state(medchain_ledger::COMMITTED_KEY)?
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0);

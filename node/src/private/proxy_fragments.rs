@@ -8,7 +8,7 @@ use medchain_crypto::record::{decrypt_record, EncryptedRecord};
 use medchain_crypto::{Hash32, Identity};
 use medchain_proto::v1;
 
-use crate::contracts::queries::Queries;
+use medchain_ledger::contracts::queries::Queries;
 
 /// Node-secret key of this proxy's fragment of a grant.
 pub fn fragment_key(grant: &Hash32) -> Vec<u8> {

@@ -1,13 +1,18 @@
-//! Ledger execution of a private chain: which transactions may be ordered, and how a committed
-//! batch becomes a stored block.
+//! Deterministic execution of a hospital's private chain: which transactions may be ordered, how
+//! a committed batch becomes a stored block, the record, consent and access contracts
+//! ([`contracts`]) and the committed state's questions ([`contracts::queries`]).
+//!
+//! This crate sees no async runtime, network or HTTP (its dependencies are the wire types, the
+//! crypto, the store and the PBFT `Application` trait): what every replica must compute alike
+//! cannot depend on timing or I/O beyond its store. The node drives it.
 //!
 //! A transaction is acceptable when it decodes canonically, is for this chain, its signatures
 //! verify (`ledger::verify_transaction`), and neither it nor its `(signer, nonce)` pair is already
-//! committed. Verification results are cached by the transaction's bytes, so a node checks each
-//! transaction's signatures once even though the mempool and PBFT validation both look at it.
-//! Committing executes every transaction with the record contracts ([`crate::contracts`]) and
-//! writes the block, its certificate, its indexes, the contracts' state, the used nonces and the
-//! PBFT execution digest in one atomic RocksDB batch.
+//! committed. Decoded, verified transactions are kept by the digest of their bytes ([`known`]),
+//! so a node decodes and verifies each once although its arrival, PBFT validation and the commit
+//! all look at it. Committing executes every transaction with the record contracts and writes the
+//! block, its certificate, its indexes, the contracts' state, the used nonces and the PBFT
+//! execution digest in one atomic RocksDB batch.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,9 +26,9 @@ use medchain_proto::ledger::{private_block_of, verify_transaction};
 use medchain_proto::v1;
 use medchain_storage::{ChainTip, Store};
 
-use crate::contracts::{self, state::Overlay, ContractError, ExecContext, SideEffects};
+use crate::contracts::{state::Overlay, ContractError, ExecContext, SideEffects};
 
-mod known;
+pub mod known;
 pub use known::{Decoded, Known, KNOWN_CAPACITY};
 
 /// Chain-state key of the PBFT execution point: (sequence, execution digest).
@@ -61,7 +66,16 @@ impl From<ContractError> for TxError {
     }
 }
 
-pub use crate::mempool::CheckedTx;
+pub mod contracts;
+
+/// A transaction its chain's ledger has checked (decoding, signatures, replay, contract rules).
+#[derive(Clone, Debug)]
+pub struct CheckedTx {
+    pub id: Hash32,
+    /// Signer and nonce: at most one transaction with this key ever takes effect.
+    pub replay_key: Vec<u8>,
+    pub bytes: Vec<u8>,
+}
 
 /// What [`PrivateLedger::commit`] wrote.
 #[derive(Clone, Debug)]
@@ -284,7 +298,7 @@ impl PrivateLedger {
 
     /// The decoded items of a batch: the known ones as they were decoded on arrival, any other
     /// (a block fetched from a peer) decoded now.
-    fn decode_items(&self, items: &[Vec<u8>]) -> Result<Vec<v1::Transaction>, TxError> {
+    pub fn decode_items(&self, items: &[Vec<u8>]) -> Result<Vec<v1::Transaction>, TxError> {
         items
             .iter()
             .map(

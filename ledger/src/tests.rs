@@ -15,9 +15,7 @@ fn authority() -> KeyMaterial {
 
 /// The authority registers participant `who` with `nonce`.
 fn registration(chain: &str, nonce: u64, who: u8) -> Vec<u8> {
-    let card = crate::client::KeyCard::from_binding(
-        &KeyMaterial::from_seed(&[who; 32]).unwrap().key_binding(),
-    );
+    let binding = KeyMaterial::from_seed(&[who; 32]).unwrap().key_binding();
     sign_transaction(
         &authority().signing_key(),
         v1::TransactionBody {
@@ -26,7 +24,7 @@ fn registration(chain: &str, nonce: u64, who: u8) -> Vec<u8> {
             nonce,
             timestamp_ms: 5,
             payload: Some(v1::transaction_body::Payload::IdentityRegistration(
-                card.registration(v1::Role::Patient, "p").unwrap(),
+                medchain_proto::records::registration(&binding, v1::Role::Patient, "p"),
             )),
         },
     )

@@ -1,10 +1,17 @@
+//! The record, consent and access contracts (`medchain-ledger`) driven by transactions built the
+//! way the CLI builds them (`medchain_node::client`): registrations, record writes with their
+//! encryption, grants with sealed re-encryption fragments.
+
 use medchain_crypto::hash::domains;
 use medchain_crypto::keys::KeyMaterial;
 use medchain_proto::v1::consent_scope::Scope as S;
 use medchain_storage::Store;
 
-use super::*;
-use crate::client::records::{build_record_write, PatientKeys, RecordInput};
+use medchain_crypto::{Hash32, Identity};
+use medchain_ledger::contracts::state::*;
+use medchain_ledger::contracts::*;
+use medchain_node::client::records::{build_record_write, PatientKeys, RecordInput};
+use medchain_proto::v1::{self, transaction_body::Payload};
 
 struct World {
     _dir: tempfile::TempDir,
@@ -67,7 +74,7 @@ impl World {
     }
 
     fn register(&mut self, who: &KeyMaterial, role: v1::Role) {
-        let reg = crate::client::KeyCard::from_binding(&who.key_binding())
+        let reg = medchain_node::client::KeyCard::from_binding(&who.key_binding())
             .registration(role, "x")
             .unwrap();
         let a = id(&self.authority);
@@ -119,7 +126,7 @@ fn scope(s: S) -> Option<v1::ConsentScope> {
 fn only_authorities_register_and_only_once() {
     let mut w = World::new();
     let alice = km(1);
-    let reg = crate::client::KeyCard::from_binding(&alice.key_binding())
+    let reg = medchain_node::client::KeyCard::from_binding(&alice.key_binding())
         .registration(v1::Role::Patient, "Alice")
         .unwrap();
     refused(
@@ -200,8 +207,8 @@ fn grants_cover_their_scope_until_expiry_or_revocation() {
             1,
         )
         .unwrap();
-    let grant = crate::client::consent::build_grant(
-        &crate::client::ChainInfo {
+    let grant = medchain_node::client::consent::build_grant(
+        &medchain_node::client::ChainInfo {
             chain_id: "h".into(),
             validators: vec![],
             authorities: vec![],

@@ -694,6 +694,3 @@ pub fn find_grant(
     }
     Ok(None)
 }
-
-#[cfg(test)]
-mod tests;
