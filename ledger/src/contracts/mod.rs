@@ -17,12 +17,14 @@
 //! - a validator records every read it served or refused, and may suspend an identity whose reads
 //!   look abnormal.
 
+mod consent;
 pub mod queries;
 pub mod state;
 
+pub use consent::find_grant;
+
 use medchain_crypto::hash::domains;
 use medchain_crypto::{Hash32, Identity, Signature};
-use medchain_proto::records::action_names;
 use medchain_proto::v1::{self, transaction_body::Payload};
 
 use state::*;
@@ -408,191 +410,12 @@ pub fn execute(
             );
         }
         Payload::ConsentGrant(g) => {
-            registered(audit.ov, signer, "patient", Some(v1::Role::Patient))?;
-            not_suspended(audit.ov, signer)?;
-            let grantee = ident(&g.grantee)?;
-            if grantee == *signer {
-                return refuse("a patient does not need a grant for their own records");
-            }
-            registered(audit.ov, &grantee, "grantee", None)?;
-            let scope = scope_of(g.scope.as_ref())?;
-            if let Scope::Record(s) = &scope {
-                let slip = slip_entry(audit.ov, &Hash32(*s))?;
-                if slip.patient != signer.as_bytes() {
-                    return refuse("a patient grants access to their own records only");
-                }
-            }
-            if g.expires_ms <= ctx.time_ms {
-                return refuse(format!(
-                    "the grant expires at {} ms, before this block's time {}; choose a later --until",
-                    g.expires_ms, ctx.time_ms
-                ));
-            }
-            for f in &g.fragments {
-                if f.proxy as usize >= ctx.validators.len() {
-                    return refuse(format!(
-                        "fragment for proxy {}: this chain has {} validators",
-                        f.proxy,
-                        ctx.validators.len()
-                    ));
-                }
-            }
-            let request = if g.request.is_empty() {
-                None
-            } else {
-                let req_id = hash32(&g.request)?;
-                let mut req = match audit.ov.get::<RequestEntry>(&keys::request(&req_id))? {
-                    Some(r) => r,
-                    None => return refuse(format!("request {req_id} does not exist")),
-                };
-                if req.patient != signer.as_bytes() {
-                    return refuse(format!("request {req_id} was made to another patient"));
-                }
-                if req.requester != g.grantee {
-                    return refuse(format!(
-                        "request {req_id} came from another participant than the grantee"
-                    ));
-                }
-                if req.outcome != RequestOutcome::Open {
-                    return refuse(format!("request {req_id} was already answered"));
-                }
-                req.outcome = RequestOutcome::Approved {
-                    grant: tx_id.0,
-                    height: ctx.height,
-                };
-                audit.ov.put(keys::request(&req_id), &req);
-                Some(req_id)
-            };
-            let entry = GrantEntry {
-                patient: signer.as_bytes().to_vec(),
-                grantee: g.grantee.clone(),
-                scope: scope.clone(),
-                actions: g.actions,
-                expires_ms: g.expires_ms,
-                threshold: g.threshold,
-                delegation_key: g.delegation_key.clone(),
-                proxies: g.fragments.iter().map(|f| f.proxy).collect(),
-                request: request.map(|r| r.0),
-                height: ctx.height,
-                revoked_height: None,
-            };
-            audit.ov.put(keys::grant(&tx_id), &entry);
-            audit
-                .ov
-                .put_raw(keys::grant_by_patient(signer.as_bytes(), &tx_id), vec![]);
-            audit
-                .ov
-                .put_raw(keys::grant_by_grantee(&g.grantee, &tx_id), vec![]);
-            fx.new_grants.push((tx_id, g.clone(), *signer));
-            let detail = format!(
-                "grant {tx_id} to {grantee}: {} on {} until {}",
-                action_names(g.actions).join(","),
-                scope.describe(),
-                g.expires_ms
-            );
-            let op = if request.is_some() {
-                "approve"
-            } else {
-                "grant"
-            };
-            audit.event(op, signer, Some(signer.as_bytes()), None, detail);
+            consent::consent_grant(&mut audit, ctx, signer, tx_id, &mut fx, g)?
         }
-        Payload::ConsentRequest(r) => {
-            registered(audit.ov, signer, "requester", None)?;
-            not_suspended(audit.ov, signer)?;
-            let patient = ident(&r.patient)?;
-            registered(audit.ov, &patient, "patient", Some(v1::Role::Patient))?;
-            if patient == *signer {
-                return refuse("a patient does not request access to their own records");
-            }
-            let scope = scope_of(r.scope.as_ref())?;
-            if let Scope::Record(s) = &scope {
-                let slip = slip_entry(audit.ov, &Hash32(*s))?;
-                if slip.patient != r.patient {
-                    return refuse("the requested record belongs to another patient");
-                }
-            }
-            audit.ov.put(
-                keys::request(&tx_id),
-                &RequestEntry {
-                    requester: signer.as_bytes().to_vec(),
-                    patient: r.patient.clone(),
-                    scope: scope.clone(),
-                    actions: r.actions,
-                    expires_ms: r.expires_ms,
-                    purpose: r.purpose.clone(),
-                    height: ctx.height,
-                    outcome: RequestOutcome::Open,
-                },
-            );
-            audit
-                .ov
-                .put_raw(keys::request_by_patient(&r.patient, &tx_id), vec![]);
-            audit.ov.put_raw(
-                keys::request_by_requester(signer.as_bytes(), &tx_id),
-                vec![],
-            );
-            audit.event(
-                "request",
-                signer,
-                Some(&r.patient),
-                None,
-                format!(
-                    "request {tx_id}: {} on {} until {} ({})",
-                    action_names(r.actions).join(","),
-                    scope.describe(),
-                    r.expires_ms,
-                    r.purpose
-                ),
-            );
-        }
-        Payload::ConsentDenial(d) => {
-            let req_id = hash32(&d.request)?;
-            let Some(mut req) = audit.ov.get::<RequestEntry>(&keys::request(&req_id))? else {
-                return refuse(format!("request {req_id} does not exist"));
-            };
-            if req.patient != signer.as_bytes() {
-                return refuse(format!("request {req_id} was made to another patient"));
-            }
-            if req.outcome != RequestOutcome::Open {
-                return refuse(format!("request {req_id} was already answered"));
-            }
-            req.outcome = RequestOutcome::Denied {
-                reason: d.reason.clone(),
-                height: ctx.height,
-            };
-            audit.ov.put(keys::request(&req_id), &req);
-            audit.event(
-                "deny",
-                signer,
-                Some(signer.as_bytes()),
-                None,
-                format!("request {req_id}: {}", d.reason),
-            );
-        }
+        Payload::ConsentRequest(r) => consent::consent_request(&mut audit, ctx, signer, tx_id, r)?,
+        Payload::ConsentDenial(d) => consent::consent_denial(&mut audit, ctx, signer, d)?,
         Payload::ConsentRevocation(r) => {
-            let grant_id = hash32(&r.grant)?;
-            let Some(mut grant) = audit.ov.get::<GrantEntry>(&keys::grant(&grant_id))? else {
-                return refuse(format!("grant {grant_id} does not exist"));
-            };
-            if grant.patient != signer.as_bytes() {
-                return refuse(format!("grant {grant_id} was made by another patient"));
-            }
-            if let Some(h) = grant.revoked_height {
-                return refuse(format!(
-                    "grant {grant_id} was already revoked at height {h}"
-                ));
-            }
-            grant.revoked_height = Some(ctx.height);
-            audit.ov.put(keys::grant(&grant_id), &grant);
-            fx.revoked_grants.push(grant_id);
-            audit.event(
-                "revoke",
-                signer,
-                Some(signer.as_bytes()),
-                None,
-                format!("grant {grant_id}"),
-            );
+            consent::consent_revocation(&mut audit, ctx, signer, &mut fx, r)?
         }
         Payload::AccessRecord(a) => {
             if ctx.validator_index(signer).is_none() {
@@ -662,35 +485,4 @@ pub fn execute(
         }
     }
     Ok(fx)
-}
-
-/// The grant that lets `reader` perform `action` on record `slip_id` at `now_ms`, if any.
-pub fn find_grant(
-    ov: &Overlay,
-    reader: &Identity,
-    slip_id: &Hash32,
-    slip: &SlipEntry,
-    action: v1::ConsentAction,
-    now_ms: u64,
-    store: &medchain_storage::Store,
-) -> Result<Option<(Hash32, GrantEntry)>, ContractError> {
-    let prefix = keys::grants_by_grantee(reader.as_bytes());
-    let rows = store
-        .chain_state_prefix(&prefix, 10_000)
-        .map_err(|e| ContractError::Storage(e.to_string()))?;
-    for (k, _) in rows {
-        let grant_id = hash32(&k[prefix.len()..])?;
-        let Some(g) = ov.get::<GrantEntry>(&keys::grant(&grant_id))? else {
-            continue;
-        };
-        if g.patient == slip.patient
-            && g.revoked_height.is_none()
-            && g.expires_ms > now_ms
-            && g.actions & action as u32 != 0
-            && g.scope.covers(slip_id, slip)
-        {
-            return Ok(Some((grant_id, g)));
-        }
-    }
-    Ok(None)
 }
