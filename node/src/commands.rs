@@ -156,14 +156,13 @@ fn run_node(args: RunArgs, log_format: Option<LogFormat>) -> Result<()> {
     };
     let keys = keystore::read_key_file(&key_path, password.as_ref().map(|p| p.as_str()))
         .with_context(|| format!("reading the node key {}", key_path.display()))?;
-    let api_addr: std::net::SocketAddr = loaded.config.api.listen.parse()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let (handle, core) = crate::private::start(&loaded, keys)?;
-        let api = tokio::spawn(crate::api::serve(api_addr, handle));
+        let api = tokio::spawn(crate::api::serve(loaded.config.api.clone(), handle));
         tokio::select! {
             r = core => match r {
                 Ok(Ok(())) => Ok(()),

@@ -94,6 +94,49 @@ pub struct NetworkConfig {
 pub struct ApiConfig {
     /// Client API listen address, e.g. `127.0.0.1:8545`.
     pub listen: String,
+    /// A client must send its request's headers within this many milliseconds of connecting (or
+    /// of its previous request on a kept-alive connection), else the connection is closed: a
+    /// client that trickles headers cannot hold connections forever.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A request (reading its body and computing the answer) gets this many milliseconds before
+    /// it is answered 408. Long enough for a 16 MiB upload on a slow link; event streams are not
+    /// cut (their answer starts at once).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Open client connections at most; more are closed as they arrive, so a flood of
+    /// connections cannot exhaust the process's file descriptors (which the store needs).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Requests in progress at most; more wait for a slot.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+}
+
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_request_timeout_ms() -> u64 {
+    120_000
+}
+fn default_max_connections() -> usize {
+    1_024
+}
+fn default_max_concurrent_requests() -> usize {
+    256
+}
+
+impl ApiConfig {
+    /// The API on `listen` with the default limits.
+    pub fn on(listen: impl Into<String>) -> Self {
+        ApiConfig {
+            listen: listen.into(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -354,6 +397,24 @@ pub fn validate(loaded: &LoadedConfig) -> Vec<Problem> {
             "listen on 127.0.0.1 and put an authenticating proxy in front, or set development = true on a local network",
         ),
         Ok(_) => {}
+    }
+    for (field, value) in [
+        ("api.header_read_timeout_ms", c.api.header_read_timeout_ms),
+        ("api.request_timeout_ms", c.api.request_timeout_ms),
+        ("api.max_connections", c.api.max_connections as u64),
+        (
+            "api.max_concurrent_requests",
+            c.api.max_concurrent_requests as u64,
+        ),
+    ] {
+        if value == 0 {
+            add(
+                &cfg_file,
+                field,
+                "0 would refuse every client".into(),
+                "give a positive number, or remove the line for the default",
+            );
+        }
     }
     if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
         add(

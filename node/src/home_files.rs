@@ -110,6 +110,12 @@ bootstrap = []
 [api]
 # Client API address. Keep it on loopback unless an authenticating proxy fronts it.
 listen = "{api}"
+# Abuse limits (defaults shown): headers within 10 s, a request within 120 s (a 16 MiB upload
+# on a slow link), at most 1,024 open connections and 256 requests in progress.
+header_read_timeout_ms = 10000
+request_timeout_ms = 120000
+max_connections = 1024
+max_concurrent_requests = 256
 
 [log]
 # "human" or "json".

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub record_api: Family<Call, Counter>,
     /// Peer messages dropped because they failed a check, by message kind.
     pub peer_messages_refused: Family<Kind, Counter>,
+    /// Client connections closed on arrival at the `[api] max_connections` limit.
+    api_connections_refused: Counter,
     traffic: Arc<PeerTraffic>,
 }
 
@@ -82,6 +84,7 @@ impl Metrics {
             store_bytes: Gauge::default(),
             record_api: Family::default(),
             peer_messages_refused: Family::default(),
+            api_connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -145,6 +148,11 @@ impl Metrics {
             "Peer messages dropped because they failed a check, by kind",
             m.peer_messages_refused.clone(),
         );
+        registry.register(
+            "api_connections_refused",
+            "Client API connections closed on arrival at the [api] max_connections limit",
+            m.api_connections_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -178,6 +186,10 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    pub fn api_connection_refused(&self) {
+        self.api_connections_refused.inc();
     }
 
     pub fn record_call(&self, call: &str, result: &str) {

@@ -137,21 +137,6 @@ pub fn router(node: NodeHandle) -> Router {
         .with_state(node)
 }
 
-/// Serves the API until the task is dropped.
-pub async fn serve(addr: SocketAddr, node: NodeHandle) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the client API: {e} (is another node using it? change [api] listen)"))?;
-    tracing::info!(%addr, "client API listening");
-    // Reads are counted per source address (abnormal-access detection), so keep the peer's.
-    axum::serve(
-        listener,
-        router(node).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await?;
-    Ok(())
-}
-
 async fn health() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -423,3 +408,6 @@ mod events;
 mod identities;
 mod reads;
 mod records;
+mod serve;
+
+pub use serve::serve;

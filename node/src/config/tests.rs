@@ -52,9 +52,7 @@ fn home(development: bool) -> (tempfile::TempDir, Identity) {
             listen: "/ip4/127.0.0.1/tcp/26656".into(),
             bootstrap: vec![],
         },
-        api: ApiConfig {
-            listen: "127.0.0.1:8545".into(),
-        },
+        api: ApiConfig::on("127.0.0.1:8545"),
         log: LogConfig::default(),
         access: AccessConfig::default(),
     };
