@@ -33,6 +33,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// For a whole request: sending it and reading the whole answer.
     pub request: Duration,
+    /// For a record upload or read (up to 16 MiB each way): 16 MiB at 0.5 MiB/s.
+    pub transfer: Duration,
     /// For the next bytes of an event stream (the node sends a keep-alive every 15 s).
     pub stream_idle: Duration,
 }
@@ -42,6 +44,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(5),
             request: Duration::from_secs(30),
+            transfer: Duration::from_secs(300),
             stream_idle: Duration::from_secs(45),
         }
     }
@@ -138,6 +141,18 @@ impl ApiClient {
         content_type: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.send_within(self.timeouts.request, method, path, content_type, body)
+            .await
+    }
+
+    async fn send_within(
+        &self,
+        limit: Duration,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
         let request = self.request(method, path, content_type, body)?;
         let exchange = async {
@@ -161,11 +176,11 @@ impl ApiClient {
                 .to_bytes();
             Ok((status, body))
         };
-        tokio::time::timeout(self.timeouts.request, exchange)
+        tokio::time::timeout(limit, exchange)
             .await
             .map_err(|_| ClientError::Timeout {
                 url: url.clone(),
-                secs: self.timeouts.request.as_secs(),
+                secs: limit.as_secs(),
             })?
     }
 
@@ -229,10 +244,17 @@ impl ApiClient {
         self.decode(path, &answer)
     }
 
-    /// POST protobuf bytes; the answer's bytes on success.
+    /// POST protobuf bytes (a record upload or read: the transfer timeout applies); the
+    /// answer's bytes on success.
     pub async fn post_proto(&self, path: &str, body: Vec<u8>) -> Result<Bytes, ClientError> {
         let (status, answer) = self
-            .send(Method::POST, path, "application/x-protobuf", body.into())
+            .send_within(
+                self.timeouts.transfer,
+                Method::POST,
+                path,
+                "application/x-protobuf",
+                body.into(),
+            )
             .await?;
         if !status.is_success() {
             return Err(Self::refusal(status, &answer));
@@ -383,10 +405,10 @@ impl ApiClient {
             })?;
         let status = response.status();
         if !status.is_success() {
-            let body = response
-                .into_body()
-                .collect()
+            let body = tokio::time::timeout(self.timeouts.request, response.into_body().collect())
                 .await
+                .ok()
+                .and_then(Result::ok)
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             return Err(Self::refusal(status, &body));

@@ -54,7 +54,8 @@ impl Parser {
             }
             let line = String::from_utf8(line).map_err(|_| "an event line is not UTF-8")?;
             if line.is_empty() {
-                if let Some(data) = self.data.take() {
+                // An event with no data is not dispatched (the SSE rule).
+                if let Some(data) = self.data.take().filter(|d| !d.is_empty()) {
                     out.push(RawEvent {
                         name: self.name.take().unwrap_or_else(|| "message".into()),
                         data,
@@ -109,6 +110,8 @@ pub struct EventStream {
     idle: Duration,
     parser: Parser,
     ready: std::collections::VecDeque<StreamEvent>,
+    /// A malformed event, reported after the good ones that came before it.
+    failed: Option<String>,
 }
 
 impl EventStream {
@@ -119,6 +122,7 @@ impl EventStream {
             idle,
             parser: Parser::default(),
             ready: Default::default(),
+            failed: None,
         }
     }
 
@@ -128,6 +132,12 @@ impl EventStream {
         loop {
             if let Some(e) = self.ready.pop_front() {
                 return Some(Ok(e));
+            }
+            if let Some(reason) = self.failed.take() {
+                return Some(Err(ClientError::Decode {
+                    url: self.url.clone(),
+                    reason,
+                }));
             }
             let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
                 Err(_) => {
@@ -148,19 +158,20 @@ impl EventStream {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            let decoded = self.parser.push(&data).and_then(|raws| {
-                raws.into_iter()
-                    .filter_map(|r| typed(r).transpose())
-                    .collect::<Result<Vec<_>, _>>()
-            });
-            match decoded {
-                Ok(events) => self.ready.extend(events),
-                Err(reason) => {
-                    return Some(Err(ClientError::Decode {
-                        url: self.url.clone(),
-                        reason,
-                    }))
+            match self.parser.push(&data) {
+                Ok(raws) => {
+                    for raw in raws {
+                        match typed(raw) {
+                            Ok(Some(event)) => self.ready.push_back(event),
+                            Ok(None) => {}
+                            Err(reason) => {
+                                self.failed = Some(reason);
+                                break;
+                            }
+                        }
+                    }
                 }
+                Err(reason) => self.failed = Some(reason),
             }
         }
     }
@@ -207,8 +218,9 @@ mod tests {
     }
 
     #[test]
-    fn multi_line_data_is_joined() {
+    fn multi_line_data_is_joined_and_empty_events_are_not_sent() {
         let mut p = Parser::default();
+        assert!(p.push(b"event: block\n\ndata:\n\n").unwrap().is_empty());
         let raws = p.push(b"data: a\ndata: b\n\n").unwrap();
         assert_eq!(
             raws,

@@ -22,8 +22,9 @@ pub struct Decoded {
     pub id: Hash32,
 }
 
-/// How many decoded transactions are kept: several blocks' worth between arrival and commit
-/// (a few MiB at ~2 KiB each), far more than the mempool turns over between the two.
+/// How many decoded transactions are kept: the next blocks' worth (tens of MiB at most, at a
+/// few KiB each). A mempool holding more than this (it may hold 50,000) has its oldest decoded
+/// again when their block commits: correct, only slower.
 pub const KNOWN_CAPACITY: usize = 16_384;
 
 #[derive(Debug, Default)]

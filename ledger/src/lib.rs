@@ -21,7 +21,7 @@ use medchain_crypto::hash::{digest, domains};
 use medchain_crypto::validators::ValidatorSet;
 use medchain_crypto::Hash32;
 use medchain_crypto::Identity;
-use medchain_proto::canonical::{Canonical, Hashed};
+use medchain_proto::canonical::{limits, Canonical, Hashed};
 use medchain_proto::ledger::{private_block_of, verify_transaction};
 use medchain_proto::v1;
 use medchain_storage::{ChainTip, Store};
@@ -223,20 +223,28 @@ impl PrivateLedger {
         self.check_contracts(&d, bytes, now_ms)
     }
 
-    /// [`Self::check_client`] of a transaction the caller already decoded from `bytes` (an
-    /// upload carries it inside the `RecordUpload`): it is not decoded a second time.
+    /// [`Self::check_client`] of a transaction the caller already decoded (an upload carries
+    /// it inside the `RecordUpload`): it is not decoded a second time. Its bytes are its
+    /// canonical encoding, so what is kept as known always matches them.
     pub fn check_client_decoded(
         &self,
         tx: v1::Transaction,
-        bytes: &[u8],
         now_ms: u64,
     ) -> Result<CheckedTx, TxError> {
-        let key = digest(domains::VERIFY_CACHE, bytes);
+        let bytes = tx.canonical_bytes();
+        if bytes.len() > limits::TRANSACTION {
+            return Err(TxError::Malformed(format!(
+                "transaction of {} bytes is over the {}-byte limit",
+                bytes.len(),
+                limits::TRANSACTION
+            )));
+        }
+        let key = digest(domains::VERIFY_CACHE, &bytes);
         let d = match self.known.get(&key) {
             Some(d) => d,
             None => self.verify_form(key, tx)?,
         };
-        self.check_contracts(&d, bytes, now_ms)
+        self.check_contracts(&d, &bytes, now_ms)
     }
 
     fn check_contracts(

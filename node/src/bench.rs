@@ -290,8 +290,10 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
                         seen(&mut b.transactions.iter().chain(&b.failed));
                         next = next.max(b.height + 1);
                     }
-                    // Lagged or broken: reopen, then fetch what was missed.
+                    // Lagged or broken: reopen (after a pause: node 0 may be down), then
+                    // fetch what was missed.
                     _ => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         if let Ok(e) = watcher.events().await {
                             events = e;
                         }

@@ -100,8 +100,8 @@ pub struct ApiConfig {
     #[serde(default = "default_header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
     /// A request (reading its body and computing the answer) gets this many milliseconds before
-    /// it is answered 408. Long enough for a 16 MiB upload on a slow link; event streams are not
-    /// cut (their answer starts at once).
+    /// it is answered 408. Long enough for a 16 MiB upload at 0.5 MiB/s (what the CLI waits
+    /// too); event streams are not cut (their answer starts at once).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Open client connections at most; more are closed as they arrive, so a flood of
@@ -117,7 +117,7 @@ fn default_header_read_timeout_ms() -> u64 {
     10_000
 }
 fn default_request_timeout_ms() -> u64 {
-    120_000
+    300_000
 }
 fn default_max_connections() -> usize {
     1_024

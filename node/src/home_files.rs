@@ -110,11 +110,13 @@ bootstrap = []
 [api]
 # Client API address. Keep it on loopback unless an authenticating proxy fronts it.
 listen = "{api}"
-# Abuse limits (defaults shown): headers within 10 s, a request within 120 s (a 16 MiB upload
-# on a slow link), at most 1,024 open connections and 256 requests in progress.
+# Abuse limits (the defaults shown). A client must send its headers within this many ms:
 header_read_timeout_ms = 10000
-request_timeout_ms = 120000
+# A request, body included, is answered 408 after this many ms (a 16 MiB upload at 0.5 MiB/s):
+request_timeout_ms = 300000
+# Open connections at most; more are closed on arrival (file descriptors are the store's too):
 max_connections = 1024
+# Requests in progress at most; more wait:
 max_concurrent_requests = 256
 
 [log]

@@ -72,10 +72,9 @@ async fn upload_checked(node: &NodeHandle, body: Bytes) -> Result<Response, ApiE
     // The framing only: the node cannot decrypt it, and the patient's client checks the rest.
     EncryptedRecord::check_format(&upload.ciphertext)
         .map_err(|e| bad(format!("the ciphertext is not an encrypted record: {e}")))?;
-    let bytes = tx.canonical_bytes();
     let slip_id = slip_id_of(&tx);
     let checked = node
-        .check_client_decoded(tx, bytes)
+        .check_client_decoded(tx)
         .await
         .map_err(|e| submit_error(node, e))?;
     // Store before the slip can commit anywhere, then let the other stores have it.

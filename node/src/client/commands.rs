@@ -406,24 +406,24 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 };
                 for g in &v.grants {
                     out!(
-                        "grant   {}  {} -> {}  {}  {:?}  until {}  {}",
+                        "grant   {}  {} -> {}  {}  {}  until {}  {}",
                         g.grant,
                         g.patient,
                         g.grantee,
                         g.scope,
-                        g.actions,
+                        serde_json::to_string(&g.actions)?,
                         time_text(g.expires_ms),
                         g.status
                     );
                 }
                 for r in &v.requests {
                     out!(
-                        "request {}  {} -> {}  {}  {:?}  until {}  {}",
+                        "request {}  {} -> {}  {}  {}  until {}  {}",
                         r.request,
                         r.requester,
                         r.patient,
                         r.scope,
-                        r.actions,
+                        serde_json::to_string(&r.actions)?,
                         time_text(r.expires_ms),
                         r.status
                     );
@@ -474,13 +474,18 @@ fn short(id: &str) -> &str {
 
 /// Polls the node until `/ready` answers 200, for at most `secs` seconds.
 async fn wait_ready(node: &str, secs: u64) -> Result<()> {
-    let api = medchain_api::ApiClient::new(node)?;
+    let api = medchain_api::ApiClient::new(node).with_context(|| format!("--node {node:?}"))?;
     let mut reason = String::from("no answer yet");
-    for _ in 0..secs.max(1) * 4 {
-        match api.ready().await {
-            Ok(r) if r.ready => return Ok(()),
-            Ok(r) => reason = r.reason.unwrap_or_else(|| "not ready".into()),
-            Err(e) => reason = e.to_string(),
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs.max(1));
+    loop {
+        match tokio::time::timeout_at(deadline, api.ready()).await {
+            Ok(Ok(r)) if r.ready => return Ok(()),
+            Ok(Ok(r)) => reason = r.reason.unwrap_or_else(|| "not ready".into()),
+            Ok(Err(e)) => reason = e.to_string(),
+            Err(_) => break,
+        }
+        if tokio::time::Instant::now() + std::time::Duration::from_millis(250) >= deadline {
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }

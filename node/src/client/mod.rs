@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use medchain_api::{ApiClient, IdentityInfo, StreamEvent, TransactionInfo};
+use medchain_api::{ApiClient, IdentityInfo, TransactionInfo};
 use medchain_crypto::keys::{EncryptionPublicKey, KeyMaterial};
 use medchain_crypto::keystore;
 use medchain_crypto::{Hash32, Identity};
@@ -23,6 +23,9 @@ pub use card::{card_path, KeyCard};
 pub use medchain_api::{ChainInfo, ValidatorInfo};
 
 pub use crate::cli::DEFAULT_NODE;
+
+/// A waiting client looks again this often even when the event stream says nothing.
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// The record-encryption key of a registered participant.
 pub fn encryption_key(info: &IdentityInfo) -> Result<EncryptionPublicKey> {
@@ -61,7 +64,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(node: &str) -> Result<Self> {
-        let api = ApiClient::new(node)?;
+        let api = ApiClient::new(node).with_context(|| format!("--node {node:?}"))?;
         let chain = api.chain().await?;
         Ok(Client { api, chain })
     }
@@ -106,90 +109,90 @@ impl Client {
         })
     }
 
-    /// Waits until `id` is in a block, told by the node's event stream (no polling); fails with
-    /// the contract's reason if it was refused there.
+    /// Waits until `id` is in a block, told by the node's event stream; fails with the
+    /// contract's reason if it was refused there.
     pub async fn wait_committed(&self, id: &Hash32, timeout: Duration) -> Result<TransactionInfo> {
-        let found = tokio::time::timeout(timeout, self.settled(id)).await.map_err(|_| {
-            anyhow!(
-                "transaction {id} is not committed after {} s; check the network with `medchain status`",
-                timeout.as_secs()
-            )
-        })??;
+        let hex = id.to_hex();
+        let found = self
+            .until(timeout, || async {
+                Ok(self.api.transaction(&hex).await?)
+            })
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "transaction {id} is not committed after {} s; check the network with `medchain status`",
+                    timeout.as_secs()
+                )
+            })?;
         if let Some(reason) = &found.failed {
             bail!("transaction {id} was refused by the chain: {reason}");
         }
         Ok(found)
     }
 
-    /// The transaction once a block settled it. Subscribes before it looks, so a block
-    /// committed in between is in the stream; looks again whenever the stream cannot say (it
-    /// lagged, or ended and was reopened).
-    async fn settled(&self, id: &Hash32) -> Result<TransactionInfo> {
-        let hex = id.to_hex();
-        loop {
-            let mut events = self.api.events().await?;
-            if let Some(t) = self.api.transaction(&hex).await? {
-                return Ok(t);
-            }
-            loop {
-                match events.next().await {
-                    Some(Ok(StreamEvent::Block(b))) if b.settles(&hex) => {
-                        return self.api.transaction(&hex).await?.ok_or_else(|| {
-                            anyhow!(
-                                "block {} settled transaction {id}, but the node does not find it",
-                                b.height
-                            )
-                        });
-                    }
-                    Some(Ok(StreamEvent::Block(_))) => {}
-                    Some(Ok(StreamEvent::Lagged(_))) | None => break,
-                    Some(Err(e)) => return Err(e.into()),
-                }
-            }
-        }
-    }
-
     /// Waits until this node has record `slip` (written through another node): a record is
     /// there once the node executed the block that holds its slip.
     pub async fn wait_for_record(&self, slip: &Hash32) -> Result<()> {
-        let wait = async {
-            let mut events = self.api.events().await?;
-            loop {
-                if self.api.record(&slip.to_hex()).await?.is_some() {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                match events.next().await {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
-                    None => events = self.api.events().await?,
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .map_err(|_| anyhow!("record {slip} did not reach this node within 10 s"))?
+        let hex = slip.to_hex();
+        self.until(Duration::from_secs(10), || async {
+            Ok(self.api.record(&hex).await?.map(|_| ()))
+        })
+        .await?
+        .ok_or_else(|| anyhow!("record {slip} did not reach this node within 10 s"))
     }
 
     /// Waits until this node has applied block `target` with everything it triggers (its status
     /// height moves only after the block's side effects, such as a proxy keeping its fragment).
     /// Another node's status is no substitute: it can lag that node's own transaction index.
     pub async fn wait_for_height(&self, target: u64) -> Result<()> {
+        self.until(Duration::from_secs(10), || async {
+            Ok((self.api.status().await?.height >= target).then_some(()))
+        })
+        .await?
+        .ok_or_else(|| anyhow!("this node did not reach height {target} within 10 s"))
+    }
+
+    /// Asks `check` until it answers, within `timeout`: again after every block the node's
+    /// event stream pushes, and every [`RECHECK`] whatever the stream does, so a proxy that
+    /// buffers the stream, a lagging or broken stream, or a node that names no refused
+    /// transactions in its events (before they were added) only slows the wait, never fails
+    /// it. Subscribes before the first look, so a block committed in between is not missed.
+    /// `None` when `timeout` passed first.
+    async fn until<T, F, Fut>(&self, timeout: Duration, mut check: F) -> Result<Option<T>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
         let wait = async {
-            let mut events = self.api.events().await?;
+            let mut events = self.api.events().await.ok();
+            let mut backoff = Duration::from_millis(100);
             loop {
-                if self.api.status().await?.height >= target {
-                    return Ok::<(), anyhow::Error>(());
+                if let Some(found) = check().await? {
+                    return Ok(found);
                 }
-                match events.next().await {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
-                    None => events = self.api.events().await?,
+                match events.as_mut() {
+                    Some(stream) => {
+                        tokio::select! {
+                            event = stream.next() => match event {
+                                Some(Ok(_)) => backoff = Duration::from_millis(100),
+                                // Ended or broken: look now, reopen after a pause.
+                                Some(Err(_)) | None => events = None,
+                            },
+                            _ = tokio::time::sleep(RECHECK) => {}
+                        }
+                    }
+                    None => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RECHECK);
+                        events = self.api.events().await.ok();
+                    }
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .map_err(|_| anyhow!("this node did not reach height {target} within 10 s"))?
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(found) => found.map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Submits and waits for the commit.

@@ -96,14 +96,13 @@ impl NodeHandle {
             .map_err(SubmitError::Tx)
     }
 
-    /// [`Self::check_client`] of a transaction already decoded from `bytes` (an upload's).
+    /// [`Self::check_client`] of a transaction already decoded (an upload's).
     pub async fn check_client_decoded(
         &self,
         tx: v1::Transaction,
-        bytes: Vec<u8>,
     ) -> Result<CheckedTx, SubmitError> {
         let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || ledger.check_client_decoded(tx, &bytes, now_ms()))
+        tokio::task::spawn_blocking(move || ledger.check_client_decoded(tx, now_ms()))
             .await
             .map_err(|_| SubmitError::Closed)?
             .map_err(SubmitError::Tx)
