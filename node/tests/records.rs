@@ -213,6 +213,39 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     );
     assert!(e.contains("holds no valid grant"), "{e}");
 
+    // A key the chain does not know is refused without a trace on chain: no access record is
+    // written in its name (any key pair could otherwise make the node sign transactions).
+    // B's refusal is on chain first (its access record was queued before B got the answer).
+    assert!(net.wait(10, |d| audit_ops(&d.apis[0], &s1)
+        .contains(&"read-refused".to_string())));
+    settle(&net);
+    let trail_before = audit_ops(&n0, &s1);
+    ok(
+        &n0,
+        &["keygen", "--out", &key("stranger"), "--insecure-plaintext"],
+    );
+    let e = refused(
+        &n0,
+        &[
+            "record",
+            "get",
+            &s1,
+            "--out",
+            &out_s,
+            "--key",
+            &key("stranger"),
+        ],
+    );
+    assert!(e.contains("is not registered on this chain"), "{e}");
+    // Time for anything the refusal queued to commit (a block every 200 ms on the devnet).
+    let _ = net.wait(2, |_| false);
+    settle(&net);
+    assert_eq!(
+        audit_ops(&n0, &s1),
+        trail_before,
+        "the stranger's read left a trace"
+    );
+
     // B requests read on Observations; the patient approves.
     let request = ok(
         &n0,

@@ -76,6 +76,21 @@ async fn read_checked(
     if queries(node).read_recorded(&req.digest).map_err(internal)? {
         return Err(refused(StatusCode::CONFLICT, Refusal::Replay.to_string()));
     }
+    // An unregistered key is nobody the chain knows: refused here, with nothing written (an
+    // access record per attempt would let any key pair make this node sign transactions).
+    if queries(node)
+        .identity(&req.reader)
+        .map_err(internal)?
+        .is_none()
+    {
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is not registered on this chain; an authority registers it with `medchain identity register`",
+                req.reader
+            ),
+        ));
+    }
     let now = now_ms();
     let admitted = node.access.lock().unwrap_or_else(|p| p.into_inner()).admit(
         now,

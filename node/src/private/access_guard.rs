@@ -73,8 +73,9 @@ impl AccessGuard {
         }
     }
 
-    /// Admits one read at `now_ms` or says why not. A refused read still counts against its
-    /// identity and source, so hammering with refused reads trips the limit too.
+    /// Admits one read at `now_ms` or says why not. A fresh, new request counts against its
+    /// identity and source even when it is refused later (no grant, say), so hammering with
+    /// refused reads trips the limit too; a stale or replayed one counts against nobody.
     pub fn admit(
         &mut self,
         now_ms: u64,
@@ -84,7 +85,16 @@ impl AccessGuard {
         request_ms: u64,
     ) -> Result<(), Refusal> {
         let window = self.cfg.window_secs.max(1) * 1_000;
+        // A stale or replayed request is no read attempt: it is refused before it counts
+        // against anyone's limit (else replaying a captured request would suspend its victim).
         let skew = request_ms as i64 - now_ms as i64;
+        if skew.unsigned_abs() > FRESHNESS_MS {
+            return Err(Refusal::Stale { skew_ms: skew });
+        }
+        self.seen.retain(|_, at| *at + 2 * FRESHNESS_MS > now_ms);
+        if self.seen.insert(*request, now_ms).is_some() {
+            return Err(Refusal::Replay);
+        }
         let source_q = self.by_source.entry(source).or_default();
         let source_count = count_in_window(source_q, now_ms, window);
         source_q.push_back(now_ms);
@@ -102,13 +112,6 @@ impl AccessGuard {
             return Err(Refusal::SourceOverLimit {
                 count: source_count + 1,
             });
-        }
-        if skew.unsigned_abs() > FRESHNESS_MS {
-            return Err(Refusal::Stale { skew_ms: skew });
-        }
-        self.seen.retain(|_, at| *at + 2 * FRESHNESS_MS > now_ms);
-        if self.seen.insert(*request, now_ms).is_some() {
-            return Err(Refusal::Replay);
         }
         Ok(())
     }
@@ -157,6 +160,32 @@ mod tests {
             g.admit(1_000_000, &id(1), ip, &h(2), 1_000_000 - FRESHNESS_MS - 1),
             Err(Refusal::Stale { .. })
         ));
+    }
+
+    /// Replaying a captured request (or sending stale ones) in someone's name does not use up
+    /// that identity's reads, so it cannot get her suspended.
+    #[test]
+    fn replays_and_stale_requests_count_against_nobody() {
+        let mut g = guard(2, 100);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        g.admit(1_000, &id(1), ip, &h(1), 1_000).unwrap();
+        for n in 0..10 {
+            assert_eq!(
+                g.admit(1_001 + n, &id(1), ip, &h(1), 1_000),
+                Err(Refusal::Replay)
+            );
+            assert!(matches!(
+                g.admit(
+                    1_001 + n,
+                    &id(1),
+                    ip,
+                    &h(100 + n),
+                    1_000 + 10 * FRESHNESS_MS
+                ),
+                Err(Refusal::Stale { .. })
+            ));
+        }
+        g.admit(1_020, &id(1), ip, &h(2), 1_020).unwrap();
     }
 
     #[test]
