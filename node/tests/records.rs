@@ -246,6 +246,50 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         "the stranger's read left a trace"
     );
 
+    // A read request is signed for one validator: captured, it is no good at another one,
+    // and at its own it is served once.
+    let patient_key =
+        medchain_crypto::keystore::read_key_file(Path::new(&key("patient")), None).unwrap();
+    let node0 = support::devnet::call(support::devnet::client(&n0).status())
+        .unwrap()
+        .identity
+        .parse::<medchain_crypto::Identity>()
+        .unwrap();
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&std::process::id().to_be_bytes().repeat(2));
+    let request = medchain_proto::records::sign_read_request(
+        &patient_key.signing_key(),
+        medchain_proto::v1::ReadRequest {
+            chain_id: "hospital-dev".into(),
+            reader: vec![],
+            slip_id: medchain_crypto::Hash32::from_hex(&s1)
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+            timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+            nonce: nonce.to_vec(),
+            node: node0.as_bytes().to_vec(),
+        },
+    );
+    let bytes = medchain_proto::canonical::Canonical::canonical_bytes(&request);
+    let read_at =
+        |addr: &str| support::devnet::call(support::devnet::client(addr).read(&s1, bytes.clone()));
+    let elsewhere = read_at(&n1).unwrap_err();
+    assert_eq!(elsewhere.status(), Some(400), "{elsewhere}");
+    assert!(
+        elsewhere.to_string().contains("signed for validator"),
+        "{elsewhere}"
+    );
+    read_at(&n0).expect("served at the validator it is signed for");
+    assert_eq!(
+        read_at(&n0).unwrap_err().status(),
+        Some(409),
+        "a replay was served"
+    );
+
     // B requests read on Observations; the patient approves.
     let request = ok(
         &n0,
@@ -434,7 +478,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     );
 
     // The audit trail of s1 shows every step in chain order.
-    assert!(net.wait(10, |_| audit_ops(&n0, &s1).len() >= 7));
+    assert!(net.wait(10, |_| audit_ops(&n0, &s1).len() >= 8));
     assert_eq!(
         audit_ops(&n0, &s1),
         vec![
@@ -442,6 +486,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
             "read",
             "confirm",
             "read-refused",
+            "read", // the patient's own request, signed for node0
             "read",
             "read-refused",
             "read-refused"

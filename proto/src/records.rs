@@ -326,6 +326,9 @@ pub struct VerifiedReadRequest {
     pub request: v1::ReadRequest,
     pub reader: Identity,
     pub slip_id: Hash32,
+    /// The validator the reader asked: a node serves only requests signed for itself, so a
+    /// captured request cannot be replayed at another validator.
+    pub node: Identity,
     pub digest: Hash32,
 }
 
@@ -339,6 +342,7 @@ pub fn verify_read_request(
     })?;
     let reader = identity(KIND, "reader", &request.reader)?;
     let slip_id = hash(KIND, "slip_id", &request.slip_id)?;
+    let node = identity(KIND, "node", &request.node)?;
     if request.nonce.len() != 16 {
         return Err(invalid(KIND, "nonce must be 16 random bytes"));
     }
@@ -349,6 +353,7 @@ pub fn verify_read_request(
         request,
         reader,
         slip_id,
+        node,
         digest,
     })
 }
@@ -459,10 +464,19 @@ mod tests {
                 slip_id: vec![7; 32],
                 timestamp_ms: 5,
                 nonce: vec![1; 16],
+                node: KeyMaterial::from_seed(&[4; 32])
+                    .unwrap()
+                    .signing_key()
+                    .identity()
+                    .as_bytes()
+                    .to_vec(),
             },
         );
         let v = verify_read_request(&signed).unwrap();
         assert_eq!(v.reader, k.identity());
+        let mut elsewhere = signed.clone();
+        elsewhere.request.as_mut().unwrap().node = vec![5; 33];
+        assert!(verify_read_request(&elsewhere).is_err());
         let mut other = signed.clone();
         other.request.as_mut().unwrap().slip_id = vec![8; 32];
         assert!(verify_read_request(&other).is_err());

@@ -71,6 +71,13 @@ async fn read_checked(
     if req.slip_id != slip {
         return Err(bad("the signed request names another record than the URL"));
     }
+    let me = node.node_key.signing_key().identity();
+    if req.node != me {
+        return Err(bad(format!(
+            "the read request is signed for validator {}; this node is {me}: sign it for the node you send it to",
+            req.node
+        )));
+    }
     // A request some node already recorded on chain is a replay, even after this node restarted
     // (its in-memory replay window starts empty).
     if queries(node).read_recorded(&req.digest).map_err(internal)? {

@@ -80,6 +80,21 @@ impl Client {
         }
     }
 
+    /// The identity of the validator this client talks to, as its status names it, checked
+    /// against the chain's validator set (a read request is signed for that one validator).
+    pub async fn validator_identity(&self) -> Result<Identity> {
+        let named = self.api.status().await?.identity;
+        if !self.chain.validators.iter().any(|v| v.identity == named) {
+            bail!(
+                "the node names itself {named}, which is no validator of chain {}",
+                self.chain.chain_id
+            );
+        }
+        named
+            .parse()
+            .map_err(|e| anyhow!("the node names itself {named:?}, which is no identity: {e}"))
+    }
+
     /// Signs `payload` as `key` for this chain with a fresh nonce.
     pub fn sign(
         &self,

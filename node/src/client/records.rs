@@ -197,6 +197,7 @@ impl Client {
     pub async fn read(&self, reader: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
         let info = self.record(slip).await?;
         let expected = info.slip.slip.record_hash;
+        let node = self.validator_identity().await?;
         let mut nonce = vec![0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let signed = sign_read_request(
@@ -207,6 +208,7 @@ impl Client {
                 slip_id: slip.as_bytes().to_vec(),
                 timestamp_ms: super::now_ms(),
                 nonce,
+                node: node.as_bytes().to_vec(),
             },
         );
         let answer = self
