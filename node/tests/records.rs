@@ -246,6 +246,47 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         "the stranger's read left a trace"
     );
 
+    // A slip sent alone, without its ciphertext, is refused: the chain would hold a record no
+    // one can read.
+    let doctor_key =
+        medchain_crypto::keystore::read_key_file(Path::new(&key("doc_a")), None).unwrap();
+    let patient_keys = {
+        let k = medchain_crypto::keystore::read_key_file(Path::new(&key("patient")), None).unwrap();
+        medchain_node::client::records::PatientKeys {
+            identity: k.signing_key().identity(),
+            encryption: k.encryption_key().public_key(),
+            search: k.search_key().public_key(),
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let orphan = medchain_node::client::records::build_record_write(
+        "hospital-dev",
+        &doctor_key,
+        &patient_keys,
+        &medchain_node::client::records::RecordInput {
+            plaintext: br#"{"resourceType":"Observation","status":"final"}"#.to_vec(),
+            record_type: "Observation".into(),
+            summary: "orphan".into(),
+            keywords: vec![],
+            replaces: None,
+        },
+        now * 1_000,
+        now,
+    )
+    .unwrap();
+    let (code, body) = http(
+        &n0,
+        "POST",
+        "/v1/transactions",
+        Some(&support::devnet::submit_body(&orphan.transaction)),
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("comes with its ciphertext"), "{body}");
+
     // A read request is signed for one validator: captured, it is no good at another one,
     // and at its own it is served once.
     let patient_key =

@@ -222,6 +222,7 @@ pub(crate) fn reject_reason(e: &SubmitError) -> &'static str {
         SubmitError::Mempool(MempoolError::Duplicate(_)) => "duplicate",
         SubmitError::Mempool(MempoolError::NonceTaken { .. }) => "nonce_pending",
         SubmitError::Closed => "shutting_down",
+        SubmitError::SlipWithoutCiphertext => "slip_without_ciphertext",
     }
 }
 
@@ -236,6 +237,7 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
             StatusCode::SERVICE_UNAVAILABLE
         }
         SubmitError::Tx(TxError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        SubmitError::SlipWithoutCiphertext => StatusCode::BAD_REQUEST,
         SubmitError::Tx(TxError::Refused(_)) => StatusCode::FORBIDDEN,
         SubmitError::Tx(_) => StatusCode::BAD_REQUEST,
     };

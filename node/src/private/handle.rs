@@ -40,6 +40,8 @@ pub enum SubmitError {
     Mempool(#[from] MempoolError),
     #[error("the node is shutting down")]
     Closed,
+    #[error("a record's slip comes with its ciphertext: upload both with POST /v1/records (`medchain record add`), not the slip alone")]
+    SlipWithoutCiphertext,
 }
 
 impl From<AdmitError> for SubmitError {
@@ -132,8 +134,31 @@ impl NodeHandle {
     }
 
     /// Checks and queues a client transaction.
+    /// A transaction submitted alone (`POST /v1/transactions`). A record's slip must name a
+    /// ciphertext this node already stores (it travels with its ciphertext through
+    /// `POST /v1/records`), else the chain would hold a record no one can read.
     pub async fn submit(&self, bytes: Vec<u8>) -> Result<Hash32, SubmitError> {
-        let checked = self.check_client(bytes).await?;
+        let ledger = self.ledger.clone();
+        let store = self.store.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let checked = ledger.check_client(&bytes, now_ms())?;
+            // Decoded and verified just now: this finds it without decoding again.
+            let decoded = ledger.check_form(&bytes)?;
+            let payload = decoded.tx.body.as_ref().and_then(|b| b.payload.as_ref());
+            if let Some(v1::transaction_body::Payload::PrivateSlip(slip)) = payload {
+                let stored = slip
+                    .content
+                    .as_ref()
+                    .and_then(|c| Hash32::from_slice(&c.ciphertext_hash).ok())
+                    .is_some_and(|a| store.has_record(&a));
+                if !stored {
+                    return Err(SubmitError::SlipWithoutCiphertext);
+                }
+            }
+            Ok(checked)
+        })
+        .await
+        .map_err(|_| SubmitError::Closed)??;
         self.queue(checked).await
     }
 
