@@ -421,15 +421,7 @@ mod tests {
     use medchain_crypto::keys::KeyMaterial;
 
     fn registration(m: &KeyMaterial, role: v1::Role) -> v1::IdentityRegistration {
-        let b = m.key_binding();
-        v1::IdentityRegistration {
-            identity: b.identity.as_bytes().to_vec(),
-            encryption_key: b.encryption_key.to_bytes(),
-            search_key: b.search_key.to_bytes().to_vec(),
-            binding_signature: b.signature.as_bytes().to_vec(),
-            role: role as i32,
-            name: "Dr. A".into(),
-        }
+        super::registration(&m.key_binding(), role, "Dr. A")
     }
 
     #[test]
