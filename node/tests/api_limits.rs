@@ -11,13 +11,6 @@ use std::time::{Duration, Instant};
 
 use support::devnet::{http, Devnet};
 
-fn set(net: &Devnet, node: usize, from: &str, to: &str) {
-    let path = net.home(node).join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{from:?} not in {}", path.display());
-    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-}
-
 /// Reads until the server closes the connection or `limit` passes; whether it closed.
 fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     s.set_read_timeout(Some(limit)).unwrap();
@@ -38,16 +31,15 @@ fn slow_clients_and_connection_floods_are_cut_off() {
     let tmp = tempfile::tempdir().unwrap();
     let base = support::base_port(32_420, 110, 3);
     let mut net = Devnet::init(&tmp.path().join("devnet"), 4, base);
-    set(
-        &net,
+    net.set_config(
         0,
         "header_read_timeout_ms = 10000",
         "header_read_timeout_ms = 1000",
     );
-    set(&net, 0, "max_connections = 1024", "max_connections = 4");
+    net.set_config(0, "max_connections = 1024", "max_connections = 4");
 
     // A limit of 0 is a configuration error that names the field.
-    set(&net, 1, "max_connections = 1024", "max_connections = 0");
+    net.set_config(1, "max_connections = 1024", "max_connections = 0");
     let out = support::medchain(&["config", "check", "--home", net.home(1).to_str().unwrap()]);
     let (_, err) = support::text(&out);
     assert!(!out.status.success());

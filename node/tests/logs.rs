@@ -7,21 +7,13 @@ mod support;
 use serde_json::Value;
 use support::devnet::{http, registration_tx, submit_body, tx_id, Devnet};
 
-fn set(net: &Devnet, node: usize, from: &str, to: &str) {
-    let path = net.home(node).join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{from:?} not in {}", path.display());
-    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-}
-
 #[test]
 fn json_logs_by_config_with_consensus_events_and_refusals() {
     let tmp = tempfile::tempdir().unwrap();
     let base = support::base_port(28_000, 110, 40);
     let mut net = Devnet::init(&tmp.path().join("devnet"), 4, base);
-    set(&net, 0, "format = \"human\"", "format = \"json\"");
-    set(
-        &net,
+    net.set_config(0, "format = \"human\"", "format = \"json\"");
+    net.set_config(
         0,
         "level = \"info\"",
         "level = \"info,medchain_node=debug\"",

@@ -129,6 +129,14 @@ impl Devnet {
             .expect("init --devnet writes authority.key")
     }
 
+    /// Replaces the first `from` in node `i`'s `config.toml` by `to` (before it starts).
+    pub fn set_config(&self, i: usize, from: &str, to: &str) {
+        let path = self.home(i).join("config.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from:?} not in {}", path.display());
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+
     pub fn home(&self, i: usize) -> PathBuf {
         self.dir.join(format!("node{i}"))
     }
