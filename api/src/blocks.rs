@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A committed block as the API shows it. `block` carries the canonical bytes with the commit
-/// certificate: a client that must not trust the node checks those, not the other fields.
+/// A committed block as the API shows it. `header` and `certificate` carry the canonical bytes
+/// of the header and its commit certificate (public: light clients check them); `block`, the
+/// whole block with every transaction, only for a validator or an authority.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Block {
     pub height: u64,
@@ -18,8 +19,14 @@ pub struct Block {
     /// Hex ids of its transactions, in order.
     pub transactions: Vec<String>,
     pub commit: CommitInfo,
-    /// Hex of the canonical `Block` bytes, with its commit certificate.
-    pub block: String,
+    /// Hex of the `BlockHeader` bytes.
+    pub header: String,
+    /// Hex of the `CommitCertificate` bytes.
+    pub certificate: String,
+    /// Hex of the canonical `Block` bytes, with its commit certificate: for validators and
+    /// authorities only (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<String>,
 }
 
 /// Who certified a block.

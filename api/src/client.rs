@@ -6,11 +6,12 @@
 //! crate's types, and a refusal becomes [`ClientError::Api`] with the node's message, which says
 //! what to do.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{ACCEPT, CONTENT_TYPE};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -21,9 +22,9 @@ use serde::Serialize;
 use crate::error::{causes, ClientError};
 use crate::events::EventStream;
 use crate::{
-    Accepted, AuditTrail, Block, ChainInfo, ConsentList, ErrorBody, Health, IdentityInfo,
-    PatientRecords, Ready, RecordAccepted, RecordView, Slip, Status, SubmitRequest,
-    TransactionInfo, VerifyReport,
+    Accepted, AuditTrail, Authenticator, Block, ChainInfo, Challenge, ConsentList, ErrorBody,
+    Health, IdentityInfo, PatientRecords, Ready, RecordAccepted, RecordView, Slip, Status,
+    SubmitRequest, Token, TokenRequest, TransactionInfo, VerifyReport,
 };
 
 /// How long a client waits.
@@ -52,13 +53,27 @@ impl Default for Timeouts {
 
 type Http = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A client of one node's API. Cheap to clone: clones share the connection pool.
+/// A client of one node's API. Cheap to clone: clones share the connection pool (and, once
+/// authenticated, the token).
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     /// `http(s)://host:port[/prefix]`, without a trailing slash.
     base: String,
     http: Http,
     timeouts: Timeouts,
+    /// Who this client authenticates as, if anyone.
+    auth: Option<Arc<dyn Authenticator>>,
+    /// The node's current token for `auth`.
+    token: Arc<Mutex<Option<Token>>>,
+}
+
+/// A token this close to its expiry is renewed before use, so it does not lapse in flight.
+const TOKEN_MARGIN_MS: u64 = 30_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Reads `http://host:port`, `https://host:port[/prefix]`, `host:port` or a bare port (on
@@ -110,7 +125,75 @@ impl ApiClient {
             base,
             http,
             timeouts,
+            auth: None,
+            token: Arc::default(),
         })
+    }
+
+    /// This client, authenticating as `auth`: it asks the node for a token when it first
+    /// needs one, renews it before it expires, and asks again once when the node refuses it
+    /// (a node forgets its tokens when it restarts).
+    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.auth = Some(auth);
+        self.token = Arc::default();
+        self
+    }
+
+    /// The identity this client authenticates as, if any.
+    pub fn authenticated_as(&self) -> Option<String> {
+        self.auth.as_ref().map(|a| a.identity())
+    }
+
+    /// A valid token for this client's identity (asking the node for one if needed), or `None`
+    /// for an anonymous client and for the authentication calls themselves.
+    async fn bearer(&self, path: &str) -> Result<Option<String>, ClientError> {
+        if self.auth.is_none() {
+            return Ok(None);
+        }
+        if path.starts_with("/v1/auth/") {
+            return Ok(None);
+        }
+        if let Some(t) = self
+            .token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if t.expires_ms > now_ms() + TOKEN_MARGIN_MS {
+                return Ok(Some(t.token.clone()));
+            }
+        }
+        Ok(Some(self.authenticate().await?.token))
+    }
+
+    /// Asks the node for a new token (challenge, signed answer, token) and keeps it for the
+    /// requests that follow.
+    pub async fn authenticate(&self) -> Result<Token, ClientError> {
+        let Some(auth) = &self.auth else {
+            return Err(ClientError::Auth(
+                "this client has no identity to authenticate as (give --key FILE)".into(),
+            ));
+        };
+        let challenge: Challenge = self
+            .post_json("/v1/auth/challenge", &serde_json::Map::new())
+            .await?;
+        let signature = auth.respond(&challenge).map_err(ClientError::Auth)?;
+        let token: Token = self
+            .post_json(
+                "/v1/auth/token",
+                &TokenRequest {
+                    identity: auth.identity(),
+                    challenge: challenge.challenge,
+                    signature,
+                },
+            )
+            .await?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+        Ok(token)
+    }
+
+    fn forget_token(&self) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The API's base URL.
@@ -124,11 +207,16 @@ impl ApiClient {
         path: &str,
         content_type: &str,
         body: Bytes,
+        bearer: Option<&str>,
     ) -> Result<Request<Full<Bytes>>, ClientError> {
-        Request::builder()
+        let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header(CONTENT_TYPE, content_type)
+            .header(CONTENT_TYPE, content_type);
+        if let Some(token) = bearer {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        builder
             .body(Full::new(body))
             .map_err(|_| ClientError::Address(format!("{}{path}", self.base)))
     }
@@ -145,6 +233,8 @@ impl ApiClient {
             .await
     }
 
+    /// Sends with this client's token, if it has an identity; a refused token (the node
+    /// restarted, or the token lapsed in flight) is renewed and the request sent once more.
     async fn send_within(
         &self,
         limit: Duration,
@@ -153,8 +243,37 @@ impl ApiClient {
         content_type: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let bearer = Box::pin(self.bearer(path)).await?;
+        let (status, answer) = self
+            .exchange(
+                limit,
+                method.clone(),
+                path,
+                content_type,
+                body.clone(),
+                bearer.as_deref(),
+            )
+            .await?;
+        if status != StatusCode::UNAUTHORIZED || bearer.is_none() {
+            return Ok((status, answer));
+        }
+        self.forget_token();
+        let bearer = Box::pin(self.bearer(path)).await?;
+        self.exchange(limit, method, path, content_type, body, bearer.as_deref())
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        limit: Duration,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+        bearer: Option<&str>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
-        let request = self.request(method, path, content_type, body)?;
+        let request = self.request(method, path, content_type, body, bearer)?;
         let exchange = async {
             let response =
                 self.http
@@ -387,7 +506,7 @@ impl ApiClient {
     /// `GET /v1/events`: the committed blocks from now on, pushed.
     pub async fn events(&self) -> Result<EventStream, ClientError> {
         let url = format!("{}/v1/events", self.base);
-        let request = Request::builder()
+        let request = hyper::Request::builder()
             .method(Method::GET)
             .uri(&url)
             .header(ACCEPT, "text/event-stream")

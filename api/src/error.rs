@@ -13,6 +13,8 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("the answer of {url} is not what the API describes: {reason}")]
     Decode { url: String, reason: String },
+    #[error("cannot authenticate to the node: {0}")]
+    Auth(String),
     #[error("the TLS setup failed: {0}")]
     Tls(String),
 }

@@ -10,6 +10,7 @@
 //! This crate is a leaf: it knows HTTP and JSON, not the node, its storage or its consensus.
 
 pub mod audit;
+pub mod auth;
 pub mod blocks;
 pub mod chain;
 pub mod client;
@@ -22,6 +23,7 @@ pub mod records;
 pub mod transactions;
 
 pub use audit::{AuditEntry, AuditTrail};
+pub use auth::{Authenticator, Challenge, Token, TokenRequest};
 pub use blocks::{Block, BlockEvent, CommitInfo, Lagged};
 pub use chain::{AuthorityInfo, ChainInfo, ValidatorInfo};
 pub use client::{ApiClient, Timeouts};

@@ -329,20 +329,57 @@ fn the_description_matches_the_types() {
         signers: vec![0, 1, 2],
     };
     check(&doc, "CommitInfo", &[v(&commit)]);
+    let block = Block {
+        height: 1,
+        hash: "h".into(),
+        previous_hash: "p".into(),
+        timestamp_ms: 1,
+        creator: "c".into(),
+        merkle_root: "m".into(),
+        transaction_count: 1,
+        transactions: vec!["t".into()],
+        commit,
+        header: "hd".into(),
+        certificate: "cc".into(),
+        block: Some("b".into()),
+    };
     check(
         &doc,
         "Block",
-        &[v(Block {
-            height: 1,
-            hash: "h".into(),
-            previous_hash: "p".into(),
-            timestamp_ms: 1,
-            creator: "c".into(),
-            merkle_root: "m".into(),
-            transaction_count: 1,
-            transactions: vec!["t".into()],
-            commit,
-            block: "b".into(),
+        &[
+            v(&block),
+            v(Block {
+                block: None,
+                ..block.clone()
+            }),
+        ],
+    );
+    check(
+        &doc,
+        "Challenge",
+        &[v(Challenge {
+            challenge: "c".into(),
+            chain_id: "h".into(),
+            node: "n".into(),
+            expires_ms: 1,
+        })],
+    );
+    check(
+        &doc,
+        "TokenRequest",
+        &[v(TokenRequest {
+            identity: "i".into(),
+            challenge: "c".into(),
+            signature: "s".into(),
+        })],
+    );
+    check(
+        &doc,
+        "Token",
+        &[v(Token {
+            token: "t".into(),
+            identity: "i".into(),
+            expires_ms: 1,
         })],
     );
     check(

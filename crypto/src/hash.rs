@@ -98,6 +98,9 @@ pub mod domains {
     pub const GRANT_ID: Domain = Domain("medchain v1 consent grant id");
     pub const READ_REQUEST: Domain = Domain("medchain v1 read request");
     pub const GENESIS: Domain = Domain("medchain v1 genesis");
+    pub const API_AUTH_CHALLENGE: Domain = Domain("medchain v1 api authentication challenge");
+    pub const API_AUTH_RESPONSE: Domain = Domain("medchain v1 api authentication response");
+    pub const API_TOKEN: Domain = Domain("medchain v1 api token");
 }
 
 /// Hashes `bytes` under `domain`.
@@ -116,6 +119,31 @@ pub fn digest_parts(domain: Domain, parts: &[&[u8]]) -> Hash32 {
     Hash32(*hasher.finalize().as_bytes())
 }
 
+/// A message authentication code: keyed BLAKE3 over `domain` and length-prefixed `parts`. For
+/// values a node issues and later checks itself (API challenges and tokens), so that it keeps no
+/// table of what it issued and a flood of requests for them costs it no memory.
+pub fn mac(key: &[u8; 32], domain: Domain, parts: &[&[u8]]) -> Hash32 {
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    hasher.update(domain.context().as_bytes());
+    hasher.update(&[0]);
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    Hash32(*hasher.finalize().as_bytes())
+}
+
+impl Hash32 {
+    /// Compares in constant time (for MACs, where an early exit would leak the matching prefix).
+    pub fn ct_eq(&self, other: &Hash32) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +154,15 @@ mod tests {
         let b = digest(domains::PRIVATE_SLIP, b"x");
         assert_ne!(a, b);
         assert_eq!(a, digest(domains::BLOCK_HEADER, b"x"));
+    }
+
+    #[test]
+    fn macs_depend_on_key_domain_and_parts() {
+        let a = mac(&[1; 32], domains::API_TOKEN, &[b"x"]);
+        assert!(a.ct_eq(&mac(&[1; 32], domains::API_TOKEN, &[b"x"])));
+        assert!(!a.ct_eq(&mac(&[2; 32], domains::API_TOKEN, &[b"x"])));
+        assert!(!a.ct_eq(&mac(&[1; 32], domains::API_AUTH_CHALLENGE, &[b"x"])));
+        assert!(!a.ct_eq(&mac(&[1; 32], domains::API_TOKEN, &[b"y"])));
     }
 
     #[test]

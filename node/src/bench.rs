@@ -99,7 +99,7 @@ async fn register_participants(
     doctors: &[KeyMaterial],
     patients: &[KeyMaterial],
 ) -> Result<()> {
-    let client = crate::client::Client::connect(&format!("http://{api}")).await?;
+    let client = crate::client::Client::connect_as(&format!("http://{api}"), authority).await?;
     let mut ids = Vec::new();
     for (keys, role) in doctors
         .iter()
@@ -186,6 +186,14 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
         patients.len()
     );
     register_participants(apis[0], &authority, &doctors, &patients).await?;
+    // Each client uploads as its doctor, authenticated before the clock starts.
+    let mut uploaders = Vec::new();
+    for (c, doctor) in doctors.iter().enumerate() {
+        let api = apis[c % apis.len()];
+        let client = crate::client::Client::connect_as(&format!("http://{api}"), doctor).await?;
+        client.api.authenticate().await?;
+        uploaders.push(client.api);
+    }
     // Build, encrypt and sign every record write first.
     eprintln!(
         "encrypting and signing {} record writes...",
@@ -341,18 +349,10 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
     } else {
         None
     };
-    for (c, txs) in work.into_iter().enumerate() {
-        let api = apis[c % apis.len()];
+    for (txs, client) in work.into_iter().zip(uploaders) {
         let sent_at = sent_at.clone();
         let refusals = refusals.clone();
         tasks.push(tokio::spawn(async move {
-            let client = match ApiClient::new(&api.to_string()) {
-                Ok(c) => c,
-                Err(e) => {
-                    refusals.lock().expect("not poisoned").push(e.to_string());
-                    return 0;
-                }
-            };
             let mut accepted = 0usize;
             let mut next_send = Instant::now();
             for (id, body) in txs {

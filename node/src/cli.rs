@@ -95,6 +95,13 @@ pub enum Command {
     Consent(ConsentCommand),
     /// The provenance trail of a record, a patient or an actor, in chain order.
     Audit(AuditArgs),
+    /// Authenticate to a node with `--key` and print a bearer token for its API (for curl and
+    /// integration scripts: `Authorization: Bearer TOKEN`). It works at that node only, for ten
+    /// minutes, and not after the node restarts.
+    Token {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// A running node's state: height, last block, view and primary, peers, mempool, catch-up,
     /// readiness.
     Status {

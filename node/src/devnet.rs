@@ -135,16 +135,34 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         participant(dir, "doctor-b")?,
         participant(dir, "patient")?,
     );
-    let c0 = Client::connect(&apis[0]).await?;
-    let c1 = Client::connect(&apis[1]).await?;
+    // Each participant talks to the API as herself: the endpoints that show patient data
+    // answer only an authenticated caller, and only what she may see.
+    let registry = Client::connect_as(&apis[0], &authority).await?;
     let patient_id = patient.signing_key().identity();
     let b_id = doctor_b.signing_key().identity();
-    out!("demo: the record workflow on chain {:?}", c0.chain.chain_id);
+    out!(
+        "demo: the record workflow on chain {:?}",
+        registry.chain.chain_id
+    );
 
-    register(&c0, &authority, &doctor_a, v1::Role::Doctor, "Dr A (demo)").await?;
-    register(&c0, &authority, &doctor_b, v1::Role::Doctor, "Dr B (demo)").await?;
     register(
-        &c0,
+        &registry,
+        &authority,
+        &doctor_a,
+        v1::Role::Doctor,
+        "Dr A (demo)",
+    )
+    .await?;
+    register(
+        &registry,
+        &authority,
+        &doctor_b,
+        v1::Role::Doctor,
+        "Dr B (demo)",
+    )
+    .await?;
+    register(
+        &registry,
         &authority,
         &patient,
         v1::Role::Patient,
@@ -156,10 +174,15 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         dir.join("demo").display()
     );
 
+    let a0 = Client::connect_as(&apis[0], &doctor_a).await?;
+    let b0 = Client::connect_as(&apis[0], &doctor_b).await?;
+    let b1 = Client::connect_as(&apis[1], &doctor_b).await?;
+    let p0 = Client::connect_as(&apis[0], &patient).await?;
+    let p1 = Client::connect_as(&apis[1], &patient).await?;
     let record = crate::bench::sample_observation(now_ms());
-    let keys = c0.patient_keys(&patient_id).await?;
+    let keys = a0.patient_keys(&patient_id).await?;
     let w = build_record_write(
-        &c0.chain.chain_id.clone(),
+        &a0.chain.chain_id.clone(),
         &doctor_a,
         &keys,
         &RecordInput {
@@ -172,21 +195,21 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         fresh_nonce(),
         now_ms(),
     )?;
-    let slip = c0.upload_record(&w).await?;
+    let slip = a0.upload_record(&w).await?;
     out!(
         "  2. Dr A wrote an encrypted FHIR Observation ({} bytes of ciphertext): record {slip}",
         w.ciphertext.len()
     );
-    c1.wait_for_record(&slip).await?;
-    c1.confirm(&patient, &slip).await?;
+    p1.wait_for_record(&slip).await?;
+    p1.confirm(&patient, &slip).await?;
     out!("  3. the patient checked the doctor's signature and H(M), and co-signed it");
-    match c0.read(&doctor_b, &slip).await {
+    match b0.read(&doctor_b, &slip).await {
         Err(e) => out!("  4. Dr B's read was refused and audited: {e}"),
         Ok(_) => bail!("Dr B read the record without a grant"),
     }
-    let grantee_key = crate::client::encryption_key(&c0.identity(&b_id).await?)?;
+    let grantee_key = crate::client::encryption_key(&p0.identity(&b_id).await?)?;
     let grant = build_grant(
-        &c0.chain,
+        &p0.chain,
         &patient,
         &b_id,
         &grantee_key,
@@ -196,12 +219,12 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         None,
         1,
     )?;
-    let (grant_id, committed) = c0
-        .submit_and_wait(&c0.sign(&patient, Payload::ConsentGrant(grant)))
+    let (grant_id, committed) = p0
+        .submit_and_wait(&p0.sign(&patient, Payload::ConsentGrant(grant)))
         .await?;
     out!("  5. the patient granted Dr B read on it for 10 minutes: grant {grant_id}");
-    c1.wait_for_height(committed.height).await?;
-    let read = c1.read(&doctor_b, &slip).await?;
+    b1.wait_for_height(committed.height).await?;
+    let read = b1.read(&doctor_b, &slip).await?;
     if read != record {
         bail!("Dr B decrypted something else than the record");
     }
@@ -210,8 +233,8 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         read.len()
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let trail = c0.api.audit(&format!("record={slip}")).await?;
-    out!("  7. the record's audit trail:");
+    let trail = p0.api.audit(&format!("record={slip}")).await?;
+    out!("  7. the record's audit trail, as the patient sees it:");
     for e in trail.events {
         out!(
             "       height {:>5}  {:<12} {}",
@@ -220,7 +243,7 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
             e.detail.chars().take(90).collect::<String>()
         );
     }
-    let v = c0
+    let v = p0
         .api
         .verify(&slip.to_hex())
         .await?

@@ -167,9 +167,11 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
         "the outsider's transaction made a block"
     );
     let intruder_id = tx_id(&intruder_tx);
+    let authority = net.authority();
     for i in 0..4 {
-        let (code, _) = support::devnet::http(
+        let (code, _) = support::devnet::http_as(
             &net.apis[i],
+            &authority,
             "GET",
             &format!("/v1/transactions/{intruder_id}"),
             None,
@@ -185,9 +187,14 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     for i in 0..4 {
         assert_eq!(net.committed(i), 1_400);
         for id in accepted.iter().step_by(7) {
-            let (code, body) =
-                support::devnet::http(&net.apis[i], "GET", &format!("/v1/transactions/{id}"), None)
-                    .unwrap();
+            let (code, body) = support::devnet::http_as(
+                &net.apis[i],
+                &authority,
+                "GET",
+                &format!("/v1/transactions/{id}"),
+                None,
+            )
+            .unwrap();
             assert_eq!(code, 200, "node{i} lost {id}: {body}");
         }
     }

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 mod support;
 
+use medchain_crypto::keys::KeyMaterial;
 use serde_json::Value;
-use support::devnet::{http, Devnet};
+use support::devnet::{http, http_as, Devnet};
 use support::{medchain_with_env, text};
 
 /// A FHIR R4 example resource from HL7's fhir-test-cases (`tests/data/fhir/`, Apache-2.0).
@@ -62,8 +63,9 @@ fn settle(net: &Devnet) {
     );
 }
 
-fn audit_ops(api: &str, slip: &str) -> Vec<String> {
-    let (_, body) = http(api, "GET", &format!("/v1/audit?record={slip}"), None).unwrap();
+/// The ops of a record's audit trail as `who` sees it.
+fn audit_ops(api: &str, who: &KeyMaterial, slip: &str) -> Vec<String> {
+    let (_, body) = http_as(api, who, "GET", &format!("/v1/audit?record={slip}"), None).unwrap();
     let v: Value = serde_json::from_str(&body).unwrap();
     v["events"]
         .as_array()
@@ -98,6 +100,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
             .to_string()
     };
     let authority = net.dir.join("authority.key").to_str().unwrap().to_string();
+    let auth = net.authority();
 
     // Register two doctors and a patient.
     for (name, role) in [
@@ -216,10 +219,10 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     // A key the chain does not know is refused without a trace on chain: no access record is
     // written in its name (any key pair could otherwise make the node sign transactions).
     // B's refusal is on chain first (its access record was queued before B got the answer).
-    assert!(net.wait(10, |d| audit_ops(&d.apis[0], &s1)
+    assert!(net.wait(10, |d| audit_ops(&d.apis[0], &auth, &s1)
         .contains(&"read-refused".to_string())));
     settle(&net);
-    let trail_before = audit_ops(&n0, &s1);
+    let trail_before = audit_ops(&n0, &auth, &s1);
     ok(
         &n0,
         &["keygen", "--out", &key("stranger"), "--insecure-plaintext"],
@@ -241,7 +244,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     let _ = net.wait(2, |_| false);
     settle(&net);
     assert_eq!(
-        audit_ops(&n0, &s1),
+        audit_ops(&n0, &auth, &s1),
         trail_before,
         "the stranger's read left a trace"
     );
@@ -512,16 +515,27 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         .contains("holds no valid grant")),
         "the expired grant still worked"
     );
-    let listing = cli(&n0, &["consent", "list", "--grantee", &doc_b]).1;
+    let listing = cli(
+        &n0,
+        &[
+            "consent",
+            "list",
+            "--grantee",
+            &doc_b,
+            "--key",
+            &key("doc_b"),
+        ],
+    )
+    .1;
     assert!(
         listing.contains("revoked") && listing.contains("expired"),
         "{listing}"
     );
 
     // The audit trail of s1 shows every step in chain order.
-    assert!(net.wait(10, |_| audit_ops(&n0, &s1).len() >= 8));
+    assert!(net.wait(10, |_| audit_ops(&n0, &auth, &s1).len() >= 8));
     assert_eq!(
-        audit_ops(&n0, &s1),
+        audit_ops(&n0, &auth, &s1),
         vec![
             "upload",
             "read",
@@ -533,7 +547,11 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
             "read-refused"
         ]
     );
-    let patient_trail = cli(&n0, &["audit", "--patient", &patient]).1;
+    let patient_trail = cli(
+        &n0,
+        &["audit", "--patient", &patient, "--key", &key("patient")],
+    )
+    .1;
     for op in [
         "register", "upload", "confirm", "request", "approve", "revoke", "grant", "read",
     ] {
@@ -541,7 +559,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     }
 
     // Tamper check: corrupt s3's ciphertext on node0's disk.
-    let (_, body) = http(&n0, "GET", &format!("/v1/records/{s3}"), None).unwrap();
+    let (_, body) = http_as(&n0, &auth, "GET", &format!("/v1/records/{s3}"), None).unwrap();
     let v: Value = serde_json::from_str(&body).unwrap();
     let address = v["slip"]["ciphertext_hash"].as_str().unwrap().to_string();
     let blob = net
@@ -553,7 +571,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&blob, bytes).unwrap();
-    let e = refused(&n0, &["record", "verify", &s3]);
+    let e = refused(&n0, &["record", "verify", &s3, "--key", &authority]);
     assert!(e.contains("corrupted"), "{e}");
     let e = refused(
         &n0,
@@ -601,10 +619,10 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         ],
     );
     assert!(e.contains("deleted"), "{e}");
-    let (_, body) = http(&n1, "GET", &format!("/v1/records/{s2}/verify"), None).unwrap();
+    let (_, body) = http_as(&n1, &auth, "GET", &format!("/v1/records/{s2}/verify"), None).unwrap();
     assert!(body.contains("\"deleted\""), "{body}");
     assert_eq!(
-        audit_ops(&n1, &s2).last().map(String::as_str),
+        audit_ops(&n1, &auth, &s2).last().map(String::as_str),
         Some("delete")
     );
 
@@ -645,7 +663,11 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         ],
     );
     assert!(
-        net.wait(20, |_| cli(&n1, &["record", "verify", &s4]).0),
+        net.wait(20, |_| cli(
+            &n1,
+            &["record", "verify", &s4, "--key", &authority]
+        )
+        .0),
         "not replicated"
     );
     ok(
@@ -750,14 +772,14 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     assert!(net.wait(20, |n| (0..4)
         .all(|i| n.status(i).is_some_and(|s| s.mempool == 0))));
     let height = net.height(0);
-    let trail = audit_ops(&n0, &s1);
+    let trail = audit_ops(&n0, &auth, &s1);
     net.kill(0);
     net.start(0);
     assert!(
         net.wait(30, |n| n.height(0) >= height),
         "node0 did not come back"
     );
-    assert_eq!(audit_ops(&n0, &s1)[..trail.len()], trail[..]);
+    assert_eq!(audit_ops(&n0, &auth, &s1)[..trail.len()], trail[..]);
     ok(
         &n0,
         &[
@@ -774,7 +796,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         std::fs::read(&out).unwrap(),
         std::fs::read(fhir("observation-example.json")).unwrap()
     );
-    ok(&n0, &["record", "verify", &s1]);
+    ok(&n0, &["record", "verify", &s1, "--key", &authority]);
 
     // The operator's view of the restarted node.
     assert!(

@@ -5,6 +5,7 @@
 //! Depends only on `medchain-crypto` (for digests and signatures); it must not depend on storage,
 //! networking, consensus or the node.
 
+pub mod auth;
 pub mod canonical;
 pub mod dpos;
 pub mod error;

@@ -647,5 +647,6 @@ impl Store {
     }
 }
 
+mod seen;
 #[cfg(test)]
 mod tests;

@@ -247,12 +247,7 @@ pub fn find_grant(
         let Some(g) = ov.get::<GrantEntry>(&keys::grant(&grant_id))? else {
             continue;
         };
-        if g.patient == slip.patient
-            && g.revoked_height.is_none()
-            && g.expires_ms > now_ms
-            && g.actions & action as u32 != 0
-            && g.scope.covers(slip_id, slip)
-        {
+        if g.allows(slip_id, slip, action as u32, now_ms) {
             return Ok(Some((grant_id, g)));
         }
     }

@@ -99,6 +99,21 @@ impl<'a> Queries<'a> {
         self.listed(&keys::grants_by_grantee(grantee.as_bytes()), keys::grant)
     }
 
+    /// Whether `reader` holds a grant that lets it perform `actions` on record `slip_id` now.
+    pub fn holds_grant(
+        &self,
+        reader: &Identity,
+        slip_id: &Hash32,
+        slip: &SlipEntry,
+        actions: u32,
+        now_ms: u64,
+    ) -> Result<bool, ContractError> {
+        Ok(self
+            .grants_to(reader)?
+            .iter()
+            .any(|(_, g)| g.allows(slip_id, slip, actions, now_ms)))
+    }
+
     /// The consent requests made to a patient.
     pub fn requests_to(
         &self,

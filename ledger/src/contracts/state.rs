@@ -78,6 +78,19 @@ pub struct GrantEntry {
     pub revoked_height: Option<u64>,
 }
 
+impl GrantEntry {
+    /// Whether this grant lets its grantee perform `actions` (a `ConsentAction` bit) on record
+    /// `slip_id` at `now_ms`: the record's patient gave it, it is neither revoked nor expired,
+    /// and its scope covers the record.
+    pub fn allows(&self, slip_id: &Hash32, slip: &SlipEntry, actions: u32, now_ms: u64) -> bool {
+        self.patient == slip.patient
+            && self.revoked_height.is_none()
+            && self.expires_ms > now_ms
+            && self.actions & actions != 0
+            && self.scope.covers(slip_id, slip)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestOutcome {
     Open,

@@ -5,6 +5,7 @@ use axum::Json;
 use medchain_api::{AuditEntry, AuditTrail};
 use serde::Deserialize;
 
+use crate::api::auth::Caller;
 use crate::api::{bad, ident_text, internal, parse_hash, parse_identity, queries, ApiError};
 use crate::private::NodeHandle;
 use medchain_ledger::contracts::queries::AuditSubject;
@@ -16,9 +17,12 @@ pub struct AuditQuery {
     actor: Option<String>,
 }
 
-/// `GET /v1/audit?record=SLIP | patient=ID | actor=ID`: the provenance trail in chain order.
+/// `GET /v1/audit?record=SLIP | patient=ID | actor=ID`: the provenance trail in chain order,
+/// holding the lines the caller may see (`access.rs`): her own acts and what was done about
+/// her; all of it for an authority.
 pub async fn audit(
     State(node): State<NodeHandle>,
+    caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditTrail>, ApiError> {
     let (record, patient, actor);
@@ -45,6 +49,7 @@ pub async fn audit(
         .audit(subject)
         .map_err(internal)?
         .into_iter()
+        .filter(|e| caller.may_see_audit_event(e))
         .map(|e| AuditEntry {
             op: e.op,
             height: e.height,

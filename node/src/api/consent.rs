@@ -9,6 +9,7 @@ use medchain_crypto::Hash32;
 use medchain_proto::records::action_names;
 use serde::Deserialize;
 
+use crate::api::auth::Caller;
 use crate::api::{bad, ident_text, internal, parse_identity, queries, ApiError};
 use crate::private::{now_ms, NodeHandle};
 use medchain_ledger::contracts::state::{GrantEntry, RequestEntry, RequestOutcome};
@@ -83,9 +84,11 @@ fn request_json(id: &Hash32, r: &RequestEntry) -> RequestInfo {
     }
 }
 
-/// `GET /v1/consent?patient=ID` or `?grantee=ID`: grants and requests.
+/// `GET /v1/consent?patient=ID` or `?grantee=ID`: the grants and requests the caller is a
+/// party to (all of them for an authority).
 pub async fn consent(
     State(node): State<NodeHandle>,
+    caller: Caller,
     Query(q): Query<ConsentQuery>,
 ) -> Result<Json<ConsentList>, ApiError> {
     let now = now_ms();
@@ -104,11 +107,13 @@ pub async fn consent(
     let grants = grants
         .map_err(internal)?
         .iter()
+        .filter(|(_, g)| caller.may_see_grant(g))
         .map(|(id, g)| grant_json(id, g, now))
         .collect();
     let requests = requests
         .map_err(internal)?
         .iter()
+        .filter(|(_, r)| caller.may_see_request(r))
         .map(|(id, r)| request_json(id, r))
         .collect();
     Ok(Json(ConsentList { grants, requests }))

@@ -6,6 +6,7 @@ use axum::Json;
 use medchain_api::{ChainInfo, IdentityInfo, Role, SuspensionInfo};
 use medchain_proto::v1;
 
+use crate::api::auth::Caller;
 use crate::api::{ident_text, internal, not_found, parse_identity, queries, ApiError};
 use crate::private::NodeHandle;
 
@@ -22,17 +23,20 @@ pub async fn chain(State(node): State<NodeHandle>) -> Json<ChainInfo> {
     Json((*node.chain).clone())
 }
 
-/// `GET /v1/identities/{id}`.
+/// `GET /v1/identities/{id}`: for whoever may see that participant (`access.rs`); to anyone
+/// else it is not registered.
 pub async fn identity(
     State(node): State<NodeHandle>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<IdentityInfo>, ApiError> {
     let id = parse_identity(&id)?;
     let q = queries(&node);
-    let entry = q
-        .identity(&id)
-        .map_err(internal)?
-        .ok_or_else(|| not_found(format!("{id} is not registered on this chain")))?;
+    let unknown = || not_found(format!("{id} is not registered on this chain"));
+    let entry = q.identity(&id).map_err(internal)?.ok_or_else(unknown)?;
+    if !caller.may_see_identity(&id, &entry) {
+        return Err(unknown());
+    }
     let suspended = q.suspension(&id).map_err(internal)?;
     Ok(Json(IdentityInfo {
         identity: id.to_string(),

@@ -27,6 +27,7 @@ use medchain_proto::canonical::{limits, Canonical, Hashed};
 use medchain_proto::ledger::{block_hash, verify_private_slip};
 use medchain_proto::v1;
 
+use crate::api::auth::Caller;
 use crate::mempool::MempoolError;
 use crate::private::{NodeHandle, OwnTxError, SubmitError};
 use medchain_ledger::TxError;
@@ -41,6 +42,12 @@ impl IntoResponse for ApiError {
             error: self.1.clone(),
         };
         let mut response = (self.0, Json(body)).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"medchain\""),
+            );
+        }
         response.extensions_mut().insert(Refusal(self.1));
         response
     }
@@ -104,10 +111,13 @@ pub(crate) fn parse_hash(text: &str, what: &str) -> Result<Hash32, ApiError> {
     })
 }
 
-/// The API's routes.
+/// The API's routes, with a fresh authentication gate (tokens of an earlier process are void).
 pub fn router(node: NodeHandle) -> Router {
+    let gate = std::sync::Arc::new(auth::Gate::new(&node));
     Router::new()
         .route("/health", get(health))
+        .route("/v1/auth/challenge", post(auth::challenge))
+        .route("/v1/auth/token", post(auth::token))
         .route("/v1/status", get(status))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -133,6 +143,7 @@ pub fn router(node: NodeHandle) -> Router {
                 .route("/v1/records", post(records::upload))
                 .layer(DefaultBodyLimit::max(limits::RECORD_MESSAGE + 1_024)),
         )
+        .layer(axum::Extension(gate))
         .layer(axum::middleware::from_fn(log_refusals))
         .with_state(node)
 }
@@ -244,21 +255,28 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
     ApiError(code, e.to_string())
 }
 
+/// `GET /v1/transactions/{id}`: for its signer, validators and authorities; to anyone else
+/// it does not exist.
 async fn transaction(
     State(node): State<NodeHandle>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TransactionInfo>, ApiError> {
     let id = parse_hash(&id, "transaction id")?;
+    let unknown = || {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "transaction {} is not committed (or not yours to see)",
+                id.to_hex()
+            ),
+        )
+    };
     let loc = node
         .store
         .transaction_location(&id)
         .map_err(internal)?
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                format!("transaction {} is not committed", id.to_hex()),
-            )
-        })?;
+        .ok_or_else(unknown)?;
     let block = node
         .store
         .block(loc.height)
@@ -268,6 +286,13 @@ async fn transaction(
         .transactions
         .get(loc.index as usize)
         .ok_or_else(|| internal("indexed transaction missing"))?;
+    let signer = tx
+        .body
+        .as_ref()
+        .and_then(|b| Identity::from_bytes(&b.signer).ok());
+    if !signer.is_some_and(|s| caller.may_see_transaction(&s)) {
+        return Err(unknown());
+    }
     let failed = node.ledger.queries().failure(&id).map_err(internal)?;
     Ok(Json(TransactionInfo {
         id: id.to_hex(),
@@ -279,7 +304,9 @@ async fn transaction(
     }))
 }
 
-fn block_json(block: &v1::Block) -> Result<Block, ApiError> {
+/// A block as `caller` may see it: the header, its commit certificate and the transaction ids
+/// for anyone; the whole block's bytes for validators and authorities.
+fn block_json(block: &v1::Block, caller: Option<&Caller>) -> Result<Block, ApiError> {
     let header = block.header.clone().unwrap_or_default();
     let cert = block.commit.clone().unwrap_or_default();
     Ok(Block {
@@ -301,12 +328,17 @@ fn block_json(block: &v1::Block) -> Result<Block, ApiError> {
             view: cert.view,
             signers: cert.signatures.iter().map(|s| s.validator).collect(),
         },
-        block: hex::encode(block.canonical_bytes()),
+        header: hex::encode(prost::Message::encode_to_vec(&header)),
+        certificate: hex::encode(prost::Message::encode_to_vec(&cert)),
+        block: caller
+            .is_some_and(Caller::sees_block_bodies)
+            .then(|| hex::encode(block.canonical_bytes())),
     })
 }
 
 async fn block(
     State(node): State<NodeHandle>,
+    caller: Option<Caller>,
     Path(height): Path<String>,
 ) -> Result<Json<Block>, ApiError> {
     let height: u64 = height.parse().map_err(|_| {
@@ -321,10 +353,13 @@ async fn block(
             format!("no block at height {height}"),
         )
     })?;
-    Ok(Json(block_json(&b)?))
+    Ok(Json(block_json(&b, caller.as_ref())?))
 }
 
-async fn latest_block(State(node): State<NodeHandle>) -> Result<Json<Block>, ApiError> {
+async fn latest_block(
+    State(node): State<NodeHandle>,
+    caller: Option<Caller>,
+) -> Result<Json<Block>, ApiError> {
     let tip = node
         .store
         .tip()
@@ -335,20 +370,37 @@ async fn latest_block(State(node): State<NodeHandle>) -> Result<Json<Block>, Api
         .block(tip.height)
         .map_err(internal)?
         .ok_or_else(|| internal("tip block missing"))?;
-    Ok(Json(block_json(&b)?))
+    Ok(Json(block_json(&b, caller.as_ref())?))
 }
 
+/// `GET /v1/slips/{id}`: for whoever may see the record.
 async fn slip(
     State(node): State<NodeHandle>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Slip>, ApiError> {
     let id = parse_hash(&id, "slip id")?;
-    let (loc, slip) = node.store.slip(&id).map_err(internal)?.ok_or_else(|| {
+    let unknown = || {
         ApiError(
             StatusCode::NOT_FOUND,
-            format!("slip {} is not committed", id.to_hex()),
+            format!(
+                "slip {} is not committed (or not yours to see)",
+                id.to_hex()
+            ),
         )
-    })?;
+    };
+    let (loc, slip) = node
+        .store
+        .slip(&id)
+        .map_err(internal)?
+        .ok_or_else(unknown)?;
+    let entry = queries(&node)
+        .slip(&id)
+        .map_err(internal)?
+        .ok_or_else(unknown)?;
+    if !caller.may_see_record(&node, &id, &entry)? {
+        return Err(unknown());
+    }
     Ok(Json(slip_json(&id, loc, &slip)?))
 }
 
@@ -404,7 +456,9 @@ pub(crate) fn ident_text(bytes: &[u8]) -> String {
         .unwrap_or_else(|_| hex::encode(bytes))
 }
 
+mod access;
 mod audit;
+mod auth;
 mod consent;
 mod events;
 mod identities;

@@ -106,6 +106,9 @@ async fn read_checked(
         &req.digest,
         req.request.timestamp_ms,
     );
+    if !matches!(admitted, Err(Refusal::Replay | Refusal::Stale { .. })) {
+        remember(node, &req.digest, now).await?;
+    }
     if let Err(refusal) = admitted {
         return match refusal {
             // Not a read attempt at all: nothing to audit twice.
@@ -140,6 +143,25 @@ async fn read_checked(
             Err(e)
         }
     }
+}
+
+/// Makes an admitted request durable before anything is served or recorded for it: a node
+/// that restarts remembers it (until it could no longer be fresh), so it cannot be replayed
+/// there before its access record commits.
+async fn remember(node: &NodeHandle, request: &Hash32, now: u64) -> Result<(), ApiError> {
+    let store = node.store.clone();
+    let request = *request;
+    tokio::task::spawn_blocking(move || {
+        store.remember_read_request(&request, now + crate::private::access_guard::REMEMBER_MS)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this node cannot record the read request now ({e}); retry shortly"),
+        )
+    })
 }
 
 /// Decides a read and builds the answer: (response, reason for the audit, grant used).

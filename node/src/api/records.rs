@@ -18,6 +18,7 @@ use medchain_proto::canonical::{limits, Canonical};
 use medchain_proto::v1::{self, transaction_body::Payload};
 use serde::Deserialize;
 
+use crate::api::auth::Caller;
 use crate::api::{
     bad, internal, not_found, parse_hash, parse_identity, queries, slip_json, ApiError,
 };
@@ -29,8 +30,24 @@ use medchain_ledger::contracts::state::SlipEntry;
 /// the transaction like any other (signatures, registration, replay), checks the ciphertext
 /// against the slip's content address and size, stores it, pushes it to the other validators and
 /// queues the transaction. Nothing is stored if any check fails.
-pub async fn upload(State(node): State<NodeHandle>, body: Bytes) -> Result<Response, ApiError> {
-    let result = upload_checked(&node, body).await;
+///
+/// Only an authenticated doctor uploads, and only her own slips: the token is checked before
+/// the body is read, so a stranger cannot make the node buffer 16 MiB.
+pub async fn upload(
+    State(node): State<NodeHandle>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let result = match caller.may_upload() {
+        true => upload_checked(&node, &caller, body).await,
+        false => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not upload records: only a registered doctor in good standing writes records",
+                caller.id
+            ),
+        )),
+    };
     let outcome = if result.is_ok() {
         "accepted"
     } else {
@@ -40,7 +57,11 @@ pub async fn upload(State(node): State<NodeHandle>, body: Bytes) -> Result<Respo
     result
 }
 
-async fn upload_checked(node: &NodeHandle, body: Bytes) -> Result<Response, ApiError> {
+async fn upload_checked(
+    node: &NodeHandle,
+    caller: &Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     if body.len() > limits::RECORD_MESSAGE {
         return Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -56,6 +77,15 @@ async fn upload_checked(node: &NodeHandle, body: Bytes) -> Result<Response, ApiE
     let tx = upload
         .transaction
         .ok_or_else(|| bad("the upload carries no transaction"))?;
+    if tx.body.as_ref().map(|b| b.signer.as_slice()) != Some(caller.id.as_bytes().as_slice()) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the upload's transaction is not signed by {}, the caller: upload your own records",
+                caller.id
+            ),
+        ));
+    }
     let content = match tx.body.as_ref().and_then(|b| b.payload.as_ref()) {
         Some(Payload::PrivateSlip(s)) => s.content.clone().unwrap_or_default(),
         _ => return Err(bad("the upload's transaction must carry a private slip")),
@@ -114,16 +144,25 @@ fn submit_error(node: &NodeHandle, e: crate::private::SubmitError) -> ApiError {
     crate::api::submit_error(e)
 }
 
-fn record_state(node: &NodeHandle, slip: &Hash32) -> Result<(RecordSlip, SlipEntry), ApiError> {
+/// Record `slip` as `caller` may see it: to anyone else it does not exist.
+fn record_state(
+    node: &NodeHandle,
+    caller: &Caller,
+    slip: &Hash32,
+) -> Result<(RecordSlip, SlipEntry), ApiError> {
+    let unknown = || not_found(format!("record {slip} does not exist on this chain"));
+    let entry = queries(node)
+        .slip(slip)
+        .map_err(internal)?
+        .ok_or_else(unknown)?;
+    if !caller.may_see_record(node, slip, &entry)? {
+        return Err(unknown());
+    }
     let (loc, s) = node
         .store
         .slip(slip)
         .map_err(internal)?
-        .ok_or_else(|| not_found(format!("record {slip} does not exist on this chain")))?;
-    let entry = queries(node)
-        .slip(slip)
-        .map_err(internal)?
-        .ok_or_else(|| internal(format!("record {slip} has no state entry")))?;
+        .ok_or_else(|| internal(format!("record {slip} has state but no slip")))?;
     let stored = node.store.has_record(&Hash32(entry.ciphertext_hash));
     let mut public = slip_json(slip, loc, &s)?;
     public.patient_confirmed = entry.confirmed_height.is_some();
@@ -140,11 +179,12 @@ fn record_state(node: &NodeHandle, slip: &Hash32) -> Result<(RecordSlip, SlipEnt
 /// `GET /v1/records/{slip}`: the slip and its state (confirmed, deleted, corrected).
 pub async fn record(
     State(node): State<NodeHandle>,
+    caller: Caller,
     Path(slip): Path<String>,
 ) -> Result<Json<RecordView>, ApiError> {
     let slip = parse_hash(&slip, "slip id")?;
     Ok(Json(RecordView {
-        slip: record_state(&node, &slip)?.0,
+        slip: record_state(&node, &caller, &slip)?.0,
     }))
 }
 
@@ -152,10 +192,11 @@ pub async fn record(
 /// the chain. (The plaintext hash H(M) is checked by whoever decrypts: the client does.)
 pub async fn verify(
     State(node): State<NodeHandle>,
+    caller: Caller,
     Path(slip): Path<String>,
 ) -> Result<Json<VerifyReport>, ApiError> {
     let slip = parse_hash(&slip, "slip id")?;
-    let (state, entry) = record_state(&node, &slip)?;
+    let (state, entry) = record_state(&node, &caller, &slip)?;
     let expected = Hash32(entry.ciphertext_hash);
     let stored = node.store.record(&expected).map_err(internal)?;
     let (status, actual) = match (&stored, entry.deleted_height) {
@@ -187,16 +228,23 @@ pub struct PatientQuery {
     pending: bool,
 }
 
-/// `GET /v1/patients/{id}/records[?pending=true]`: a patient's records in chain order.
+/// `GET /v1/patients/{id}/records[?pending=true]`: a patient's records in chain order, those
+/// the caller may see (all for the patient herself or an authority; for a doctor those she
+/// wrote or holds a grant for; none for anyone else).
 pub async fn patient_records(
     State(node): State<NodeHandle>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<PatientQuery>,
 ) -> Result<Json<PatientRecords>, ApiError> {
     let id = parse_identity(&id)?;
     let mut out = Vec::new();
     for slip in node.store.patient_slips(id.as_bytes()).map_err(internal)? {
-        let (v, entry) = record_state(&node, &slip)?;
+        let (v, entry) = match record_state(&node, &caller, &slip) {
+            Ok(found) => found,
+            Err(ApiError(StatusCode::NOT_FOUND, _)) => continue,
+            Err(e) => return Err(e),
+        };
         if q.pending && (entry.confirmed_height.is_some() || entry.deleted_height.is_some()) {
             continue;
         }

@@ -26,10 +26,22 @@ fn key(args: &ClientArgs) -> Result<KeyMaterial> {
     load_key(path, args.password_file.as_deref())
 }
 
+/// Connects to `--node`, authenticated as `--key` when one is given (endpoints that show
+/// patient data answer only an authenticated caller); the key, if one was loaded.
+async fn connect(args: &ClientArgs) -> Result<(Client, Option<KeyMaterial>)> {
+    match &args.key {
+        Some(_) => {
+            let k = key(args)?;
+            Ok((Client::connect_as(&args.node, &k).await?, Some(k)))
+        }
+        None => Ok((Client::connect(&args.node).await?, None)),
+    }
+}
+
 /// Signs `payload` with `--key`, submits it to `--node` and waits for its block.
 async fn act(args: &ClientArgs, payload: Payload) -> Result<TransactionInfo> {
     let k = key(args)?;
-    let c = Client::connect(&args.node).await?;
+    let c = Client::connect_as(&args.node, &k).await?;
     let tx = c.sign(&k, payload);
     Ok(c.submit_and_wait(&tx).await?.1)
 }
@@ -44,11 +56,11 @@ fn hash_arg(text: &str, what: &str) -> Result<Hash32> {
 }
 
 /// The identity to act on: the one given, else the owner of `--key`.
-fn subject(given: Option<&str>, args: &ClientArgs, what: &str) -> Result<Identity> {
-    match given {
-        Some(t) => identity_arg(t),
-        None if args.key.is_some() => Ok(key(args)?.signing_key().identity()),
-        None => bail!("give --{what} ID or --key FILE"),
+fn subject(given: Option<&str>, key: Option<&KeyMaterial>, what: &str) -> Result<Identity> {
+    match (given, key) {
+        (Some(t), _) => identity_arg(t),
+        (None, Some(k)) => Ok(k.signing_key().identity()),
+        (None, None) => bail!("give --{what} ID or --key FILE"),
     }
 }
 
@@ -90,7 +102,7 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                     RoleArg::Doctor => v1::Role::Doctor,
                 };
                 let reg = card.registration(role, &name)?;
-                let c = Client::connect(&args.node).await?;
+                let c = Client::connect_as(&args.node, &authority).await?;
                 let tx = c.sign(&authority, Payload::IdentityRegistration(reg));
                 let (_, v) = c.submit_and_wait(&tx).await?;
                 out!(
@@ -107,8 +119,8 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                 identity,
                 client: args,
             } => {
-                let id = subject(identity.as_deref(), &args, "identity")?;
-                let c = Client::connect(&args.node).await?;
+                let (c, k) = connect(&args).await?;
+                let id = subject(identity.as_deref(), k.as_ref(), "identity")?;
                 let info = c.identity(&id).await?;
                 out!("{}", serde_json::to_string_pretty(&info)?);
             }
@@ -186,7 +198,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let record_type = record_type_of(&plaintext, record_type.as_deref())?;
                 let replaces = replaces.map(|r| hash_arg(&r, "--replaces")).transpose()?;
-                let c = Client::connect(&args.node).await?;
+                let c = Client::connect_as(&args.node, &doctor).await?;
                 let keys = c.patient_keys(&patient).await?;
                 let w = build_record_write(
                     &c.chain.chain_id.clone(),
@@ -212,7 +224,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             RecordCommand::Confirm { slip, client: args } => {
                 let patient = key(&args)?;
                 let slip = hash_arg(&slip, "slip")?;
-                let c = Client::connect(&args.node).await?;
+                let c = Client::connect_as(&args.node, &patient).await?;
                 let plaintext = c.confirm(&patient, &slip).await?;
                 out!(
                     "confirmed record {slip} ({} bytes, doctor's signature and H(M) checked)",
@@ -220,8 +232,8 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                 );
             }
             RecordCommand::Pending { patient, client: args } => {
-                let id = subject(patient.as_deref(), &args, "patient")?;
-                let c = Client::connect(&args.node).await?;
+                let (c, k) = connect(&args).await?;
+                let id = subject(patient.as_deref(), k.as_ref(), "patient")?;
                 let list = c.api.patient_records(&id.to_string(), true).await?;
                 if list.records.is_empty() {
                     out!("no records await confirmation by {id}");
@@ -233,7 +245,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             RecordCommand::Get { slip, out, client: args } => {
                 let reader = key(&args)?;
                 let slip = hash_arg(&slip, "slip")?;
-                let c = Client::connect(&args.node).await?;
+                let c = Client::connect_as(&args.node, &reader).await?;
                 let plaintext = c.read(&reader, &slip).await?;
                 std::fs::write(&out, &plaintext)
                     .with_context(|| format!("writing {}", out.display()))?;
@@ -245,7 +257,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             }
             RecordCommand::Verify { slip, client: args } => {
                 let slip = hash_arg(&slip, "slip")?;
-                let c = Client::connect(&args.node).await?;
+                let (c, k) = connect(&args).await?;
                 let v = c
                     .api
                     .verify(&slip.to_hex())
@@ -258,9 +270,13 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     v.ciphertext_hash_on_chain,
                     v.ciphertext_hash_stored.as_deref().unwrap_or("-")
                 );
-                if status == IntegrityStatus::Intact && args.key.is_some() {
-                    let reader = key(&args)?;
-                    c.read(&reader, &slip).await?;
+                // An authority checks the ciphertext; it has no key that decrypts records.
+                let reader = k.as_ref().filter(|k| {
+                    let me = k.signing_key().identity().to_string();
+                    !c.chain.authorities.iter().any(|a| a.identity == me)
+                });
+                if let (IntegrityStatus::Intact, Some(reader)) = (status, reader) {
+                    c.read(reader, &slip).await?;
                     out!("plaintext hash matches H(M) on chain");
                 }
                 if status != IntegrityStatus::Intact {
@@ -293,7 +309,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Grant { to, scope, actions, until, client: args } => {
                 let patient = key(&args)?;
                 let grantee = identity_arg(&to)?;
-                let c = Client::connect(&args.node).await?;
+                let c = Client::connect_as(&args.node, &patient).await?;
                 let grantee_key = encryption_key(&c.identity(&grantee).await?)?;
                 let grant = build_grant(
                     &c.chain,
@@ -314,7 +330,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Request { patient, scope, actions, until, purpose, client: args } => {
                 let me = key(&args)?;
                 let patient = identity_arg(&patient)?;
-                let c = Client::connect(&args.node).await?;
+                let c = Client::connect_as(&args.node, &me).await?;
                 let tx = c.sign(
                     &me,
                     Payload::ConsentRequest(v1::ConsentRequest {
@@ -332,7 +348,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Approve { request, client: args } => {
                 let patient = key(&args)?;
                 let req_id = hash_arg(&request, "request")?;
-                let c = Client::connect(&args.node).await?;
+                let c = Client::connect_as(&args.node, &patient).await?;
                 let me = patient.signing_key().identity();
                 let list = c.api.consent_of_patient(&me.to_string()).await?;
                 let req = list
@@ -394,12 +410,12 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 );
             }
             ConsentCommand::List { patient, grantee, client: args } => {
-                let c = Client::connect(&args.node).await?;
+                let (c, k) = connect(&args).await?;
                 let v = match (patient, grantee) {
                     (Some(p), None) => c.api.consent_of_patient(&identity_arg(&p)?.to_string()).await?,
                     (None, Some(g)) => c.api.consent_of_grantee(&identity_arg(&g)?.to_string()).await?,
                     (None, None) => {
-                        let me = subject(None, &args, "patient")?;
+                        let me = subject(None, k.as_ref(), "patient")?;
                         c.api.consent_of_patient(&me.to_string()).await?
                     }
                     _ => bail!("give --patient or --grantee, not both"),
@@ -442,7 +458,7 @@ pub fn audit(args: AuditArgs) -> Result<()> {
             (None, None, Some(a)) => format!("actor={}", identity_arg(a)?),
             _ => bail!("give one of --record SLIP, --patient ID, --actor ID"),
         };
-        let c = Client::connect(&args.client.node).await?;
+        let (c, _) = connect(&args.client).await?;
         let events = c.api.audit(&query).await?.events;
         if args.json {
             out!("{}", serde_json::to_string_pretty(&events)?);
@@ -464,6 +480,23 @@ pub fn audit(args: AuditArgs) -> Result<()> {
             );
         }
         eprintln!("{} events", events.len());
+        Ok(())
+    })
+}
+
+/// `medchain token`: a bearer token for `--node`, as `--key`.
+pub fn token(args: ClientArgs) -> Result<()> {
+    runtime()?.block_on(async move {
+        let k = key(&args)?;
+        let c = Client::connect_as(&args.node, &k).await?;
+        let token = c.api.authenticate().await?;
+        out!("{}", token.token);
+        eprintln!(
+            "token for {} at {}, valid until {}",
+            token.identity,
+            c.api.base(),
+            time_text(token.expires_ms)
+        );
         Ok(())
     })
 }

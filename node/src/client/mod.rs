@@ -8,13 +8,14 @@ pub mod consent;
 pub mod records;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use medchain_api::{ApiClient, IdentityInfo, TransactionInfo};
+use medchain_api::{ApiClient, Authenticator, Challenge, IdentityInfo, TransactionInfo};
 use medchain_crypto::keys::{EncryptionPublicKey, KeyMaterial};
 use medchain_crypto::keystore;
-use medchain_crypto::{Hash32, Identity};
+use medchain_crypto::{Hash32, Identity, SigningKey};
 use medchain_proto::canonical::Canonical;
 use medchain_proto::ledger::sign_transaction;
 use medchain_proto::v1;
@@ -55,6 +56,55 @@ pub fn fresh_nonce() -> u64 {
 
 pub use crate::clock::now_ms;
 
+/// Answers a node's authentication challenges with a user's key: only for the chain this client
+/// connected to, and only for a node that is one of its validators (a challenge relayed from
+/// somewhere else gets no signature).
+struct KeyAuth {
+    key: SigningKey,
+    chain: ChainInfo,
+}
+
+impl std::fmt::Debug for KeyAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyAuth({})", self.key.identity())
+    }
+}
+
+impl Authenticator for KeyAuth {
+    fn identity(&self) -> String {
+        self.key.identity().to_string()
+    }
+
+    fn respond(&self, challenge: &Challenge) -> std::result::Result<String, String> {
+        if challenge.chain_id != self.chain.chain_id {
+            return Err(format!(
+                "the node's challenge is for chain {:?}; this client works on chain {:?}",
+                challenge.chain_id, self.chain.chain_id
+            ));
+        }
+        if !self
+            .chain
+            .validators
+            .iter()
+            .any(|v| v.identity == challenge.node)
+        {
+            return Err(format!(
+                "the node names itself {}, which is no validator of chain {}",
+                challenge.node, self.chain.chain_id
+            ));
+        }
+        let node: Identity = challenge
+            .node
+            .parse()
+            .map_err(|e| format!("the node names itself {:?}: {e}", challenge.node))?;
+        let bytes = hex::decode(&challenge.challenge)
+            .map_err(|_| "the node's challenge is not hex".to_string())?;
+        let signature =
+            medchain_proto::auth::sign_response(&self.key, &self.chain.chain_id, &node, &bytes);
+        Ok(hex::encode(signature.as_bytes()))
+    }
+}
+
 /// A connection to one node's API, with the chain it serves.
 #[derive(Debug)]
 pub struct Client {
@@ -69,12 +119,26 @@ impl Client {
         Ok(Client { api, chain })
     }
 
+    /// A connection that authenticates as `key` (the endpoints that show patient data answer
+    /// only an authenticated caller, and only what that caller may see).
+    pub async fn connect_as(node: &str, key: &KeyMaterial) -> Result<Self> {
+        let c = Self::connect(node).await?;
+        let auth = Arc::new(KeyAuth {
+            key: key.signing_key(),
+            chain: c.chain.clone(),
+        });
+        Ok(Client {
+            api: c.api.with_authenticator(auth),
+            chain: c.chain,
+        })
+    }
+
     /// The registered participant `id`.
     pub async fn identity(&self, id: &Identity) -> Result<IdentityInfo> {
         match self.api.identity(&id.to_string()).await? {
             Some(info) => Ok(info),
             None => bail!(
-                "{id} is not registered on chain {}; an authority registers it with `medchain identity register`",
+                "{id} is not registered on chain {} (or not visible to you); an authority registers it with `medchain identity register`",
                 self.chain.chain_id
             ),
         }

@@ -194,9 +194,10 @@ impl Client {
 
     /// Reads a record through the node: a signed, fresh request; the patient gets the
     /// ciphertext, a grantee a capsule fragment too. Checks the plaintext against H(M) on chain.
+    ///
+    /// The request goes first: a reader without access learns nothing of the record, and her
+    /// attempt is on the audit trail; one the node served may see the record's slip.
     pub async fn read(&self, reader: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
-        let info = self.record(slip).await?;
-        let expected = info.slip.slip.record_hash;
         let node = self.validator_identity().await?;
         let mut nonce = vec![0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -216,6 +217,7 @@ impl Client {
             .read(&slip.to_hex(), signed.canonical_bytes())
             .await?;
         let resp = v1::ReadResponse::decode_canonical(&answer)?;
+        let expected = self.record(slip).await?.slip.slip.record_hash;
         let record = EncryptedRecord::from_bytes(&resp.ciphertext)?;
         let plaintext = if resp.capsule_fragment.is_empty() {
             decrypt_record(&reader.encryption_key(), &record)

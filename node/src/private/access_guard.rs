@@ -12,6 +12,9 @@ use crate::config::AccessConfig;
 /// How far a read request's timestamp may be from the node's clock.
 pub const FRESHNESS_MS: u64 = 120_000;
 
+/// How long a seen request is remembered: past this it is stale whatever its timestamp said.
+pub const REMEMBER_MS: u64 = 2 * FRESHNESS_MS;
+
 /// Why a read is not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -91,7 +94,7 @@ impl AccessGuard {
         if skew.unsigned_abs() > FRESHNESS_MS {
             return Err(Refusal::Stale { skew_ms: skew });
         }
-        self.seen.retain(|_, at| *at + 2 * FRESHNESS_MS > now_ms);
+        self.seen.retain(|_, at| *at + REMEMBER_MS > now_ms);
         if self.seen.insert(*request, now_ms).is_some() {
             return Err(Refusal::Replay);
         }
@@ -116,6 +119,14 @@ impl AccessGuard {
         Ok(())
     }
 
+    /// Takes back the requests an earlier run of this node admitted (from the store, with the
+    /// time each is remembered until), so that a restart does not reopen them to replay.
+    pub fn restore(&mut self, seen: impl IntoIterator<Item = (Hash32, u64)>) {
+        for (request, until) in seen {
+            self.seen.insert(request, until.saturating_sub(REMEMBER_MS));
+        }
+    }
+
     /// An authority reinstated the identity: it may be flagged again later.
     pub fn reinstated(&mut self, id: &Identity) {
         self.flagged.remove(id);
@@ -127,6 +138,19 @@ impl AccessGuard {
 mod tests {
     use super::*;
     use medchain_crypto::SigningKey;
+
+    #[test]
+    fn restored_requests_are_replays_until_they_would_be_stale() {
+        let mut g = guard(10, 10);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        // Admitted at t = 1000 by the node's previous run.
+        g.restore([(h(1), 1_000 + REMEMBER_MS)]);
+        assert_eq!(
+            g.admit(2_000, &id(1), ip, &h(1), 1_500),
+            Err(Refusal::Replay)
+        );
+        assert_eq!(g.admit(2_000, &id(1), ip, &h(2), 1_500), Ok(()));
+    }
 
     fn id(n: u8) -> Identity {
         SigningKey::from_bytes(&[n; 32]).unwrap().identity()

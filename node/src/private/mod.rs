@@ -159,7 +159,14 @@ pub fn start(
     let (submit_tx, submit_rx) = mpsc::channel(16_384);
     let node_key = Arc::new(keys);
     let metrics = Arc::new(crate::metrics::Metrics::new(network.traffic.clone()));
-    let access = Arc::new(Mutex::new(AccessGuard::new(loaded.config.access.clone())));
+    let mut guard = AccessGuard::new(loaded.config.access.clone());
+    // Read requests this node admitted before it stopped stay replays after the restart.
+    guard.restore(
+        store
+            .remembered_read_requests(now_ms())
+            .context("loading the read requests this node served before it stopped")?,
+    );
+    let access = Arc::new(Mutex::new(guard));
     let (blocks, _) = broadcast::channel(BLOCK_EVENTS);
     let handle = NodeHandle {
         blocks: blocks.clone(),

@@ -27,6 +27,93 @@ pub fn client(addr: &str) -> ApiClient {
     ApiClient::new(addr).expect("a node API address")
 }
 
+/// Answers a node's challenges with a test participant's key (the CLI has its own, which
+/// also checks the node against the chain's validators).
+#[derive(Debug)]
+pub struct KeyAuth(pub KeyMaterial);
+
+impl medchain_api::Authenticator for KeyAuth {
+    fn identity(&self) -> String {
+        self.0.signing_key().identity().to_string()
+    }
+
+    fn respond(&self, challenge: &medchain_api::Challenge) -> Result<String, String> {
+        let node: medchain_crypto::Identity = challenge.node.parse().map_err(|e| format!("{e}"))?;
+        let bytes = hex::decode(&challenge.challenge).map_err(|e| e.to_string())?;
+        let signature = medchain_proto::auth::sign_response(
+            &self.0.signing_key(),
+            &challenge.chain_id,
+            &node,
+            &bytes,
+        );
+        Ok(hex::encode(signature.as_bytes()))
+    }
+}
+
+/// The API client of the node at `addr`, authenticated as `key`.
+pub fn client_as(addr: &str, key: &KeyMaterial) -> ApiClient {
+    client(addr).with_authenticator(std::sync::Arc::new(KeyAuth(key.clone())))
+}
+
+/// A bearer token of the node at `addr` for `key`.
+pub fn token(addr: &str, key: &KeyMaterial) -> String {
+    call(client_as(addr, key).authenticate())
+        .expect("a token")
+        .token
+}
+
+/// Like [`http`], as the caller `key` (a bearer token fetched first).
+pub fn http_as(
+    addr: &str,
+    key: &KeyMaterial,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let method: medchain_api::Method = method.parse().expect("an HTTP method");
+    let body = body.unwrap_or("").as_bytes().to_vec();
+    let (status, bytes) =
+        call(client_as(addr, key).send(method, path, "application/json", body.into())).ok()?;
+    Some((
+        status.as_u16(),
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ))
+}
+
+/// One raw HTTP/1.1 request (`Connection: close`) with the given extra header lines and no
+/// body, as curl would send it; returns (status, body). A `Content-Length` header among them
+/// announces a body that never comes (to see whether the node answers before reading it).
+pub fn raw_http(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the node's API");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("content-length:"))
+    {
+        req.push_str("Content-Length: 0\r\n");
+    }
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Runs one call of the library client to completion.
 pub fn call<T>(f: impl std::future::Future<Output = T>) -> T {
     runtime().block_on(f)
