@@ -209,6 +209,23 @@ fn patient_data_answers_only_authenticated_authorized_callers() {
         .expect_err("a token for someone else's identity")
         .to_string();
     assert!(e.contains("401"), "{e}");
+    // A junk signature for an identity says nothing about whether it is registered.
+    for who in [
+        alice.clone(),
+        KeyMaterial::generate().signing_key().identity().to_string(),
+    ] {
+        let fresh: Challenge =
+            call(api.post_json("/v1/auth/challenge", &serde_json::Map::new())).unwrap();
+        let junk = TokenRequest {
+            identity: who,
+            challenge: fresh.challenge,
+            signature: "00".repeat(64),
+        };
+        let e = call(api.post_json::<_, medchain_api::Token>("/v1/auth/token", &junk))
+            .expect_err("a junk signature got a token")
+            .to_string();
+        assert!(e.contains("401") && !e.contains("registered"), "{e}");
+    }
     let stranger = KeyMaterial::generate();
     let e = call(client_as(&n0, &stranger).authenticate())
         .expect_err("an unregistered key got a token")
@@ -258,6 +275,39 @@ fn patient_data_answers_only_authenticated_authorized_callers() {
     assert_eq!(code, 404);
     let listing = json(&http_as(&n0, doc_b, "GET", &mine, None).unwrap().1);
     assert_eq!(listing["records"].as_array().unwrap().len(), 0);
+    // Dr B asks to read it and is refused: her own audit line does not name the patient, and
+    // it does not appear under the patient either.
+    let node = format!("http://{n0}");
+    let out = medchain_with_env(
+        &[
+            "record",
+            "get",
+            &slip,
+            "--out",
+            tmp.path().join("b.json").to_str().unwrap(),
+            "--key",
+            &path("doc_b"),
+        ],
+        &[("MEDCHAIN_NODE", &node)],
+    );
+    assert!(!out.status.success());
+    let b_id = id("doc_b");
+    let as_b = |query: &str| -> Vec<Value> {
+        let body = http_as(&n0, doc_b, "GET", &format!("/v1/audit?{query}"), None)
+            .unwrap()
+            .1;
+        json(&body)["events"].as_array().unwrap().clone()
+    };
+    assert!(net.wait(10, |_| as_b(&format!("actor={b_id}"))
+        .iter()
+        .any(|e| e["op"] == "read-refused")));
+    for e in as_b(&format!("actor={b_id}")) {
+        assert!(
+            e["patient"].is_null(),
+            "Dr B learned whose record it is: {e}"
+        );
+    }
+    assert!(as_b(&format!("patient={alice}")).is_empty());
     let doc_a = &keys["doc_a"];
     let listing = json(&http_as(&n0, doc_a, "GET", &mine, None).unwrap().1);
     assert_eq!(listing["records"].as_array().unwrap().len(), 1);
@@ -319,6 +369,30 @@ fn patient_data_answers_only_authenticated_authorized_callers() {
         e.contains("403") && e.contains("only a registered doctor"),
         "{e}"
     );
+    // A patient's 16 MiB upload is refused from its headers too.
+    let alice_bearer = format!("Authorization: Bearer {}", token(&n0, &keys["alice"]));
+    let (code, body) = raw_http(
+        &n0,
+        "POST",
+        "/v1/records",
+        &[
+            &alice_bearer,
+            "Content-Type: application/x-protobuf",
+            "Content-Length: 16777216",
+        ],
+    );
+    assert_eq!(code, 403, "{body}");
+    // One key cannot hoard tokens (and so lock others out of authenticating).
+    let hoarded = (0..130)
+        .map(|_| call(client_as(&n0, &keys["carol"]).authenticate()))
+        .filter_map(Result::err)
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>();
+    assert!(
+        hoarded.iter().any(|e| e.contains("429")),
+        "130 tokens in a row: {hoarded:?}"
+    );
+    token(&n0, &keys["doc_a"]);
     let after: Vec<usize> = (0..4).map(|i| stored_records(&net.home(i))).collect();
     assert_eq!(before, after, "a refused upload left a ciphertext behind");
 

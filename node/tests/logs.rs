@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::Value;
-use support::devnet::{http, http_as, registration_tx, submit_body, tx_id, Devnet};
+use support::devnet::{client_as, http, http_with, registration_tx, submit_body, tx_id, Devnet};
 
 #[test]
 fn json_logs_by_config_with_consensus_events_and_refusals() {
@@ -25,10 +25,9 @@ fn json_logs_by_config_with_consensus_events_and_refusals() {
     assert_eq!(code, 202, "{body}");
     assert!(net.wait(30, |d| d.committed(0) >= 1 && d.committed(1) >= 1));
     let id = tx_id(&tx);
-    let authority = net.authority();
-    assert!(net.wait(10, |d| http_as(
-        &d.apis[0],
-        &authority,
+    let registry = client_as(&net.apis[0], &net.authority());
+    assert!(net.wait(10, |_| http_with(
+        &registry,
         "GET",
         &format!("/v1/transactions/{id}"),
         None

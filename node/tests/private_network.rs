@@ -186,10 +186,10 @@ fn four_nodes_commit_survive_crashes_and_catch_up() {
     assert_eq!(unique.len(), 1_400);
     for i in 0..4 {
         assert_eq!(net.committed(i), 1_400);
+        let registry = support::devnet::client_as(&net.apis[i], &authority);
         for id in accepted.iter().step_by(7) {
-            let (code, body) = support::devnet::http_as(
-                &net.apis[i],
-                &authority,
+            let (code, body) = support::devnet::http_with(
+                &registry,
                 "GET",
                 &format!("/v1/transactions/{id}"),
                 None,

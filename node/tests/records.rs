@@ -15,7 +15,7 @@ mod support;
 
 use medchain_crypto::keys::KeyMaterial;
 use serde_json::Value;
-use support::devnet::{http, http_as, Devnet};
+use support::devnet::{http, http_as, http_with, Devnet};
 use support::{medchain_with_env, text};
 
 /// A FHIR R4 example resource from HL7's fhir-test-cases (`tests/data/fhir/`, Apache-2.0).
@@ -63,9 +63,21 @@ fn settle(net: &Devnet) {
     );
 }
 
-/// The ops of a record's audit trail as `who` sees it.
+/// The ops of a record's audit trail as `who` sees it (one authenticated client per node and
+/// caller, kept: the tests poll this).
 fn audit_ops(api: &str, who: &KeyMaterial, slip: &str) -> Vec<String> {
-    let (_, body) = http_as(api, who, "GET", &format!("/v1/audit?record={slip}"), None).unwrap();
+    type Clients = std::collections::HashMap<(String, String), medchain_api::ApiClient>;
+    thread_local! {
+        static CLIENTS: std::cell::RefCell<Clients> = Default::default();
+    }
+    let me = who.signing_key().identity().to_string();
+    let client = CLIENTS.with(|c| {
+        c.borrow_mut()
+            .entry((api.to_string(), me))
+            .or_insert_with(|| support::devnet::client_as(api, who))
+            .clone()
+    });
+    let (_, body) = http_with(&client, "GET", &format!("/v1/audit?record={slip}"), None).unwrap();
     let v: Value = serde_json::from_str(&body).unwrap();
     v["events"]
         .as_array()

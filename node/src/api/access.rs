@@ -106,6 +106,14 @@ impl Caller {
         self.is(&r.patient) || self.is(&r.requester) || self.supervises()
     }
 
+    /// The patient named by an audit line: hidden from the actor of a refused read (a reader
+    /// without access must not learn whose record she asked for).
+    pub fn may_see_patient_of(&self, e: &AuditEvent) -> bool {
+        e.op != "read-refused"
+            || self.supervises()
+            || e.patient.as_deref().is_some_and(|p| self.is(p))
+    }
+
     /// One line of an audit trail: what the caller did, what was done about her, or all of it
     /// for an authority.
     pub fn may_see_audit_event(&self, e: &AuditEvent) -> bool {

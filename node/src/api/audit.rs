@@ -45,18 +45,26 @@ pub async fn audit(
             ))
         }
     };
+    let by_patient = matches!(subject, AuditSubject::Patient(_)).then_some(());
     let events = queries(&node)
         .audit(subject)
         .map_err(internal)?
         .into_iter()
         .filter(|e| caller.may_see_audit_event(e))
+        // A line whose patient the caller may not see cannot be listed under that patient
+        // either (it would name her all the same).
+        .filter(|e| by_patient.is_none() || caller.may_see_patient_of(e))
         .map(|e| AuditEntry {
+            patient: e
+                .patient
+                .as_deref()
+                .filter(|_| caller.may_see_patient_of(&e))
+                .map(ident_text),
             op: e.op,
             height: e.height,
             index: e.index,
             time_ms: e.time_ms,
             actor: ident_text(&e.actor),
-            patient: e.patient.as_deref().map(ident_text),
             record: e.record.map(hex::encode),
             detail: e.detail,
             transaction: hex::encode(e.transaction),

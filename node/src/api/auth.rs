@@ -35,7 +35,11 @@ pub const CHALLENGE_LIFETIME_MS: u64 = 60_000;
 pub const TOKEN_LIFETIME_MS: u64 = 600_000;
 /// At most this many answered, unexpired challenges are remembered; beyond it new tokens wait
 /// (503) until the oldest expire, rather than the node growing without bound.
-const MAX_ANSWERED: usize = 100_000;
+const MAX_ANSWERED: usize = 1_000_000;
+/// At most this many tokens per identity per challenge lifetime (a client needs one per ten
+/// minutes; a script of CLI commands, one per command), so that one key cannot fill the
+/// answered set and lock everyone else out: that would take thousands of registered keys.
+const TOKENS_PER_IDENTITY: usize = 120;
 
 const NONCE_LEN: usize = 16;
 const CHALLENGE_LEN: usize = NONCE_LEN + 8 + 16;
@@ -50,6 +54,8 @@ pub struct Gate {
     validators: HashSet<Identity>,
     /// Answered challenges (by their MAC) and when they expire.
     answered: Mutex<HashMap<Hash32, u64>>,
+    /// When each identity's recent tokens were issued (within a challenge lifetime).
+    issued: Mutex<HashMap<Identity, Vec<u64>>>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -79,6 +85,7 @@ impl Gate {
                 .filter_map(|v| v.identity.parse().ok())
                 .collect(),
             answered: Mutex::default(),
+            issued: Mutex::default(),
         }
     }
 
@@ -151,12 +158,6 @@ impl Gate {
                 "the challenge expired (answer within 60 s): ask POST /v1/auth/challenge for a new one",
             ));
         }
-        if !self.known(node, &id)? {
-            return Err(ApiError(
-                StatusCode::FORBIDDEN,
-                format!("{id} is not registered on this chain; an authority registers it with `medchain identity register`"),
-            ));
-        }
         let signature =
             hex::decode(req.signature.trim()).map_err(|_| bad("`signature` must be hex"))?;
         verify_response(&id, &signature, &self.chain_id, &self.node, &challenge).map_err(|e| {
@@ -165,6 +166,15 @@ impl Gate {
                 self.chain_id, self.node
             ))
         })?;
+        // Only after the signature: a caller who does not hold the key learns nothing about
+        // whether the identity is registered.
+        if !self.known(node, &id)? {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("{id} is not registered on this chain; an authority registers it with `medchain identity register`"),
+            ));
+        }
+        self.within_quota(&id, now)?;
         self.mark_answered(expected, expires, now)?;
         let expires = now + TOKEN_LIFETIME_MS;
         let tag = self.token_tag(&id, expires);
@@ -174,6 +184,24 @@ impl Gate {
             identity: id.to_string(),
             expires_ms: expires,
         })
+    }
+
+    /// Refuses an identity that asked for too many tokens within a challenge lifetime.
+    fn within_quota(&self, id: &Identity, now: u64) -> Result<(), ApiError> {
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        if issued.len() >= MAX_ANSWERED {
+            issued.retain(|_, times| times.iter().any(|t| t + CHALLENGE_LIFETIME_MS > now));
+        }
+        let times = issued.entry(*id).or_default();
+        times.retain(|t| t + CHALLENGE_LIFETIME_MS > now);
+        if times.len() >= TOKENS_PER_IDENTITY {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{id} asked for {TOKENS_PER_IDENTITY} tokens within a minute; a token lasts ten minutes: reuse it"),
+            ));
+        }
+        times.push(now);
+        Ok(())
     }
 
     /// Remembers an answered challenge until it expires; a second answer is a replay.
@@ -333,6 +361,30 @@ impl axum::extract::OptionalFromRequestParts<NodeHandle> for Caller {
         let gate = gate(parts)?;
         let id = gate.check(token, now_ms())?;
         gate.caller(node, id).map(Some)
+    }
+}
+
+/// A caller who may upload records (a doctor in good standing), checked from the headers, so a
+/// refused caller's body is never read.
+#[derive(Clone, Debug)]
+pub struct Uploader(pub Caller);
+
+impl FromRequestParts<NodeHandle> for Uploader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &NodeHandle) -> Result<Self, ApiError> {
+        let caller =
+            <Caller as FromRequestParts<NodeHandle>>::from_request_parts(parts, node).await?;
+        if !caller.may_upload() {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} may not upload records: only a registered doctor in good standing writes records",
+                    caller.id
+                ),
+            ));
+        }
+        Ok(Uploader(caller))
     }
 }
 

@@ -149,9 +149,18 @@ async fn read_checked(
 /// that restarts remembers it (until it could no longer be fresh), so it cannot be replayed
 /// there before its access record commits.
 async fn remember(node: &NodeHandle, request: &Hash32, now: u64) -> Result<(), ApiError> {
+    /// Every this many admitted requests, the expired ones are forgotten on disk too.
+    const PRUNE_EVERY: u64 = 256;
+    static ADMITTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prune = ADMITTED
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(PRUNE_EVERY);
     let store = node.store.clone();
     let request = *request;
     tokio::task::spawn_blocking(move || {
+        if prune {
+            store.forget_expired_read_requests(now)?;
+        }
         store.remember_read_request(&request, now + crate::private::access_guard::REMEMBER_MS)
     })
     .await
@@ -159,7 +168,7 @@ async fn remember(node: &NodeHandle, request: &Hash32, now: u64) -> Result<(), A
     .map_err(|e| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("this node cannot record the read request now ({e}); retry shortly"),
+            format!("this node cannot record the read request now ({e}); retry shortly with a newly signed request"),
         )
     })
 }
@@ -176,6 +185,29 @@ fn serve_read(
         .map_err(|e| forbidden(e.to_string()))?;
     contracts::not_suspended(&ov, &req.reader).map_err(|e| forbidden(e.to_string()))?;
     let entry = contracts::slip_entry(&ov, &req.slip_id).map_err(|e| not_found(e.to_string()))?;
+    // Access first: a reader without it learns nothing more of the record (not that it was
+    // deleted, nor where it is stored).
+    let grant = if req.reader.as_bytes() == entry.patient.as_slice() {
+        None
+    } else {
+        let found = contracts::find_grant(
+            &ov,
+            &req.reader,
+            &req.slip_id,
+            &entry,
+            v1::ConsentAction::Read,
+            now,
+            &node.store,
+        )
+        .map_err(internal)?;
+        let Some(found) = found else {
+            return Err(forbidden(format!(
+                "{} holds no valid grant to read record {} (none, expired or revoked); ask the patient with `medchain consent request`",
+                req.reader, req.slip_id
+            )));
+        };
+        Some(found)
+    };
     if let Some(h) = entry.deleted_height {
         return Err(refused(
             StatusCode::GONE,
@@ -209,7 +241,7 @@ fn serve_read(
             ),
         ));
     }
-    if req.reader.as_bytes() == entry.patient.as_slice() {
+    let Some((grant_id, grant)) = grant else {
         return Ok((
             v1::ReadResponse {
                 ciphertext: blob,
@@ -218,22 +250,6 @@ fn serve_read(
             "owner".into(),
             None,
         ));
-    }
-    let found = contracts::find_grant(
-        &ov,
-        &req.reader,
-        &req.slip_id,
-        &entry,
-        v1::ConsentAction::Read,
-        now,
-        &node.store,
-    )
-    .map_err(internal)?;
-    let Some((grant_id, grant)) = found else {
-        return Err(forbidden(format!(
-            "{} holds no valid grant to read record {} (none, expired or revoked); ask the patient with `medchain consent request`",
-            req.reader, req.slip_id
-        )));
     };
     let fragment = node
         .store

@@ -18,7 +18,7 @@ use medchain_proto::canonical::{limits, Canonical};
 use medchain_proto::v1::{self, transaction_body::Payload};
 use serde::Deserialize;
 
-use crate::api::auth::Caller;
+use crate::api::auth::{Caller, Uploader};
 use crate::api::{
     bad, internal, not_found, parse_hash, parse_identity, queries, slip_json, ApiError,
 };
@@ -35,19 +35,10 @@ use medchain_ledger::contracts::state::SlipEntry;
 /// the body is read, so a stranger cannot make the node buffer 16 MiB.
 pub async fn upload(
     State(node): State<NodeHandle>,
-    caller: Caller,
+    Uploader(caller): Uploader,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let result = match caller.may_upload() {
-        true => upload_checked(&node, &caller, body).await,
-        false => Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} may not upload records: only a registered doctor in good standing writes records",
-                caller.id
-            ),
-        )),
-    };
+    let result = upload_checked(&node, &caller, body).await;
     let outcome = if result.is_ok() {
         "accepted"
     } else {

@@ -12,8 +12,10 @@ use crate::config::AccessConfig;
 /// How far a read request's timestamp may be from the node's clock.
 pub const FRESHNESS_MS: u64 = 120_000;
 
-/// How long a seen request is remembered: past this it is stale whatever its timestamp said.
-pub const REMEMBER_MS: u64 = 2 * FRESHNESS_MS;
+/// How long a seen request is remembered: past this it is stale whatever its timestamp said
+/// (a request up to `FRESHNESS_MS` ahead, admitted at t, is fresh until t + 2 x FRESHNESS_MS
+/// inclusive).
+pub const REMEMBER_MS: u64 = 2 * FRESHNESS_MS + 1;
 
 /// Why a read is not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]

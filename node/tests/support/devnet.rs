@@ -62,7 +62,9 @@ pub fn token(addr: &str, key: &KeyMaterial) -> String {
         .token
 }
 
-/// Like [`http`], as the caller `key` (a bearer token fetched first).
+/// Like [`http`], as the caller `key` (a bearer token fetched first). A test that asks many
+/// times should keep one [`client_as`] and use [`http_with`]: a node gives one identity at most
+/// 120 tokens a minute.
 pub fn http_as(
     addr: &str,
     key: &KeyMaterial,
@@ -70,10 +72,19 @@ pub fn http_as(
     path: &str,
     body: Option<&str>,
 ) -> Option<(u16, String)> {
+    http_with(&client_as(addr, key), method, path, body)
+}
+
+/// Like [`http`], through `client` (which keeps and renews its token).
+pub fn http_with(
+    client: &ApiClient,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     let method: medchain_api::Method = method.parse().expect("an HTTP method");
     let body = body.unwrap_or("").as_bytes().to_vec();
-    let (status, bytes) =
-        call(client_as(addr, key).send(method, path, "application/json", body.into())).ok()?;
+    let (status, bytes) = call(client.send(method, path, "application/json", body.into())).ok()?;
     Some((
         status.as_u16(),
         String::from_utf8_lossy(&bytes).into_owned(),

@@ -31,12 +31,19 @@ impl Store {
         Ok(())
     }
 
-    /// The read requests remembered and not expired at `now_ms` (expiring later), with their
-    /// expiry; forgets the expired ones.
-    pub fn remembered_read_requests(&self, now_ms: u64) -> Result<Vec<(Hash32, u64)>, StoreError> {
+    /// Forgets the read requests that expired by `now_ms` (one range delete).
+    pub fn forget_expired_read_requests(&self, now_ms: u64) -> Result<(), StoreError> {
         let cf = self.cf(CF_META);
         self.db
             .delete_range_cf(cf, key(0, &Hash32::ZERO), key(now_ms + 1, &Hash32::ZERO))?;
+        Ok(())
+    }
+
+    /// The read requests remembered and not expired at `now_ms` (expiring later), with their
+    /// expiry; forgets the expired ones.
+    pub fn remembered_read_requests(&self, now_ms: u64) -> Result<Vec<(Hash32, u64)>, StoreError> {
+        self.forget_expired_read_requests(now_ms)?;
+        let cf = self.cf(CF_META);
         let mut out = Vec::new();
         for item in self
             .db
