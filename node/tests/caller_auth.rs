@@ -72,38 +72,20 @@ fn patient_data_answers_only_authenticated_authorized_callers() {
     };
     let authority_file = net.dir.join("authority.key").to_str().unwrap().to_string();
     let authority = net.authority();
-    let mut keys = std::collections::HashMap::new();
-    for (name, role) in [
+    let names = [
         ("doc_a", "doctor"),
         ("doc_b", "doctor"),
         ("alice", "patient"),
         ("carol", "patient"),
-    ] {
-        ok(
-            &n0,
-            &["keygen", "--out", &path(name), "--insecure-plaintext"],
-        );
-        let card = users.join(format!("{name}.card.json"));
-        ok(
-            &n0,
-            &[
-                "identity",
-                "register",
-                "--card",
-                card.to_str().unwrap(),
-                "--role",
-                role,
-                "--name",
-                name,
-                "--key",
-                &authority_file,
-            ],
-        );
-        keys.insert(
-            name,
-            keystore::read_key_file(Path::new(&path(name)), None).unwrap(),
-        );
-    }
+    ];
+    support::register_participants(&n0, &users, &authority_file, &names);
+    let keys: std::collections::HashMap<&str, KeyMaterial> = names
+        .iter()
+        .map(|(name, _)| {
+            let key = keystore::read_key_file(Path::new(&path(name)), None).unwrap();
+            (*name, key)
+        })
+        .collect();
     let id = |name: &str| keys[name].signing_key().identity().to_string();
     let alice = id("alice");
     let slip = ok(

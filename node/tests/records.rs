@@ -115,32 +115,16 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     let auth = net.authority();
 
     // Register two doctors and a patient.
-    for (name, role) in [
-        ("doc_a", "doctor"),
-        ("doc_b", "doctor"),
-        ("patient", "patient"),
-    ] {
-        ok(
-            &n0,
-            &["keygen", "--out", &key(name), "--insecure-plaintext"],
-        );
-        let card = users.join(format!("{name}.card.json"));
-        ok(
-            &n0,
-            &[
-                "identity",
-                "register",
-                "--card",
-                card.to_str().unwrap(),
-                "--role",
-                role,
-                "--name",
-                name,
-                "--key",
-                &authority,
-            ],
-        );
-    }
+    support::register_participants(
+        &n0,
+        &users,
+        &authority,
+        &[
+            ("doc_a", "doctor"),
+            ("doc_b", "doctor"),
+            ("patient", "patient"),
+        ],
+    );
     let patient = identity_of(&users, "patient");
     let doc_b = identity_of(&users, "doc_b");
     // One identity per participant.

@@ -63,3 +63,37 @@ pub fn base_port(first: u16, width: u16, slots: u32) -> u16 {
     );
     first + (std::process::id() % slots) as u16 * width
 }
+
+/// Makes a plaintext development key for each `(name, role)` in `users` (`NAME.key` and its
+/// card `NAME.card.json`) with `medchain keygen`, and has the authority whose key file is
+/// `authority` register it through the node API `api` with `medchain identity register`.
+pub fn register_participants(api: &str, users: &Path, authority: &str, who: &[(&str, &str)]) {
+    let node = format!("http://{api}");
+    let run = |args: &[&str]| {
+        let out = medchain_with_env(args, &[("MEDCHAIN_NODE", &node)]);
+        let (o, e) = text(&out);
+        assert!(out.status.success(), "medchain {args:?} failed:\n{o}\n{e}");
+    };
+    for (name, role) in who {
+        let key = users.join(format!("{name}.key"));
+        run(&[
+            "keygen",
+            "--out",
+            key.to_str().unwrap(),
+            "--insecure-plaintext",
+        ]);
+        let card = users.join(format!("{name}.card.json"));
+        run(&[
+            "identity",
+            "register",
+            "--card",
+            card.to_str().unwrap(),
+            "--role",
+            role,
+            "--name",
+            name,
+            "--key",
+            authority,
+        ]);
+    }
+}
