@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 pub enum Role {
     Patient,
     Doctor,
+    /// A data user (contract rules 2): requests access and reads under a grant, never writes.
+    Insurer,
+    /// A data user (contract rules 2), as an insurer.
+    Researcher,
     Unspecified,
 }
 
@@ -16,6 +20,8 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::Patient => "patient",
             Role::Doctor => "doctor",
+            Role::Insurer => "insurer",
+            Role::Researcher => "researcher",
             Role::Unspecified => "unspecified",
         })
     }

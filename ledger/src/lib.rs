@@ -35,6 +35,18 @@ pub use known::{Decoded, Known, KNOWN_CAPACITY};
 pub const EXEC_KEY: &[u8] = b"pbft/exec";
 /// Chain-state key of the number of transactions that took effect (u64 big-endian).
 pub const COMMITTED_KEY: &[u8] = b"stats/committed";
+/// Chain-state key of the last block's timestamp (Unix ms, u64 big-endian), for checking the
+/// next proposal's. Chains written before it have none until their next block.
+pub const LAST_TIME_KEY: &[u8] = b"meta/last_block_ms";
+
+/// How far ahead of a backup's clock a proposed batch's timestamp may be. The primary chooses
+/// block time, and grant expiry and transaction windows are judged by it: a primary whose
+/// clock runs ahead (or lies) would otherwise expire every grant at once.
+pub const BATCH_FUTURE_MS: u64 = 60_000;
+/// How far a proposed batch's timestamp may fall behind the last block's: a lying primary
+/// cannot turn time back to revive expired grants by more than this, and honest clocks that
+/// differ a little do not stall the chain.
+pub const BATCH_PAST_MS: u64 = 60_000;
 
 /// Why a transaction is not acceptable.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -75,6 +87,9 @@ pub struct CheckedTx {
     /// Signer and nonce: at most one transaction with this key ever takes effect.
     pub replay_key: Vec<u8>,
     pub bytes: Vec<u8>,
+    /// Its signer's identity bytes and its payload's kind: the mempool's quotas count them.
+    pub signer: Vec<u8>,
+    pub kind: &'static str,
 }
 
 /// What [`PrivateLedger::commit`] wrote.
@@ -98,6 +113,8 @@ pub struct PrivateLedger {
     pub validators: ValidatorSet,
     /// Genesis authorities: they register participants.
     pub authorities: Vec<Identity>,
+    /// The contract rules of the chain (genesis `params.rules`, [`contracts::rules`]).
+    pub rules: u32,
     /// Decoded, verified transactions by the digest of their bytes: decoded once per node.
     known: Known,
 }
@@ -126,12 +143,14 @@ impl PrivateLedger {
         chain_id: String,
         validators: ValidatorSet,
         authorities: Vec<Identity>,
+        rules: u32,
     ) -> Self {
         PrivateLedger {
             store,
             chain_id,
             validators,
             authorities,
+            rules,
             known: Known::new(KNOWN_CAPACITY),
         }
     }
@@ -188,6 +207,11 @@ impl PrivateLedger {
             id,
             replay_key: nonce_key(&body.signer, body.nonce),
             bytes: bytes.to_vec(),
+            signer: body.signer.clone(),
+            kind: body
+                .payload
+                .as_ref()
+                .map_or("none", medchain_proto::records::payload_kind),
         })
     }
 
@@ -273,9 +297,17 @@ impl PrivateLedger {
             time_ms: now_ms,
             authorities: &self.authorities,
             validators: self.validators.members(),
+            rules: self.rules,
         };
         let mut ov = Overlay::new(&self.store);
-        contracts::execute(&mut ov, &ctx, &signer, checked.id, payload)?;
+        contracts::execute(
+            &mut ov,
+            &ctx,
+            &signer,
+            checked.id,
+            body.timestamp_ms,
+            payload,
+        )?;
         Ok(checked)
     }
 
@@ -401,10 +433,11 @@ impl PrivateLedger {
                 time_ms,
                 authorities: &self.authorities,
                 validators: self.validators.members(),
+                rules: self.rules,
             };
             let outcome = match (Identity::from_bytes(&body.signer), body.payload.as_ref()) {
                 (Ok(signer), Some(payload)) => {
-                    contracts::execute(&mut ov, &ctx, &signer, id, payload)
+                    contracts::execute(&mut ov, &ctx, &signer, id, body.timestamp_ms, payload)
                 }
                 _ => Err(ContractError::Refused("malformed signer or payload".into())),
             };
@@ -438,6 +471,7 @@ impl PrivateLedger {
             .unwrap_or(0);
         let total = before + effective.len() as u64;
         state.push((COMMITTED_KEY.to_vec(), Some(total.to_be_bytes().to_vec())));
+        state.push((LAST_TIME_KEY.to_vec(), Some(time_ms.to_be_bytes().to_vec())));
         let mut exec = committed.seq.to_be_bytes().to_vec();
         exec.extend_from_slice(exec_digest.as_bytes());
         state.push((EXEC_KEY.to_vec(), Some(exec)));
@@ -455,8 +489,30 @@ impl PrivateLedger {
     }
 }
 
-impl medchain_pbft::Application for PrivateLedger {
-    fn validate(&self, _seq: u64, batch: &v1::PbftBatch) -> Result<(), String> {
+impl PrivateLedger {
+    /// Whether a proposed batch may be ordered, judged at this replica's time `now_ms`: its
+    /// timestamp within [`BATCH_FUTURE_MS`] of the clock and [`BATCH_PAST_MS`] of the last
+    /// block, and every item well formed, signed and not executed.
+    pub fn validate_at(&self, batch: &v1::PbftBatch, now_ms: u64) -> Result<(), String> {
+        let t = batch.timestamp_ms;
+        if t > now_ms.saturating_add(BATCH_FUTURE_MS) {
+            return Err(format!(
+                "the batch's timestamp {t} ms is {} ms ahead of this replica's clock (limit {BATCH_FUTURE_MS} ms): the primary's clock is wrong",
+                t - now_ms
+            ));
+        }
+        let last = self
+            .store
+            .chain_state(LAST_TIME_KEY)
+            .map_err(|e| format!("reading the last block's time: {e}"))?
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        if t.saturating_add(BATCH_PAST_MS) < last {
+            return Err(format!(
+                "the batch's timestamp {t} ms is {} ms before the last block's {last} ms (limit {BATCH_PAST_MS} ms): the primary's clock is wrong",
+                last - t
+            ));
+        }
         let mut ids = HashSet::new();
         for (i, item) in batch.items.iter().enumerate() {
             let checked = self.check(item).map_err(|e| format!("item {i}: {e}"))?;
@@ -465,6 +521,15 @@ impl medchain_pbft::Application for PrivateLedger {
             }
         }
         Ok(())
+    }
+}
+
+impl medchain_pbft::Application for PrivateLedger {
+    fn validate(&self, _seq: u64, batch: &v1::PbftBatch) -> Result<(), String> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.validate_at(batch, now_ms)
     }
 
     fn already_executed(&self, item: &[u8]) -> bool {

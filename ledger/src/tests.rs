@@ -40,6 +40,7 @@ fn ledger(dir: &std::path::Path) -> (PrivateLedger, Vec<SigningKey>) {
         "h".into(),
         set,
         vec![authority().signing_key().identity()],
+        contracts::rules::V1,
     );
     (l, ks)
 }
@@ -149,4 +150,33 @@ fn a_refused_transaction_commits_as_failed_and_uses_its_nonce() {
         ledger.check_client(&fresh, 10),
         Err(TxError::Refused(m)) if m.contains("already registered")
     ));
+}
+
+/// A backup refuses a batch stamped more than a minute ahead of its clock or more than a
+/// minute before the last block: the primary's clock decides grant expiry and transaction
+/// windows, so it must not run far ahead (expiring every grant) or back (reviving them).
+#[test]
+fn a_batch_timestamp_is_checked_against_the_clock_and_the_last_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, ks) = ledger(dir.path());
+    let at = |t: u64| v1::PbftBatch {
+        timestamp_ms: t,
+        items: vec![],
+        proposer: 0,
+    };
+    let now = 10 * BATCH_PAST_MS;
+    assert!(ledger.validate_at(&at(now + BATCH_FUTURE_MS), now).is_ok());
+    let e = ledger
+        .validate_at(&at(now + BATCH_FUTURE_MS + 1), now)
+        .unwrap_err();
+    assert!(e.contains("ahead of this replica's clock"), "{e}");
+    // Before any block there is nothing to be behind.
+    assert!(ledger.validate_at(&at(0), now).is_ok());
+    let committed = sign_committed_batch(&ks, "h", 1, 0, at(now));
+    ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
+    assert!(ledger.validate_at(&at(now - BATCH_PAST_MS), now).is_ok());
+    let e = ledger
+        .validate_at(&at(now - BATCH_PAST_MS - 1), now)
+        .unwrap_err();
+    assert!(e.contains("before the last block's"), "{e}");
 }

@@ -136,6 +136,10 @@ pub struct ClientArgs {
 pub enum RoleArg {
     Patient,
     Doctor,
+    /// A data user: requests access and reads under a grant, never writes (contract rules 2).
+    Insurer,
+    /// A data user, as an insurer.
+    Researcher,
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,7 +253,7 @@ pub enum ConsentCommand {
         /// record:<slip>, type:<record type> or all.
         #[arg(long)]
         scope: String,
-        /// read[,write,copy]
+        /// read[,write] (write for doctors only; copy is refused under contract rules 2)
         #[arg(long, default_value = "read")]
         actions: String,
         /// Expiry: +30m, +2h, +7d, Unix milliseconds or 2026-12-31T23:59:59Z.

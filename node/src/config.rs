@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use libp2p::Multiaddr;
 use medchain_crypto::Identity;
+use medchain_ledger::contracts::rules;
 use serde::{Deserialize, Serialize};
 
 use crate::logging::LogFormat;
@@ -194,6 +195,19 @@ pub struct ChainParams {
     pub block_interval_ms: u64,
     /// PBFT checkpoint every this many sequence numbers.
     pub checkpoint_interval: u64,
+    /// The contract rules the chain runs (DESIGN §4, "Rule versions"). A genesis written before
+    /// rules had versions has no `rules` and runs version 1, so its hash and its blocks' effects
+    /// stay what they were; new chains get the latest.
+    #[serde(default = "rules_v1", skip_serializing_if = "is_rules_v1")]
+    pub rules: u32,
+}
+
+fn rules_v1() -> u32 {
+    rules::V1
+}
+
+fn is_rules_v1(r: &u32) -> bool {
+    *r == rules::V1
 }
 
 impl Default for ChainParams {
@@ -202,6 +216,7 @@ impl Default for ChainParams {
             max_block_transactions: 128,
             block_interval_ms: 10 * 60 * 1000,
             checkpoint_interval: 100,
+            rules: rules::LATEST,
         }
     }
 }
@@ -569,6 +584,18 @@ pub fn validate(loaded: &LoadedConfig) -> Vec<Problem> {
             "params.checkpoint_interval",
             "must be positive".into(),
             "use e.g. 100",
+        );
+    }
+    if !(rules::V1..=rules::LATEST).contains(&p.rules) {
+        add(
+            &gen_file,
+            "params.rules",
+            format!(
+                "contract rules version {} is unknown to this medchain (it runs 1 to {})",
+                p.rules,
+                rules::LATEST
+            ),
+            "run the medchain release the chain was made with, or a later one",
         );
     }
     out

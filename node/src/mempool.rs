@@ -4,8 +4,14 @@
 //! pending (only one of them could ever take effect) and, when full, refuses new transactions
 //! with an error the client can act on instead of growing without bound. The transactions
 //! themselves wait in the consensus engine's queue; the pool holds their identities.
+//!
+//! Quotas keep one party from filling the pool for everyone: a signer has at most
+//! [`Quotas::per_signer`] transactions pending (validators are exempt: their access records and
+//! suspensions are one per read a reader asked for, and bounded by the kind's share instead),
+//! and one kind of transaction takes at most [`Quotas::per_kind`] places, so a flood of reads
+//! leaves room for records and consent, and a flood of records room for the audit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use medchain_crypto::Hash32;
 
@@ -22,22 +28,72 @@ pub enum MempoolError {
         "transaction {pending} with the same signer and nonce is already pending; use a new nonce"
     )]
     NonceTaken { pending: String },
+    #[error("the signer has {limit} transactions pending, its limit; retry after the next block")]
+    SignerQuota { limit: usize },
+    #[error(
+        "{limit} {kind} transactions are pending, the most the mempool holds of one kind; retry after the next block"
+    )]
+    KindQuota { kind: &'static str, limit: usize },
 }
 
-/// Identities of pending transactions, by id and by replay key (signer and nonce).
+/// How much of the pool one signer and one kind may hold.
+#[derive(Clone, Debug)]
+pub struct Quotas {
+    pub per_signer: usize,
+    pub per_kind: usize,
+    /// Signers without a per-signer limit (the chain's validators).
+    pub exempt: HashSet<Vec<u8>>,
+}
+
+impl Quotas {
+    /// The node's quotas for a pool of `capacity`: a signer a fiftieth of it (1,000 of 50,000,
+    /// far more than a client has in flight), a kind half of it.
+    pub fn for_capacity(capacity: usize, exempt: HashSet<Vec<u8>>) -> Self {
+        Quotas {
+            per_signer: (capacity / 50).max(1),
+            per_kind: (capacity / 2).max(1),
+            exempt,
+        }
+    }
+
+    /// No limit but the capacity.
+    pub fn none() -> Self {
+        Quotas {
+            per_signer: usize::MAX,
+            per_kind: usize::MAX,
+            exempt: HashSet::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    replay_key: Vec<u8>,
+    signer: Vec<u8>,
+    kind: &'static str,
+}
+
+/// Identities of pending transactions, by id and by replay key (signer and nonce), with counts
+/// per signer and per kind.
 #[derive(Debug)]
 pub struct Mempool {
     capacity: usize,
-    by_id: HashMap<Hash32, Vec<u8>>,
+    quotas: Quotas,
+    by_id: HashMap<Hash32, Entry>,
     by_replay_key: HashMap<Vec<u8>, Hash32>,
+    per_signer: HashMap<Vec<u8>, usize>,
+    per_kind: HashMap<&'static str, usize>,
 }
 
 impl Mempool {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, quotas: Quotas) -> Self {
         Mempool {
             capacity: capacity.max(1),
+            quotas,
             by_id: HashMap::new(),
             by_replay_key: HashMap::new(),
+            per_signer: HashMap::new(),
+            per_kind: HashMap::new(),
         }
     }
 
@@ -58,11 +114,11 @@ impl Mempool {
     }
 
     /// Adds a checked transaction.
-    pub fn insert(&mut self, id: Hash32, replay_key: Vec<u8>) -> Result<(), MempoolError> {
-        if self.by_id.contains_key(&id) {
-            return Err(MempoolError::Duplicate(id.to_hex()));
+    pub fn insert(&mut self, tx: &CheckedTx) -> Result<(), MempoolError> {
+        if self.by_id.contains_key(&tx.id) {
+            return Err(MempoolError::Duplicate(tx.id.to_hex()));
         }
-        if let Some(pending) = self.by_replay_key.get(&replay_key) {
+        if let Some(pending) = self.by_replay_key.get(&tx.replay_key) {
             return Err(MempoolError::NonceTaken {
                 pending: pending.to_hex(),
             });
@@ -72,18 +128,54 @@ impl Mempool {
                 capacity: self.capacity,
             });
         }
-        self.by_replay_key.insert(replay_key.clone(), id);
-        self.by_id.insert(id, replay_key);
+        let limit = self.quotas.per_signer;
+        if self.per_signer.get(&tx.signer).copied().unwrap_or(0) >= limit
+            && !self.quotas.exempt.contains(&tx.signer)
+        {
+            return Err(MempoolError::SignerQuota { limit });
+        }
+        let limit = self.quotas.per_kind;
+        if self.per_kind.get(tx.kind).copied().unwrap_or(0) >= limit {
+            return Err(MempoolError::KindQuota {
+                kind: tx.kind,
+                limit,
+            });
+        }
+        self.by_replay_key.insert(tx.replay_key.clone(), tx.id);
+        *self.per_signer.entry(tx.signer.clone()).or_default() += 1;
+        *self.per_kind.entry(tx.kind).or_default() += 1;
+        self.by_id.insert(
+            tx.id,
+            Entry {
+                replay_key: tx.replay_key.clone(),
+                signer: tx.signer.clone(),
+                kind: tx.kind,
+            },
+        );
         Ok(())
+    }
+
+    fn remove(&mut self, id: &Hash32) {
+        let Some(e) = self.by_id.remove(id) else {
+            return;
+        };
+        self.by_replay_key.remove(&e.replay_key);
+        if let Some(n) = self.per_signer.get_mut(&e.signer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_signer.remove(&e.signer);
+            }
+        }
+        if let Some(n) = self.per_kind.get_mut(e.kind) {
+            *n -= 1;
+        }
     }
 
     /// Removes a committed transaction and any pending one its replay key made void.
     pub fn remove_committed(&mut self, id: &Hash32, replay_key: &[u8]) {
-        if let Some(key) = self.by_id.remove(id) {
-            self.by_replay_key.remove(&key);
-        }
-        if let Some(other) = self.by_replay_key.remove(replay_key) {
-            self.by_id.remove(&other);
+        self.remove(id);
+        if let Some(other) = self.by_replay_key.get(replay_key).copied() {
+            self.remove(&other);
         }
     }
 }
@@ -96,28 +188,43 @@ mod tests {
         Hash32::from_slice(&[b; 32]).unwrap()
     }
 
+    /// A transaction `id` with replay key `key`, signed by `signer`, of `kind`.
+    fn tx(id: u8, key: u8, signer: u8, kind: &'static str) -> CheckedTx {
+        CheckedTx {
+            id: h(id),
+            replay_key: vec![key],
+            bytes: vec![],
+            signer: vec![signer],
+            kind,
+        }
+    }
+
+    fn t(id: u8, key: u8) -> CheckedTx {
+        tx(id, key, id, "record")
+    }
+
     #[test]
     fn bounded_and_deduplicated() {
-        let mut m = Mempool::new(2);
-        m.insert(h(1), vec![1]).unwrap();
+        let mut m = Mempool::new(2, Quotas::none());
+        m.insert(&t(1, 1)).unwrap();
         assert_eq!(
-            m.insert(h(1), vec![1]),
+            m.insert(&t(1, 1)),
             Err(MempoolError::Duplicate(h(1).to_hex()))
         );
-        m.insert(h(2), vec![2]).unwrap();
-        let e = m.insert(h(3), vec![3]).unwrap_err();
+        m.insert(&t(2, 2)).unwrap();
+        let e = m.insert(&t(3, 3)).unwrap_err();
         assert!(e.to_string().contains("full (2 pending"), "{e}");
         m.remove_committed(&h(1), &[1]);
-        m.insert(h(3), vec![3]).unwrap();
+        m.insert(&t(3, 3)).unwrap();
         assert_eq!(m.len(), 2);
         assert!(m.contains(&h(2)) && m.contains(&h(3)) && !m.contains(&h(1)));
     }
 
     #[test]
     fn one_pending_transaction_per_signer_and_nonce() {
-        let mut m = Mempool::new(10);
-        m.insert(h(1), vec![7]).unwrap();
-        let e = m.insert(h(2), vec![7]).unwrap_err();
+        let mut m = Mempool::new(10, Quotas::none());
+        m.insert(&t(1, 7)).unwrap();
+        let e = m.insert(&t(2, 7)).unwrap_err();
         assert_eq!(
             e,
             MempoolError::NonceTaken {
@@ -127,6 +234,40 @@ mod tests {
         // Another transaction with that replay key commits: the pending one is void.
         m.remove_committed(&h(9), &[7]);
         assert!(m.is_empty());
-        m.insert(h(2), vec![7]).unwrap();
+        m.insert(&t(2, 7)).unwrap();
+    }
+
+    /// One signer holds at most its quota (validators none), one kind at most its share, and
+    /// both are freed as transactions commit.
+    #[test]
+    fn signers_and_kinds_keep_to_their_quotas() {
+        let quotas = Quotas {
+            per_signer: 2,
+            per_kind: 3,
+            exempt: [vec![200u8]].into_iter().collect(),
+        };
+        let mut m = Mempool::new(10, quotas);
+        m.insert(&tx(1, 1, 7, "request")).unwrap();
+        m.insert(&tx(2, 2, 7, "request")).unwrap();
+        let e = m.insert(&tx(3, 3, 7, "grant")).unwrap_err();
+        assert_eq!(e, MempoolError::SignerQuota { limit: 2 });
+        assert!(e.to_string().contains("retry after the next block"), "{e}");
+        // Another signer is not held up by the first.
+        m.insert(&tx(4, 4, 8, "request")).unwrap();
+        let e = m.insert(&tx(5, 5, 9, "request")).unwrap_err();
+        assert_eq!(
+            e,
+            MempoolError::KindQuota {
+                kind: "request",
+                limit: 3
+            }
+        );
+        // Other kinds still get in, and a validator past the per-signer count too.
+        for (id, kind) in [(6, "record"), (7, "access_record"), (8, "access_record")] {
+            m.insert(&tx(id, id, 200, kind)).unwrap();
+        }
+        m.remove_committed(&h(1), &[1]);
+        m.insert(&tx(3, 3, 7, "request")).unwrap();
+        assert_eq!(m.len(), 6);
     }
 }

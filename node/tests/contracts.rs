@@ -19,6 +19,7 @@ struct World {
     authority: KeyMaterial,
     validators: Vec<Identity>,
     height: u64,
+    rules: u32,
 }
 
 fn km(n: u8) -> KeyMaterial {
@@ -39,15 +40,36 @@ impl World {
             authority: km(100),
             validators: (101..105).map(|n| id(&km(n))).collect(),
             height: 0,
+            rules: rules::LATEST,
         }
     }
 
-    /// Executes one transaction as its own block and keeps its writes if it succeeds.
+    /// A chain that runs the rules of version 1 (genesis without `params.rules`).
+    fn v1() -> Self {
+        World {
+            rules: rules::V1,
+            ..World::new()
+        }
+    }
+
+    /// Executes one transaction, signed at the block's time, as its own block.
     fn run(
         &mut self,
         signer: &Identity,
         payload: Payload,
         time_ms: u64,
+    ) -> Result<(Hash32, SideEffects), ContractError> {
+        self.run_signed_at(signer, payload, time_ms, time_ms)
+    }
+
+    /// Executes one transaction signed at `signed_ms` as its own block at `time_ms`, and keeps
+    /// its writes if it succeeds.
+    fn run_signed_at(
+        &mut self,
+        signer: &Identity,
+        payload: Payload,
+        time_ms: u64,
+        signed_ms: u64,
     ) -> Result<(Hash32, SideEffects), ContractError> {
         let height = self.height + 1;
         let authorities = [id(&self.authority)];
@@ -57,10 +79,11 @@ impl World {
             time_ms,
             authorities: &authorities,
             validators: &self.validators,
+            rules: self.rules,
         };
         let tx_id = medchain_crypto::digest(domains::TRANSACTION, &height.to_be_bytes());
         let mut ov = Overlay::new(&self.store);
-        let fx = execute(&mut ov, &ctx, signer, tx_id, &payload)?;
+        let fx = execute(&mut ov, &ctx, signer, tx_id, signed_ms, &payload)?;
         let writes = ov.into_writes();
         // Commit the writes as the ledger would (a block with no transactions of its own here).
         let parent = self.store.tip().unwrap().map_or(Hash32::ZERO, |t| t.hash);
@@ -87,6 +110,17 @@ impl World {
         patient: &KeyMaterial,
         record_type: &str,
     ) -> Result<Hash32, ContractError> {
+        self.write_correcting(doctor, patient, record_type, None)
+    }
+
+    /// A record write, or a correction of `replaces`.
+    fn write_correcting(
+        &mut self,
+        doctor: &KeyMaterial,
+        patient: &KeyMaterial,
+        record_type: &str,
+        replaces: Option<Hash32>,
+    ) -> Result<Hash32, ContractError> {
         let w = build_record_write(
             "h",
             doctor,
@@ -100,7 +134,7 @@ impl World {
                 record_type: record_type.into(),
                 summary: String::new(),
                 keywords: vec![],
-                replaces: None,
+                replaces,
             },
             1,
             1,
@@ -356,4 +390,227 @@ fn suspended_identities_cannot_act_until_reinstated() {
     let (_, fx) = w.run(&a, lift, 1).unwrap();
     assert_eq!(fx.reinstated, vec![id(&doctor)]);
     w.write(&doctor, &patient, "Observation").unwrap();
+}
+
+fn confirm_by(k: &KeyMaterial, slip: &Hash32) -> Payload {
+    Payload::PatientConfirmation(v1::PatientConfirmation {
+        slip_id: slip.as_bytes().to_vec(),
+        patient_signature: k
+            .signing_key()
+            .sign(domains::PATIENT_CONFIRMATION, slip.as_bytes())
+            .as_bytes()
+            .to_vec(),
+    })
+}
+
+fn grant_to(grantee: &KeyMaterial, patient: &KeyMaterial, actions: u32) -> Payload {
+    Payload::ConsentGrant(v1::ConsentGrant {
+        grantee: id(grantee).as_bytes().to_vec(),
+        scope: scope(S::All(true)),
+        actions,
+        expires_ms: 10_000,
+        request: vec![],
+        delegation_key: medchain_crypto::delegation::DelegationVerifyingKey::of(patient).to_bytes(),
+        threshold: 1,
+        fragments: vec![],
+    })
+}
+
+fn request_by(patient: &KeyMaterial, actions: u32) -> Payload {
+    Payload::ConsentRequest(v1::ConsentRequest {
+        patient: id(patient).as_bytes().to_vec(),
+        scope: scope(S::All(true)),
+        actions,
+        expires_ms: 10_000,
+        purpose: "claim".into(),
+    })
+}
+
+/// A suspended patient's key is frozen under rules 2: it confirms, deletes, denies and revokes
+/// nothing until an authority reinstates her, while the authority can still delete on her
+/// behalf. Under rules 1 (a chain made before versions) the same transactions take effect.
+#[test]
+fn a_suspended_key_is_frozen_under_rules_2_only() {
+    for rules_version in [rules::V1, rules::V2] {
+        let mut w = World {
+            rules: rules_version,
+            ..World::new()
+        };
+        let (doctor, patient) = (km(1), km(2));
+        w.register(&doctor, v1::Role::Doctor);
+        w.register(&patient, v1::Role::Patient);
+        let (a, b) = (w.write(&doctor, &patient, "Observation").unwrap(), {
+            w.write(&doctor, &patient, "Condition").unwrap()
+        });
+        let (grant, _) = w
+            .run(&id(&patient), grant_to(&doctor, &patient, 1), 1)
+            .unwrap();
+        let (request, _) = w.run(&id(&doctor), request_by(&patient, 1), 1).unwrap();
+        let suspend = Payload::Suspension(v1::Suspension {
+            identity: id(&patient).as_bytes().to_vec(),
+            reason: "key reported stolen".into(),
+        });
+        let authority = id(&w.authority);
+        w.run(&authority, suspend, 1).unwrap();
+        let p = id(&patient);
+        let acts = [
+            confirm_by(&patient, &a),
+            Payload::RecordDeletion(v1::RecordDeletion {
+                slip_id: a.as_bytes().to_vec(),
+                reason: "thief".into(),
+            }),
+            Payload::ConsentDenial(v1::ConsentDenial {
+                request: request.as_bytes().to_vec(),
+                reason: "thief".into(),
+            }),
+            Payload::ConsentRevocation(v1::ConsentRevocation {
+                grant: grant.as_bytes().to_vec(),
+            }),
+        ];
+        for act in acts {
+            let outcome = w.run(&p, act.clone(), 1);
+            if rules_version == rules::V1 {
+                assert!(outcome.is_ok(), "rules 1 keep {act:?}: {outcome:?}");
+            } else {
+                refused(outcome, "is suspended");
+            }
+        }
+        // The authority, who can tell the patient from a thief, still deletes for her.
+        let del = Payload::RecordDeletion(v1::RecordDeletion {
+            slip_id: b.as_bytes().to_vec(),
+            reason: "on the patient's written request".into(),
+        });
+        w.run(&authority, del, 1).unwrap();
+    }
+}
+
+/// Under rules 2 only a record's author, or a doctor the patient granted write, corrects it; a
+/// read grant is not enough. Rules 1 let any doctor correct (and so lock) any record.
+#[test]
+fn only_the_author_or_a_write_grantee_corrects_a_record() {
+    let mut old_chain = World::v1();
+    let mut w = World::new();
+    for w in [&mut old_chain, &mut w] {
+        for (k, role) in [
+            (km(1), v1::Role::Doctor),
+            (km(2), v1::Role::Doctor),
+            (km(3), v1::Role::Doctor),
+            (km(9), v1::Role::Patient),
+        ] {
+            w.register(&k, role);
+        }
+    }
+    let (author, other, writer, patient) = (km(1), km(2), km(3), km(9));
+    let old = old_chain.write(&author, &patient, "Observation").unwrap();
+    old_chain
+        .write_correcting(&other, &patient, "Observation", Some(old))
+        .unwrap();
+
+    let first = w.write(&author, &patient, "Observation").unwrap();
+    w.run(&id(&patient), grant_to(&other, &patient, 1), 1)
+        .unwrap();
+    assert!(matches!(
+        w.write_correcting(&other, &patient, "Observation", Some(first)),
+        Err(ContractError::Refused(m)) if m.contains("only its author corrects it")
+    ));
+    let second = w
+        .write_correcting(&author, &patient, "Observation", Some(first))
+        .unwrap();
+    w.run(&id(&patient), grant_to(&writer, &patient, 3), 1)
+        .unwrap();
+    w.write_correcting(&writer, &patient, "Observation", Some(second))
+        .unwrap();
+}
+
+/// Under rules 2 write goes to doctors only, copy to no one, and a grant carries some action.
+#[test]
+fn write_is_for_doctors_and_copy_is_refused() {
+    let mut w = World::new();
+    let (doctor, insurer, patient) = (km(1), km(2), km(9));
+    w.register(&doctor, v1::Role::Doctor);
+    w.register(&insurer, v1::Role::Insurer);
+    w.register(&patient, v1::Role::Patient);
+    let p = id(&patient);
+    refused(w.run(&p, grant_to(&doctor, &patient, 5), 1), "copy");
+    refused(
+        w.run(&p, grant_to(&doctor, &patient, 0), 1),
+        "carries actions 0x0",
+    );
+    refused(
+        w.run(&p, grant_to(&doctor, &patient, 8), 1),
+        "carries actions 0x8",
+    );
+    refused(
+        w.run(&p, grant_to(&insurer, &patient, 3), 1),
+        "registered as insurer; only doctors write records",
+    );
+    w.run(&p, grant_to(&insurer, &patient, 1), 1).unwrap();
+    w.run(&p, grant_to(&doctor, &patient, 3), 1).unwrap();
+    refused(
+        w.run(&id(&insurer), request_by(&patient, 2), 1),
+        "only doctors",
+    );
+    refused(w.run(&id(&doctor), request_by(&patient, 4), 1), "copy");
+    w.run(&id(&insurer), request_by(&patient, 1), 1).unwrap();
+    // Rules 1 stored whatever bits were sent.
+    let mut old = World::v1();
+    old.register(&doctor, v1::Role::Doctor);
+    old.register(&patient, v1::Role::Patient);
+    old.run(&p, grant_to(&doctor, &patient, 7), 1).unwrap();
+}
+
+/// Insurers and researchers are data users: they hold read grants and request access, but
+/// never write a record; a registration names a known role.
+#[test]
+fn data_users_read_but_never_write() {
+    let mut w = World::new();
+    let (researcher, patient) = (km(4), km(9));
+    w.register(&researcher, v1::Role::Researcher);
+    w.register(&patient, v1::Role::Patient);
+    assert!(matches!(
+        w.write(&researcher, &patient, "Observation"),
+        Err(ContractError::Refused(m)) if m.contains("registered as a researcher, not a doctor")
+    ));
+    w.run(&id(&researcher), request_by(&patient, 1), 1).unwrap();
+    let mut reg = medchain_node::client::KeyCard::from_binding(&km(5).key_binding())
+        .registration(v1::Role::Patient, "x")
+        .unwrap();
+    reg.role = 42;
+    let a = id(&w.authority);
+    refused(
+        w.run(&a, Payload::IdentityRegistration(reg), 1),
+        "role 42 is not a role of this chain",
+    );
+}
+
+/// Under rules 2 a transaction takes effect within an hour of its signing, by the block's
+/// time, and not more than five minutes before it: one held back is dead when played late.
+#[test]
+fn transactions_take_effect_only_within_their_window() {
+    let mut w = World::new();
+    let (doctor, patient) = (km(1), km(2));
+    w.register(&doctor, v1::Role::Doctor);
+    w.register(&patient, v1::Role::Patient);
+    let signed = 1_000_000;
+    let late = signed + rules::TX_VALIDITY_MS + 1;
+    refused(
+        w.run_signed_at(&id(&doctor), request_by(&patient, 1), late, signed),
+        "expired",
+    );
+    refused(
+        w.run_signed_at(
+            &id(&doctor),
+            request_by(&patient, 1),
+            signed,
+            signed + rules::TX_FUTURE_MS + 1,
+        ),
+        "check the signer's clock",
+    );
+    w.run_signed_at(&id(&doctor), request_by(&patient, 1), late - 1, signed)
+        .unwrap();
+    let mut old = World::v1();
+    old.register(&doctor, v1::Role::Doctor);
+    old.register(&patient, v1::Role::Patient);
+    old.run_signed_at(&id(&doctor), request_by(&patient, 1), late, signed)
+        .unwrap();
 }

@@ -358,6 +358,42 @@ pub fn verify_read_request(
     })
 }
 
+/// A payload's kind, as quotas, metrics and refusals name it.
+pub fn payload_kind(payload: &v1::transaction_body::Payload) -> &'static str {
+    use v1::transaction_body::Payload as P;
+    match payload {
+        P::PrivateSlip(_) => "record",
+        P::PatientConfirmation(_) => "confirmation",
+        P::ConsortiumSlip(_) => "consortium_slip",
+        P::IdentityRegistration(_) => "registration",
+        P::RecordDeletion(_) => "deletion",
+        P::ConsentGrant(_) => "grant",
+        P::ConsentRequest(_) => "request",
+        P::ConsentDenial(_) => "denial",
+        P::ConsentRevocation(_) => "revocation",
+        P::AccessRecord(_) => "access_record",
+        P::Suspension(_) => "suspension",
+        P::SuspensionLift(_) => "suspension_lift",
+    }
+}
+
+/// A role's name, as the CLI, the API and refusals spell it.
+pub fn role_name(role: v1::Role) -> &'static str {
+    match role {
+        v1::Role::Patient => "patient",
+        v1::Role::Doctor => "doctor",
+        v1::Role::Insurer => "insurer",
+        v1::Role::Researcher => "researcher",
+        v1::Role::Unspecified => "unspecified",
+    }
+}
+
+/// The role stored in a registration (`role` as its wire integer): unknown values are
+/// `Unspecified`, which may do nothing.
+pub fn role_of(role: i32) -> v1::Role {
+    v1::Role::try_from(role).unwrap_or(v1::Role::Unspecified)
+}
+
 /// Decodes a `ConsentAction` bit set for display.
 pub fn action_names(actions: u32) -> Vec<&'static str> {
     let mut out = Vec::new();

@@ -9,6 +9,46 @@ use medchain_proto::v1;
 use super::state::*;
 use super::*;
 
+/// Under rules 2, the actions a grant to (or a request by) `who` may carry: read for anyone,
+/// write for doctors only, copy for no one (a node cannot enforce it: a read already hands the
+/// grantee the record), and at least one.
+fn check_actions(
+    ov: &Overlay,
+    ctx: &ExecContext,
+    actions: u32,
+    who: &Identity,
+    what: &str,
+) -> Result<(), ContractError> {
+    if !ctx.v2() {
+        return Ok(());
+    }
+    let (read, write, copy) = (
+        v1::ConsentAction::Read as u32,
+        v1::ConsentAction::Write as u32,
+        v1::ConsentAction::Copy as u32,
+    );
+    if actions & copy != 0 {
+        return refuse(format!(
+            "{what} asks for copy, which this chain does not grant (a read already hands the reader the record); use read"
+        ));
+    }
+    if actions == 0 || actions & !(read | write) != 0 {
+        return refuse(format!(
+            "{what} carries actions {actions:#x}; use read (1), write (2) or both"
+        ));
+    }
+    if actions & write != 0 {
+        let entry = registered(ov, who, "grantee", None)?;
+        if role_of(&entry) != v1::Role::Doctor {
+            return refuse(format!(
+                "{what} asks for write for {who}, registered as {}; only doctors write records",
+                role_name(role_of(&entry))
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn consent_grant(
     audit: &mut Audit<'_, '_>,
     ctx: &ExecContext,
@@ -24,6 +64,7 @@ pub(super) fn consent_grant(
         return refuse("a patient does not need a grant for their own records");
     }
     registered(audit.ov, &grantee, "grantee", None)?;
+    check_actions(audit.ov, ctx, g.actions, &grantee, "the grant")?;
     let scope = scope_of(g.scope.as_ref())?;
     if let Scope::Record(s) = &scope {
         let slip = slip_entry(audit.ov, &Hash32(*s))?;
@@ -122,6 +163,7 @@ pub(super) fn consent_request(
     if patient == *signer {
         return refuse("a patient does not request access to their own records");
     }
+    check_actions(audit.ov, ctx, r.actions, signer, "the request")?;
     let scope = scope_of(r.scope.as_ref())?;
     if let Scope::Record(s) = &scope {
         let slip = slip_entry(audit.ov, &Hash32(*s))?;
@@ -178,6 +220,7 @@ pub(super) fn consent_denial(
     if req.patient != signer.as_bytes() {
         return refuse(format!("request {req_id} was made to another patient"));
     }
+    frozen_v2(audit.ov, ctx, signer)?;
     if req.outcome != RequestOutcome::Open {
         return refuse(format!("request {req_id} was already answered"));
     }
@@ -210,6 +253,7 @@ pub(super) fn consent_revocation(
     if grant.patient != signer.as_bytes() {
         return refuse(format!("grant {grant_id} was made by another patient"));
     }
+    frozen_v2(audit.ov, ctx, signer)?;
     if let Some(h) = grant.revoked_height {
         return refuse(format!(
             "grant {grant_id} was already revoked at height {h}"

@@ -19,12 +19,14 @@
 
 mod consent;
 pub mod queries;
+pub mod rules;
 pub mod state;
 
 pub use consent::find_grant;
 
 use medchain_crypto::hash::domains;
 use medchain_crypto::{Hash32, Identity, Signature};
+use medchain_proto::records::role_name;
 use medchain_proto::v1::{self, transaction_body::Payload};
 
 use state::*;
@@ -51,9 +53,15 @@ pub struct ExecContext<'a> {
     pub time_ms: u64,
     pub authorities: &'a [Identity],
     pub validators: &'a [Identity],
+    /// The chain's contract rules ([`rules`]): genesis `params.rules`.
+    pub rules: u32,
 }
 
 impl ExecContext<'_> {
+    /// Whether the rules of version 2 apply ([`rules::V2`]).
+    fn v2(&self) -> bool {
+        self.rules >= rules::V2
+    }
     fn is_authority(&self, id: &Identity) -> bool {
         self.authorities.contains(id)
     }
@@ -88,15 +96,7 @@ impl SideEffects {
 }
 
 fn role_of(entry: &IdentityEntry) -> v1::Role {
-    v1::Role::try_from(entry.role).unwrap_or(v1::Role::Unspecified)
-}
-
-fn role_name(role: v1::Role) -> &'static str {
-    match role {
-        v1::Role::Patient => "patient",
-        v1::Role::Doctor => "doctor",
-        v1::Role::Unspecified => "unspecified",
-    }
+    medchain_proto::records::role_of(entry.role)
 }
 
 fn ident(bytes: &[u8]) -> Result<Identity, ContractError> {
@@ -204,14 +204,50 @@ impl Audit<'_, '_> {
     }
 }
 
-/// Executes one transaction's payload. On `Err` the caller drops the transaction's writes.
+/// Under rules 2, refuses a suspended `signer` (rules 1 let it confirm, delete, deny and revoke).
+fn frozen_v2(ov: &Overlay, ctx: &ExecContext, signer: &Identity) -> Result<(), ContractError> {
+    if ctx.v2() {
+        not_suspended(ov, signer)?;
+    }
+    Ok(())
+}
+
+/// Under rules 2, whether `doctor` may correct record `old_id`: she wrote it, or the patient
+/// gave her a live write grant that covers it.
+fn may_correct(
+    ov: &Overlay,
+    ctx: &ExecContext,
+    doctor: &Identity,
+    old_id: &Hash32,
+    old: &SlipEntry,
+) -> Result<(), ContractError> {
+    if !ctx.v2() || old.doctor == doctor.as_bytes() {
+        return Ok(());
+    }
+    let write = v1::ConsentAction::Write;
+    if find_grant(ov, doctor, old_id, old, write, ctx.time_ms, ov.store())?.is_some() {
+        return Ok(());
+    }
+    refuse(format!(
+        "record {old_id} was written by another doctor; only its author corrects it, or a doctor the patient granted write access to it (`medchain consent grant --actions write`)"
+    ))
+}
+
+/// Executes one transaction's payload. `signed_ms` is the transaction's own timestamp. On `Err`
+/// the caller drops the transaction's writes.
 pub fn execute(
     ov: &mut Overlay,
     ctx: &ExecContext,
     signer: &Identity,
     tx_id: Hash32,
+    signed_ms: u64,
     payload: &Payload,
 ) -> Result<SideEffects, ContractError> {
+    if ctx.v2() {
+        if let Some(why) = rules::outside_window(signed_ms, ctx.time_ms) {
+            return refuse(why);
+        }
+    }
     let mut fx = SideEffects::default();
     let mut audit = Audit {
         ov,
@@ -240,7 +276,13 @@ pub fn execute(
                     existing.height
                 ));
             }
-            let role = v1::Role::try_from(r.role).unwrap_or(v1::Role::Unspecified);
+            let role = medchain_proto::records::role_of(r.role);
+            if ctx.v2() && role == v1::Role::Unspecified {
+                return refuse(format!(
+                    "role {} is not a role of this chain; register as a patient, doctor, insurer or researcher",
+                    r.role
+                ));
+            }
             audit.ov.put(
                 keys::identity(&id),
                 &IdentityEntry {
@@ -306,6 +348,7 @@ pub fn execute(
                         hex::encode(newer)
                     ));
                 }
+                may_correct(audit.ov, ctx, signer, &old_id, &old)?;
                 old.replaced_by = Some(slip_id.0);
                 audit.ov.put(keys::slip(&old_id), &old);
                 Some(old_id)
@@ -358,6 +401,7 @@ pub fn execute(
                     "record {slip_id} belongs to another patient; only its patient confirms it"
                 ));
             }
+            frozen_v2(audit.ov, ctx, signer)?;
             if slip.deleted_height.is_some() {
                 return refuse(format!("record {slip_id} was deleted"));
             }
@@ -392,6 +436,9 @@ pub fn execute(
                 return refuse(format!(
                     "only the patient of record {slip_id} or an authority deletes it"
                 ));
+            }
+            if !ctx.is_authority(signer) {
+                frozen_v2(audit.ov, ctx, signer)?;
             }
             if let Some(h) = slip.deleted_height {
                 return refuse(format!(

@@ -237,6 +237,11 @@ pub struct Overlay<'a> {
 }
 
 impl<'a> Overlay<'a> {
+    /// The committed state under this overlay.
+    pub fn store(&self) -> &'a Store {
+        self.store
+    }
+
     pub fn new(store: &'a Store) -> Self {
         Overlay {
             store,

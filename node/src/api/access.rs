@@ -63,8 +63,9 @@ impl Caller {
             return false;
         }
         match v1::Role::try_from(entry.role) {
-            // Care staff are known to everyone who deals with the chain.
-            Ok(v1::Role::Doctor) => true,
+            // Care staff and data users are known to everyone who deals with the chain: a
+            // patient needs a grantee's keys to grant her access.
+            Ok(v1::Role::Doctor | v1::Role::Insurer | v1::Role::Researcher) => true,
             // A doctor needs a patient's keys to write a record for her.
             Ok(v1::Role::Patient) => self.kind == CallerKind::Doctor,
             _ => false,
@@ -172,6 +173,9 @@ mod tests {
         let doctor = entry(v1::Role::Doctor);
         assert!(caller(4, CallerKind::Patient, false).may_see_identity(&bob, &doctor));
         assert!(caller(5, CallerKind::Other, false).may_see_identity(&bob, &doctor));
+        for role in [v1::Role::Insurer, v1::Role::Researcher] {
+            assert!(caller(4, CallerKind::Patient, false).may_see_identity(&bob, &entry(role)));
+        }
     }
 
     #[test]

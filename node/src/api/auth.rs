@@ -295,7 +295,8 @@ pub enum CallerKind {
     Validator,
     Patient,
     Doctor,
-    /// Registered with no role the API knows.
+    /// A data user (insurer, researcher), or registered with no role the API knows: it sees
+    /// its own registration, grants and requests and the records it holds a grant for.
     Other,
 }
 

@@ -14,6 +14,8 @@ fn role_of(role: i32) -> Role {
     match v1::Role::try_from(role) {
         Ok(v1::Role::Patient) => Role::Patient,
         Ok(v1::Role::Doctor) => Role::Doctor,
+        Ok(v1::Role::Insurer) => Role::Insurer,
+        Ok(v1::Role::Researcher) => Role::Researcher,
         _ => Role::Unspecified,
     }
 }

@@ -232,6 +232,8 @@ pub(crate) fn reject_reason(e: &SubmitError) -> &'static str {
         SubmitError::Mempool(MempoolError::Full { .. }) => "mempool_full",
         SubmitError::Mempool(MempoolError::Duplicate(_)) => "duplicate",
         SubmitError::Mempool(MempoolError::NonceTaken { .. }) => "nonce_pending",
+        SubmitError::Mempool(MempoolError::SignerQuota { .. }) => "signer_quota",
+        SubmitError::Mempool(MempoolError::KindQuota { .. }) => "kind_quota",
         SubmitError::Closed => "shutting_down",
         SubmitError::SlipWithoutCiphertext => "slip_without_ciphertext",
     }
@@ -244,9 +246,9 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
         | SubmitError::Mempool(MempoolError::Duplicate(_) | MempoolError::NonceTaken { .. }) => {
             StatusCode::CONFLICT
         }
-        SubmitError::Mempool(MempoolError::Full { .. }) | SubmitError::Closed => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        SubmitError::Mempool(MempoolError::Full { .. } | MempoolError::KindQuota { .. })
+        | SubmitError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        SubmitError::Mempool(MempoolError::SignerQuota { .. }) => StatusCode::TOO_MANY_REQUESTS,
         SubmitError::Tx(TxError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         SubmitError::SlipWithoutCiphertext => StatusCode::BAD_REQUEST,
         SubmitError::Tx(TxError::Refused(_)) => StatusCode::FORBIDDEN,

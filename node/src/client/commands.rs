@@ -100,6 +100,8 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                 let role = match role {
                     RoleArg::Patient => v1::Role::Patient,
                     RoleArg::Doctor => v1::Role::Doctor,
+                    RoleArg::Insurer => v1::Role::Insurer,
+                    RoleArg::Researcher => v1::Role::Researcher,
                 };
                 let reg = card.registration(role, &name)?;
                 let c = Client::connect_as(&args.node, &authority).await?;
@@ -108,10 +110,7 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                 out!(
                     "registered {} {name:?} as {} at height {}",
                     card.identity,
-                    match role {
-                        v1::Role::Doctor => "doctor",
-                        _ => "patient",
-                    },
+                    medchain_proto::records::role_name(role),
                     v.height
                 );
             }

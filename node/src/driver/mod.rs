@@ -31,7 +31,7 @@ use medchain_proto::v1::{self, peer_message::Body};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::now_ms;
-use crate::mempool::{CheckedTx, Mempool, MempoolError};
+use crate::mempool::{CheckedTx, Mempool, MempoolError, Quotas};
 use crate::metrics::Metrics;
 use crate::net::{NetCommand, NetEvent, NetStats};
 use crate::status::Status;
@@ -96,6 +96,8 @@ pub struct Wiring<E> {
     pub nodes: u32,
     pub me: u32,
     pub mempool_capacity: usize,
+    /// The mempool's per-signer and per-kind limits.
+    pub mempool_quotas: Quotas,
     pub followers: Vec<Box<dyn Follower<E>>>,
 }
 
@@ -158,6 +160,7 @@ impl<C: Chain> Driver<C> {
             nodes,
             me,
             mempool_capacity,
+            mempool_quotas,
             followers,
         } = wiring;
         let forwarded = spawn_forward_checker(chain.checker(), resubmit);
@@ -166,7 +169,7 @@ impl<C: Chain> Driver<C> {
             writer: Writer::spawn(),
             net,
             timers: BTreeMap::new(),
-            mempool: Mempool::new(mempool_capacity),
+            mempool: Mempool::new(mempool_capacity, mempool_quotas),
             forward: Vec::new(),
             forwarded,
             nodes,
@@ -240,7 +243,7 @@ impl<C: Chain> Driver<C> {
     }
 
     async fn admit(&mut self, tx: CheckedTx, forward: bool) -> Result<(), AdmitError> {
-        self.mempool.insert(tx.id, tx.replay_key)?;
+        self.mempool.insert(&tx)?;
         if forward {
             self.forward.push(tx.bytes.clone());
         }

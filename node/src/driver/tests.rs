@@ -145,6 +145,8 @@ impl Chain for FakeChain {
                 id: id_of(bytes),
                 replay_key: bytes.to_vec(),
                 bytes: bytes.to_vec(),
+                signer: bytes.to_vec(),
+                kind: "test",
             })
         })
     }
@@ -193,6 +195,7 @@ fn start(chain: FakeChain) -> Harness {
         nodes: 4,
         me: 0,
         mempool_capacity: 100,
+        mempool_quotas: crate::mempool::Quotas::none(),
         followers: vec![Box::new(Recorder(followed.clone()))],
     };
     Harness {
@@ -310,6 +313,8 @@ async fn submissions_enter_the_mempool_are_forwarded_and_timers_fire() {
         id: id_of(b"tx"),
         replay_key: b"tx".to_vec(),
         bytes: b"tx".to_vec(),
+        signer: b"tx".to_vec(),
+        kind: "test",
     };
     h.submit
         .send(Submission {

@@ -63,6 +63,7 @@ pub fn start(
         g.chain_id.clone(),
         validators.clone(),
         g.authorities.iter().map(|a| a.identity).collect(),
+        g.params.rules,
     ));
     let chain = medchain_api::ChainInfo {
         chain_id: g.chain_id.clone(),
@@ -225,6 +226,14 @@ pub fn start(
         nodes,
         me,
         mempool_capacity: MEMPOOL_CAPACITY,
+        mempool_quotas: crate::mempool::Quotas::for_capacity(
+            MEMPOOL_CAPACITY,
+            validators
+                .members()
+                .iter()
+                .map(|v| v.as_bytes().to_vec())
+                .collect(),
+        ),
         followers,
     };
     let join = tokio::spawn(async move { Ok(Driver::run(chain, wiring).await?) });

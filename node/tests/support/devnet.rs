@@ -162,7 +162,11 @@ pub fn registration_tx(
             chain_id: chain_id.into(),
             signer: vec![],
             nonce,
-            timestamp_ms: 1_700_000_000_000 + nonce,
+            // Signed now: contract rules 2 refuse a transaction outside its validity window.
+            timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_millis() as u64,
             payload: Some(v1::transaction_body::Payload::IdentityRegistration(
                 v1::IdentityRegistration {
                     identity: binding.identity.as_bytes().to_vec(),

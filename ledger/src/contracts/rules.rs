@@ -1,0 +1,69 @@
+//! Versions of the contract rules.
+//!
+//! Every node of a chain executes every block by the same rules, or their states part while
+//! their blocks agree. So a change to which transactions take effect is a new version, chosen by
+//! the chain in genesis (`params.rules`), never a silent change of the binary: a chain whose
+//! genesis predates versions runs version 1 whatever binary runs it, and a new chain runs the
+//! latest. Moving a running chain to a later version needs an activation height agreed on
+//! chain, which this release does not have (DESIGN §4, "Rule versions").
+
+/// The rules every chain ran before versions existed.
+pub const V1: u32 = 1;
+/// Version 2, which closes the gaps of version 1 (each rule is checked where it applies):
+/// - a suspended identity does nothing (it no longer confirms, deletes, denies or revokes): the
+///   chain cannot tell a patient from a thief holding her key, an authority can, and it
+///   reinstates her or deletes on her behalf;
+/// - only a record's author, or a doctor holding the patient's live write grant for it,
+///   corrects a record, so no doctor can lock another's record by "correcting" it;
+/// - write is granted to and requested by doctors only, and copy is refused: a node cannot
+///   enforce it (a read already hands the grantee the record);
+/// - a registration names a known role, and insurers and researchers register as data users
+///   who request and read but never write;
+/// - a transaction takes effect only within [`TX_VALIDITY_MS`] after the time it was signed
+///   and at most [`TX_FUTURE_MS`] before it, by the block's time: a signed transaction that
+///   someone held back cannot be played long after its signer meant it.
+pub const V2: u32 = 2;
+/// What new chains run.
+pub const LATEST: u32 = V2;
+
+/// How long after its timestamp a transaction may still take effect (rules 2).
+pub const TX_VALIDITY_MS: u64 = 60 * 60 * 1000;
+/// How far ahead of the block's time a transaction's timestamp may be (rules 2): clocks differ.
+pub const TX_FUTURE_MS: u64 = 5 * 60 * 1000;
+
+/// Why a transaction signed at `signed_ms` cannot take effect at `time_ms`, if it cannot.
+pub fn outside_window(signed_ms: u64, time_ms: u64) -> Option<String> {
+    if signed_ms > time_ms.saturating_add(TX_FUTURE_MS) {
+        return Some(format!(
+            "the transaction is signed at {signed_ms} ms, more than {} s after this block's time {time_ms} ms; check the signer's clock and sign again",
+            TX_FUTURE_MS / 1000
+        ));
+    }
+    if time_ms > signed_ms.saturating_add(TX_VALIDITY_MS) {
+        return Some(format!(
+            "the transaction is signed at {signed_ms} ms and expired {} s later, before this block's time {time_ms} ms; sign it again",
+            TX_VALIDITY_MS / 1000
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_an_hour_back_and_five_minutes_ahead() {
+        let t = 10 * TX_VALIDITY_MS;
+        assert_eq!(outside_window(t, t), None);
+        assert_eq!(outside_window(t, t + TX_VALIDITY_MS), None);
+        assert!(outside_window(t, t + TX_VALIDITY_MS + 1)
+            .unwrap()
+            .contains("expired"));
+        assert_eq!(outside_window(t + TX_FUTURE_MS, t), None);
+        assert!(outside_window(t + TX_FUTURE_MS + 1, t)
+            .unwrap()
+            .contains("check the signer's clock"));
+        assert!(outside_window(u64::MAX, 0).is_some());
+    }
+}
