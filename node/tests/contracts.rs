@@ -190,16 +190,7 @@ fn records_need_registered_parties_and_only_the_patient_confirms() {
     // A patient cannot write records.
     assert!(w.write(&other, &patient, "Observation").is_err());
     let slip = w.write(&doctor, &patient, "Observation").unwrap();
-    let confirm = |k: &KeyMaterial| {
-        Payload::PatientConfirmation(v1::PatientConfirmation {
-            slip_id: slip.as_bytes().to_vec(),
-            patient_signature: k
-                .signing_key()
-                .sign(domains::PATIENT_CONFIRMATION, slip.as_bytes())
-                .as_bytes()
-                .to_vec(),
-        })
-    };
+    let confirm = |k: &KeyMaterial| confirm_by(k, &slip);
     refused(w.run(&id(&other), confirm(&other), 1), "another patient");
     // A confirmation signature by someone else is refused even if the patient submits it.
     refused(w.run(&id(&patient), confirm(&other), 1), "does not verify");
@@ -342,19 +333,50 @@ fn access_records_come_from_validators_once_per_request() {
     w.register(&doctor, v1::Role::Doctor);
     w.register(&patient, v1::Role::Patient);
     let slip = w.write(&doctor, &patient, "Observation").unwrap();
-    let rec = Payload::AccessRecord(v1::AccessRecord {
-        reader: id(&doctor).as_bytes().to_vec(),
-        slip_id: slip.as_bytes().to_vec(),
-        request: vec![7; 32],
-        granted: false,
-        reason: "no grant".into(),
-        grant: vec![],
-        at_ms: 1,
-    });
-    refused(w.run(&id(&doctor), rec.clone(), 1), "only a validator");
     let v = w.validators[0];
+    // The doctor's own request, signed for validator `node`.
+    let asked = |node: &Identity| {
+        medchain_proto::records::sign_read_request(
+            &doctor.signing_key(),
+            v1::ReadRequest {
+                chain_id: "h".into(),
+                reader: vec![],
+                slip_id: slip.as_bytes().to_vec(),
+                timestamp_ms: 1,
+                nonce: vec![9; 16],
+                node: node.as_bytes().to_vec(),
+            },
+        )
+    };
+    let record = |signed: Option<v1::SignedReadRequest>| {
+        let request = signed
+            .as_ref()
+            .and_then(|s| s.request.as_ref())
+            .map(medchain_proto::Hashed::digest)
+            .map_or(vec![7; 32], |d| d.as_bytes().to_vec());
+        Payload::AccessRecord(v1::AccessRecord {
+            reader: id(&doctor).as_bytes().to_vec(),
+            slip_id: slip.as_bytes().to_vec(),
+            request,
+            granted: false,
+            reason: "no grant".into(),
+            grant: vec![],
+            at_ms: 1,
+            signed_request: signed,
+        })
+    };
+    let rec = record(Some(asked(&v)));
+    refused(w.run(&id(&doctor), rec.clone(), 1), "only a validator");
+    // Under rules 2 a validator records only reads the reader asked of it, signed.
+    refused(w.run(&v, record(None), 1), "carries the reader's request");
+    refused(
+        w.run(&v, record(Some(asked(&w.validators[1]))), 1),
+        "carries the reader's request",
+    );
     w.run(&v, rec.clone(), 1).unwrap();
     refused(w.run(&v, rec, 1), "already recorded");
+    // Rules 1 took a validator's word.
+    World::v1().run(&v, record(None), 1).unwrap();
     let trail = w
         .store
         .chain_state_prefix(&keys::audit_prefix(b'r', slip.as_bytes()), 100)

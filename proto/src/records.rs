@@ -273,6 +273,18 @@ pub fn check_access_record(a: &v1::AccessRecord) -> Result<(), ProtoError> {
     if !a.grant.is_empty() {
         hash(KIND, "grant", &a.grant)?;
     }
+    if let Some(signed) = &a.signed_request {
+        let v = verify_read_request(signed)?;
+        if v.reader.as_bytes() != a.reader.as_slice()
+            || v.slip_id.as_bytes() != a.slip_id.as_slice()
+            || v.digest.as_bytes() != a.request.as_slice()
+        {
+            return Err(invalid(
+                KIND,
+                "the signed request is for another reader, record or request",
+            ));
+        }
+    }
     text(KIND, "reason", &a.reason, MAX_REASON, false)
 }
 
@@ -330,6 +342,8 @@ pub struct VerifiedReadRequest {
     /// captured request cannot be replayed at another validator.
     pub node: Identity,
     pub digest: Hash32,
+    /// The request as the reader signed it: access records carry it as proof she asked.
+    pub signed: v1::SignedReadRequest,
 }
 
 pub fn verify_read_request(
@@ -355,6 +369,7 @@ pub fn verify_read_request(
         slip_id,
         node,
         digest,
+        signed: signed.clone(),
     })
 }
 
@@ -508,9 +523,30 @@ mod tests {
         let mut other = signed.clone();
         other.request.as_mut().unwrap().slip_id = vec![8; 32];
         assert!(verify_read_request(&other).is_err());
-        let mut short = signed;
+        let mut short = signed.clone();
         short.request.as_mut().unwrap().nonce = vec![1; 3];
         assert!(verify_read_request(&short).is_err());
+
+        // An access record that carries the request must match it, and its signature verify.
+        let record = |signed: v1::SignedReadRequest, slip: Vec<u8>| v1::AccessRecord {
+            reader: k.identity().as_bytes().to_vec(),
+            slip_id: slip,
+            request: v.digest.as_bytes().to_vec(),
+            granted: true,
+            reason: String::new(),
+            grant: vec![],
+            at_ms: 5,
+            signed_request: Some(signed),
+        };
+        check_access_record(&record(signed.clone(), vec![7; 32])).unwrap();
+        let e = check_access_record(&record(signed.clone(), vec![8; 32])).unwrap_err();
+        assert!(
+            e.to_string().contains("another reader, record or request"),
+            "{e}"
+        );
+        let mut forged = signed;
+        forged.signature[10] ^= 1;
+        assert!(check_access_record(&record(forged, vec![7; 32])).is_err());
     }
 
     #[test]

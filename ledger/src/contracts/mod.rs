@@ -469,6 +469,20 @@ pub fn execute(
                 return refuse("only a validator of this chain records accesses");
             }
             let request = hash32(&a.request)?;
+            if ctx.v2() {
+                // The form check verified the reader's signature and that it names this
+                // reader, record and request; here: it was signed for this node.
+                let signed_for = a
+                    .signed_request
+                    .as_ref()
+                    .and_then(|s| s.request.as_ref())
+                    .map(|r| r.node.as_slice());
+                if signed_for != Some(signer.as_bytes()) {
+                    return refuse(format!(
+                        "an access record carries the reader's request signed for the node that records it ({signer}); without it a node could record reads that never happened"
+                    ));
+                }
+            }
             let key = keys::access(&request, signer);
             if audit.ov.contains(&key)? {
                 return refuse(format!("read request {request} is already recorded"));

@@ -215,6 +215,7 @@ impl NodeHandle {
                 reason,
                 grant: grant.map(|g| g.as_bytes().to_vec()).unwrap_or_default(),
                 at_ms: now_ms(),
+                signed_request: Some(req.signed.clone()),
             },
         ));
         let bytes = medchain_proto::Canonical::canonical_bytes(&tx);
