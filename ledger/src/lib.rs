@@ -90,6 +90,22 @@ pub struct CheckedTx {
     /// Its signer's identity bytes and its payload's kind: the mempool's quotas count them.
     pub signer: Vec<u8>,
     pub kind: &'static str,
+    /// A record slip's ciphertext (content address and size): the mempool keeps one pending
+    /// slip per ciphertext and counts a signer's pending bytes, and a peer's push of a
+    /// ciphertext is stored only while its slip is pending or committed.
+    pub blob: Option<(Hash32, u64)>,
+}
+
+/// The ciphertext a record slip points at, if the transaction is one.
+fn slip_blob(body: &v1::TransactionBody) -> Option<(Hash32, u64)> {
+    match body.payload.as_ref()? {
+        v1::transaction_body::Payload::PrivateSlip(slip) => {
+            let content = slip.content.as_ref()?;
+            let address = Hash32::from_slice(&content.ciphertext_hash).ok()?;
+            Some((address, content.ciphertext_size))
+        }
+        _ => None,
+    }
 }
 
 /// What [`PrivateLedger::commit`] wrote.
@@ -212,6 +228,7 @@ impl PrivateLedger {
                 .payload
                 .as_ref()
                 .map_or("none", medchain_proto::records::payload_kind),
+            blob: slip_blob(body),
         })
     }
 

@@ -293,8 +293,14 @@ fn backup(home: &Path, out: &Path) -> Result<()> {
     let store = Store::open(&data)?;
     store.check_genesis(&loaded.genesis.hash())?;
     let s = store.backup(out)?;
+    let manifest = backup_manifest(&loaded, &s);
+    let manifest_path = out.join(BACKUP_MANIFEST);
+    let mut manifest = serde_json::to_vec_pretty(&manifest)?;
+    manifest.push(b'\n');
+    std::fs::write(&manifest_path, manifest)
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
     out!(
-        "backed up {} to {}: height {}{}, {} record ciphertexts ({} bytes); copy checked",
+        "backed up {} to {}: height {}{}, {} record ciphertexts ({} bytes), {} sealed proxy fragments; copy checked",
         data.display(),
         out.display(),
         s.height,
@@ -302,13 +308,45 @@ fn backup(home: &Path, out: &Path) -> Result<()> {
             .map(|t| format!(" (tip {})", &t.to_hex()[..16]))
             .unwrap_or_default(),
         s.records,
-        s.record_bytes
+        s.record_bytes,
+        s.node_secrets
     );
     out!(
-        "not included: the node key {} (keep it backed up separately, offline)",
-        loaded.key_path().display()
+        "not included: the node key {} (keep it backed up separately, offline); what the backup holds is in {}",
+        loaded.key_path().display(),
+        manifest_path.display()
     );
     Ok(())
+}
+
+/// The file a backup describes itself in, beside the data it holds.
+const BACKUP_MANIFEST: &str = "medchain-backup.json";
+
+/// What a backup holds and what it does not, for whoever keeps it: it holds patient data (record
+/// ciphertexts, deleted ones included) and is to be kept and destroyed as such.
+fn backup_manifest(
+    loaded: &config::LoadedConfig,
+    s: &medchain_storage::BackupSummary,
+) -> serde_json::Value {
+    serde_json::json!({
+        "chain_id": loaded.genesis.chain_id,
+        "genesis_hash": loaded.genesis.hash().to_hex(),
+        "height": s.height,
+        "tip": s.tip.map(|t| t.to_hex()),
+        "taken_at_ms": now_ms(),
+        "holds": {
+            "blocks_and_chain_state": "every block to the tip, the chain state and indexes, this replica's consensus state",
+            "record_ciphertexts": s.records,
+            "record_ciphertext_bytes": s.record_bytes,
+            "record_note": "encrypted to each patient; includes records erased after the backup was taken: destroy the backup on the retention schedule",
+            "sealed_proxy_fragments": s.node_secrets,
+            "fragment_note": "re-encryption key fragments sealed to this node's encryption key: useless without the node key file and its password",
+        },
+        "not_included": [
+            format!("the node key {} (back it up separately, offline)", loaded.key_path().display()),
+            "the node's configuration and genesis files",
+        ],
+    })
 }
 
 fn restore(home: &Path, from: &Path) -> Result<()> {

@@ -54,6 +54,31 @@ pub struct NodeConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub access: AccessConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// The record store's housekeeping.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// How old a record file no pending or live slip names must be before the orphan sweep
+    /// removes it, in hours.
+    pub orphan_grace_hours: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            orphan_grace_hours: 24,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn orphan_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.orphan_grace_hours.saturating_mul(3600))
+    }
 }
 
 /// Abnormal-access detection (DESIGN.md flow 7): reads per identity and per source address over
@@ -430,6 +455,15 @@ pub fn validate(loaded: &LoadedConfig) -> Vec<Problem> {
                 "give a positive number, or remove the line for the default",
             );
         }
+    }
+    if c.storage.orphan_grace_hours == 0 {
+        add(
+            &cfg_file,
+            "storage.orphan_grace_hours",
+            "0 would let the orphan sweep remove a ciphertext whose slip is about to be ordered"
+                .into(),
+            "give at least 1 (hours), or remove the line for the default of 24",
+        );
     }
     if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
         add(

@@ -131,6 +131,10 @@ level = "info"
 window_secs = 60
 max_reads_per_identity = 120
 max_reads_per_source = 600
+
+[storage]
+# Record files no pending or committed slip names are removed once this many hours old.
+orphan_grace_hours = 24
 "#,
         key = key_rel.display(),
     );

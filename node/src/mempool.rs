@@ -10,8 +10,15 @@
 //! suspensions are one per read a reader asked for, and bounded by the kind's share instead),
 //! and one kind of transaction takes at most [`Quotas::per_kind`] places, so a flood of reads
 //! leaves room for records and consent, and a flood of records room for the audit.
+//!
+//! A record slip's ciphertext is stored on every validator while the slip is pending, so the
+//! pool also holds one pending slip per ciphertext and at most [`Quotas::per_signer_bytes`] of a
+//! signer's pending ciphertext, and shares the pending addresses ([`PendingBlobs`]) with the
+//! blob room (which stores a peer's push only for a pending or committed slip) and the orphan
+//! sweep (which never removes a pending one).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use medchain_crypto::Hash32;
 
@@ -34,6 +41,31 @@ pub enum MempoolError {
         "{limit} {kind} transactions are pending, the most the mempool holds of one kind; retry after the next block"
     )]
     KindQuota { kind: &'static str, limit: usize },
+    #[error("the signer has {limit} bytes of record ciphertext pending, its limit; retry after the next block")]
+    SignerBytes { limit: u64 },
+    #[error("pending transaction {pending} already names this ciphertext; each record has its own ciphertext, so encrypt this one afresh")]
+    CiphertextPending { pending: String },
+}
+
+/// Content addresses of the ciphertexts pending slips name, shared by the pool with the parts of
+/// the node that must not store or remove a ciphertext against the pool's view.
+#[derive(Clone, Debug, Default)]
+pub struct PendingBlobs(Arc<Mutex<HashMap<Hash32, Hash32>>>);
+
+impl PendingBlobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash32, Hash32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a pending slip names this ciphertext.
+    pub fn contains(&self, address: &Hash32) -> bool {
+        self.lock().contains_key(address)
+    }
+
+    /// The pending transaction naming this ciphertext.
+    fn holder(&self, address: &Hash32) -> Option<Hash32> {
+        self.lock().get(address).copied()
+    }
 }
 
 /// How much of the pool one signer and one kind may hold.
@@ -41,17 +73,21 @@ pub enum MempoolError {
 pub struct Quotas {
     pub per_signer: usize,
     pub per_kind: usize,
+    /// Record ciphertext bytes one signer's pending slips may name.
+    pub per_signer_bytes: u64,
     /// Signers without a per-signer limit (the chain's validators).
     pub exempt: HashSet<Vec<u8>>,
 }
 
 impl Quotas {
     /// The node's quotas for a pool of `capacity`: a signer a fiftieth of it (1,000 of 50,000,
-    /// far more than a client has in flight), a kind half of it.
+    /// far more than a client has in flight), a kind half of it, and 1 GiB of a signer's pending
+    /// ciphertext (64 records of the 16 MiB maximum waiting for one block).
     pub fn for_capacity(capacity: usize, exempt: HashSet<Vec<u8>>) -> Self {
         Quotas {
             per_signer: (capacity / 50).max(1),
             per_kind: (capacity / 2).max(1),
+            per_signer_bytes: 1 << 30,
             exempt,
         }
     }
@@ -61,6 +97,7 @@ impl Quotas {
         Quotas {
             per_signer: usize::MAX,
             per_kind: usize::MAX,
+            per_signer_bytes: u64::MAX,
             exempt: HashSet::new(),
         }
     }
@@ -71,6 +108,7 @@ struct Entry {
     replay_key: Vec<u8>,
     signer: Vec<u8>,
     kind: &'static str,
+    blob: Option<(Hash32, u64)>,
 }
 
 /// Identities of pending transactions, by id and by replay key (signer and nonce), with counts
@@ -83,10 +121,13 @@ pub struct Mempool {
     by_replay_key: HashMap<Vec<u8>, Hash32>,
     per_signer: HashMap<Vec<u8>, usize>,
     per_kind: HashMap<&'static str, usize>,
+    per_signer_bytes: HashMap<Vec<u8>, u64>,
+    blobs: PendingBlobs,
 }
 
 impl Mempool {
-    pub fn new(capacity: usize, quotas: Quotas) -> Self {
+    /// A pool that publishes its pending ciphertexts in `blobs`.
+    pub fn new(capacity: usize, quotas: Quotas, blobs: PendingBlobs) -> Self {
         Mempool {
             capacity: capacity.max(1),
             quotas,
@@ -94,6 +135,8 @@ impl Mempool {
             by_replay_key: HashMap::new(),
             per_signer: HashMap::new(),
             per_kind: HashMap::new(),
+            per_signer_bytes: HashMap::new(),
+            blobs,
         }
     }
 
@@ -141,6 +184,20 @@ impl Mempool {
                 limit,
             });
         }
+        if let Some((address, size)) = tx.blob {
+            if let Some(pending) = self.blobs.holder(&address) {
+                return Err(MempoolError::CiphertextPending {
+                    pending: pending.to_hex(),
+                });
+            }
+            let limit = self.quotas.per_signer_bytes;
+            let held = self.per_signer_bytes.get(&tx.signer).copied().unwrap_or(0);
+            if held.saturating_add(size) > limit && !self.quotas.exempt.contains(&tx.signer) {
+                return Err(MempoolError::SignerBytes { limit });
+            }
+            *self.per_signer_bytes.entry(tx.signer.clone()).or_default() += size;
+            self.blobs.lock().insert(address, tx.id);
+        }
         self.by_replay_key.insert(tx.replay_key.clone(), tx.id);
         *self.per_signer.entry(tx.signer.clone()).or_default() += 1;
         *self.per_kind.entry(tx.kind).or_default() += 1;
@@ -150,6 +207,7 @@ impl Mempool {
                 replay_key: tx.replay_key.clone(),
                 signer: tx.signer.clone(),
                 kind: tx.kind,
+                blob: tx.blob,
             },
         );
         Ok(())
@@ -168,6 +226,15 @@ impl Mempool {
         }
         if let Some(n) = self.per_kind.get_mut(e.kind) {
             *n -= 1;
+        }
+        if let Some((address, size)) = e.blob {
+            self.blobs.lock().remove(&address);
+            if let Some(n) = self.per_signer_bytes.get_mut(&e.signer) {
+                *n -= size;
+                if *n == 0 {
+                    self.per_signer_bytes.remove(&e.signer);
+                }
+            }
         }
     }
 
@@ -196,6 +263,7 @@ mod tests {
             bytes: vec![],
             signer: vec![signer],
             kind,
+            blob: None,
         }
     }
 
@@ -205,7 +273,7 @@ mod tests {
 
     #[test]
     fn bounded_and_deduplicated() {
-        let mut m = Mempool::new(2, Quotas::none());
+        let mut m = Mempool::new(2, Quotas::none(), PendingBlobs::default());
         m.insert(&t(1, 1)).unwrap();
         assert_eq!(
             m.insert(&t(1, 1)),
@@ -222,7 +290,7 @@ mod tests {
 
     #[test]
     fn one_pending_transaction_per_signer_and_nonce() {
-        let mut m = Mempool::new(10, Quotas::none());
+        let mut m = Mempool::new(10, Quotas::none(), PendingBlobs::default());
         m.insert(&t(1, 7)).unwrap();
         let e = m.insert(&t(2, 7)).unwrap_err();
         assert_eq!(
@@ -244,9 +312,10 @@ mod tests {
         let quotas = Quotas {
             per_signer: 2,
             per_kind: 3,
+            per_signer_bytes: u64::MAX,
             exempt: [vec![200u8]].into_iter().collect(),
         };
-        let mut m = Mempool::new(10, quotas);
+        let mut m = Mempool::new(10, quotas, PendingBlobs::default());
         m.insert(&tx(1, 1, 7, "request")).unwrap();
         m.insert(&tx(2, 2, 7, "request")).unwrap();
         let e = m.insert(&tx(3, 3, 7, "grant")).unwrap_err();
@@ -269,5 +338,36 @@ mod tests {
         m.remove_committed(&h(1), &[1]);
         m.insert(&tx(3, 3, 7, "request")).unwrap();
         assert_eq!(m.len(), 6);
+    }
+
+    /// A slip's ciphertext is published as pending while the slip is, one slip per ciphertext,
+    /// and a signer's pending ciphertext bytes keep to their quota.
+    #[test]
+    fn pending_ciphertexts_are_published_and_bounded() {
+        let quotas = Quotas {
+            per_signer_bytes: 100,
+            ..Quotas::none()
+        };
+        let blobs = PendingBlobs::default();
+        let mut m = Mempool::new(10, quotas, blobs.clone());
+        let slip = |id: u8, key: u8, blob: u8, size: u64| CheckedTx {
+            blob: Some((h(blob), size)),
+            ..tx(id, key, 7, "record")
+        };
+        m.insert(&slip(1, 1, 50, 60)).unwrap();
+        assert!(blobs.contains(&h(50)));
+        assert_eq!(
+            m.insert(&slip(2, 2, 50, 10)),
+            Err(MempoolError::CiphertextPending {
+                pending: h(1).to_hex()
+            })
+        );
+        let e = m.insert(&slip(3, 3, 51, 41)).unwrap_err();
+        assert_eq!(e, MempoolError::SignerBytes { limit: 100 });
+        m.insert(&slip(4, 4, 52, 40)).unwrap();
+        m.remove_committed(&h(1), &[1]);
+        assert!(!blobs.contains(&h(50)) && blobs.contains(&h(52)));
+        m.insert(&slip(3, 3, 51, 41)).unwrap();
+        assert_eq!(m.len(), 2);
     }
 }

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub peer_messages_refused: Family<Kind, Counter>,
     /// Client connections closed on arrival at the `[api] max_connections` limit.
     api_connections_refused: Counter,
+    /// Files the orphan sweep removed from the record store (no pending or live slip).
+    pub orphans_removed: Counter,
     traffic: Arc<PeerTraffic>,
 }
 
@@ -85,6 +87,7 @@ impl Metrics {
             record_api: Family::default(),
             peer_messages_refused: Family::default(),
             api_connections_refused: Counter::default(),
+            orphans_removed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -106,6 +109,11 @@ impl Metrics {
             "round_seconds",
             "Seconds from a batch's proposal to its commit at this node",
             m.round_seconds.clone(),
+        );
+        registry.register(
+            "orphan_records_removed",
+            "Record files removed by the orphan sweep: no pending or live slip named them within the grace period",
+            m.orphans_removed.clone(),
         );
         registry.register(
             "transactions_accepted",

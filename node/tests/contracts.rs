@@ -399,7 +399,12 @@ fn suspended_identities_cannot_act_until_reinstated() {
         identity: id(&doctor).as_bytes().to_vec(),
         reason: "200 reads in 60 s".into(),
     });
-    w.run(&v, suspend, 1).unwrap();
+    // Under rules 2 one validator's word is a report: f + 1 = 2 of the 4 suspend.
+    w.run(&v, suspend.clone(), 1).unwrap();
+    w.write(&doctor, &patient, "Observation").unwrap();
+    refused(w.run(&v, suspend.clone(), 1), "already reported");
+    let other = w.validators[2];
+    w.run(&other, suspend, 1).unwrap();
     assert!(matches!(
         w.write(&doctor, &patient, "Observation"),
         Err(ContractError::Refused(m)) if m.contains("suspended")
@@ -635,4 +640,89 @@ fn transactions_take_effect_only_within_their_window() {
     old.register(&patient, v1::Role::Patient);
     old.run_signed_at(&id(&doctor), request_by(&patient, 1), late, signed)
         .unwrap();
+}
+
+/// Under rules 2 a slip cannot name a ciphertext another record uses (erasing one would erase
+/// the other); rules 1 let two records share one.
+#[test]
+fn each_record_has_its_own_ciphertext_under_rules_2() {
+    for rules_version in [rules::V1, rules::V2] {
+        let mut w = World {
+            rules: rules_version,
+            ..World::new()
+        };
+        let (doctor, patient) = (km(1), km(9));
+        w.register(&doctor, v1::Role::Doctor);
+        w.register(&patient, v1::Role::Patient);
+        let first = w.write(&doctor, &patient, "Observation").unwrap();
+        let entry = slip_entry(&Overlay::new(&w.store), &first).unwrap();
+        let keys = PatientKeys {
+            identity: id(&patient),
+            encryption: patient.encryption_key().public_key(),
+            search: patient.search_key().public_key(),
+        };
+        let input = RecordInput {
+            plaintext: br#"{"resourceType":"Condition"}"#.to_vec(),
+            record_type: "Condition".into(),
+            summary: String::new(),
+            keywords: vec![],
+            replaces: None,
+        };
+        let mut payload = build_record_write("h", &doctor, &keys, &input, 2, 1)
+            .unwrap()
+            .transaction
+            .body
+            .unwrap()
+            .payload
+            .unwrap();
+        let Payload::PrivateSlip(slip) = &mut payload else {
+            unreachable!("a record write carries a slip")
+        };
+        slip.content.as_mut().unwrap().ciphertext_hash = entry.ciphertext_hash.to_vec();
+        let result = w.run(&id(&doctor), payload, 1);
+        if rules_version == rules::V1 {
+            result.unwrap();
+        } else {
+            refused(result, &format!("already belongs to record {first}"));
+        }
+    }
+}
+
+/// Rules 1 let one validator suspend; under rules 2 reports older than the window do not add
+/// up, and an authority still suspends at once.
+#[test]
+fn suspensions_by_validators_need_f_plus_1_recent_reports_under_rules_2() {
+    let report = |who: &KeyMaterial| {
+        Payload::Suspension(v1::Suspension {
+            identity: id(who).as_bytes().to_vec(),
+            reason: "abnormal access".into(),
+        })
+    };
+    let mut old_chain = World::v1();
+    let (doctor, patient) = (km(1), km(2));
+    old_chain.register(&doctor, v1::Role::Doctor);
+    old_chain.register(&patient, v1::Role::Patient);
+    let v = old_chain.validators[0];
+    old_chain.run(&v, report(&doctor), 1).unwrap();
+    refused(
+        old_chain
+            .write(&doctor, &patient, "Observation")
+            .map(|_| (Hash32::ZERO, SideEffects::default())),
+        "suspended",
+    );
+
+    let mut w = World::new();
+    w.register(&doctor, v1::Role::Doctor);
+    w.register(&patient, v1::Role::Patient);
+    let (v0, v1_) = (w.validators[0], w.validators[1]);
+    w.run(&v0, report(&doctor), 1_000).unwrap();
+    // An hour later the first report no longer counts: the second waits for another.
+    w.run(&v1_, report(&doctor), 1_000 + rules::REPORT_WINDOW_MS)
+        .unwrap();
+    w.write(&doctor, &patient, "Observation").unwrap();
+    let a = id(&w.authority);
+    w.run(&a, report(&patient), 1).unwrap();
+    refused(w.run(&v0, report(&patient), 1), "already suspended");
+    assert_eq!(rules::reports_needed(4), 2);
+    assert_eq!(rules::reports_needed(7), 3);
 }

@@ -132,6 +132,7 @@ fn operations_guide_runs_as_written() {
         "registered ",
         "\"Dr Grey\"",
         "backed up replica4/data to backups/replica4-1",
+        "\"sealed_proxy_fragments\": 0",
         "restored backups/replica4-1 into replica4/data",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{report}");

@@ -92,14 +92,15 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     let tmp = tempfile::tempdir().unwrap();
     let base = support::base_port(18_200, 110, 50);
     let mut net = Devnet::init(&tmp.path().join("devnet"), 4, base);
-    // node2 watches reads closely: a fourth read by one identity within a minute is abnormal.
-    let cfg = net.home(2).join("config.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replace("max_reads_per_identity = 120", "max_reads_per_identity = 3"),
-    )
-    .unwrap();
+    // node2 and node3 watch reads closely: a fourth read by one identity within a minute is
+    // abnormal.
+    for i in [2, 3] {
+        net.set_config(
+            i,
+            "max_reads_per_identity = 120",
+            "max_reads_per_identity = 3",
+        );
+    }
     net.start_all_connected();
     let (n0, n1) = (net.apis[0].clone(), net.apis[1].clone());
     let users = tmp.path().join("users");
@@ -694,51 +695,40 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     );
     assert!(e.contains("not a patient"), "{e}");
 
-    // Abnormal access: the fourth read within the window on node2 suspends the reader on chain;
-    // every node then refuses it until an authority reinstates it.
+    // Abnormal access: the fourth read within the window on node2 is refused and reported; one
+    // validator's report does not suspend (it could be Byzantine), a second one's does, and
+    // every node then refuses the reader until an authority reinstates it.
+    let get = [
+        "record",
+        "get",
+        &s1,
+        "--out",
+        &out_s,
+        "--key",
+        &key("patient"),
+    ];
     let n2 = net.apis[2].clone();
+    let n3 = net.apis[3].clone();
     for _ in 0..3 {
-        ok(
-            &n2,
-            &[
-                "record",
-                "get",
-                &s1,
-                "--out",
-                &out_s,
-                "--key",
-                &key("patient"),
-            ],
-        );
+        ok(&n2, &get);
     }
-    let e = refused(
-        &n2,
-        &[
-            "record",
-            "get",
-            &s1,
-            "--out",
-            &out_s,
-            "--key",
-            &key("patient"),
-        ],
-    );
+    let e = refused(&n2, &get);
     assert!(e.contains("abnormal access"), "{e}");
+    let trail = format!("/v1/audit?actor={patient}");
     assert!(
-        net.wait(20, |_| cli(
-            &n0,
-            &[
-                "record",
-                "get",
-                &s1,
-                "--out",
-                &out_s,
-                "--key",
-                &key("patient")
-            ]
-        )
-        .2
-        .contains("suspended")),
+        net.wait(20, |_| http_as(&n0, &auth, "GET", &trail, None)
+            .is_some_and(
+                |(_, b)| b.contains("1 of the 2 reports that suspend")
+            )),
+        "node2's report did not commit"
+    );
+    ok(&n0, &get);
+    for _ in 0..3 {
+        ok(&n3, &get);
+    }
+    assert!(refused(&n3, &get).contains("abnormal access"));
+    assert!(
+        net.wait(20, |_| cli(&n0, &get).2.contains("suspended")),
         "the suspension did not reach node0"
     );
     let e = refused(
@@ -751,18 +741,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         &["identity", "reinstate", &patient, "--key", &authority],
     );
     settle(&net);
-    ok(
-        &n0,
-        &[
-            "record",
-            "get",
-            &s1,
-            "--out",
-            &out_s,
-            "--key",
-            &key("patient"),
-        ],
-    );
+    ok(&n0, &get);
 
     // A node restart loses nothing.
     assert!(net.wait(20, |n| (0..4)
@@ -776,18 +755,7 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         "node0 did not come back"
     );
     assert_eq!(audit_ops(&n0, &auth, &s1)[..trail.len()], trail[..]);
-    ok(
-        &n0,
-        &[
-            "record",
-            "get",
-            &s1,
-            "--out",
-            &out_s,
-            "--key",
-            &key("patient"),
-        ],
-    );
+    ok(&n0, &get);
     assert_eq!(
         std::fs::read(&out).unwrap(),
         std::fs::read(fhir("observation-example.json")).unwrap()

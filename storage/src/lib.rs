@@ -16,4 +16,7 @@ mod lock;
 mod store;
 
 pub use error::StoreError;
-pub use store::{BackupSummary, ChainTip, ConsensusChanges, Store, TxLocation, SCHEMA_VERSION};
+pub use store::{
+    BackupSummary, ChainTip, ConsensusChanges, RecordFile, StagedRecord, Store, TxLocation,
+    SCHEMA_VERSION,
+};

@@ -95,43 +95,25 @@ pub struct BackupSummary {
     /// Record ciphertext files copied, and their bytes.
     pub records: usize,
     pub record_bytes: u64,
+    /// This node's secrets in the copy (a proxy's sealed re-encryption fragments).
+    pub node_secrets: usize,
 }
 
-/// Copies `<from>/<xx>/<hash>` files (not temporaries) to `to`, syncing each file and folder.
-fn copy_records(from: &Path, to: &Path) -> Result<(usize, u64), StoreError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StoreError::Io { path, source }
+/// Makes the data folder the node's user's alone (mode 0700): its files follow the umask, and
+/// the folder holds patients' ciphertexts and this node's sealed fragments, which no other local
+/// user has any business listing or copying.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
     };
-    let mut count = 0;
-    let mut bytes = 0;
-    let Ok(shards) = std::fs::read_dir(from) else {
-        return Ok((0, 0));
-    };
-    for shard in shards {
-        let shard = shard.map_err(io(from))?;
-        if !shard.file_type().map_err(io(&shard.path()))?.is_dir() {
-            continue;
-        }
-        let target = to.join(shard.file_name());
-        std::fs::create_dir_all(&target).map_err(io(&target))?;
-        for file in std::fs::read_dir(shard.path()).map_err(io(&shard.path()))? {
-            let file = file.map_err(io(&shard.path()))?;
-            if file.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let dest = target.join(file.file_name());
-            bytes += std::fs::copy(file.path(), &dest).map_err(io(&dest))?;
-            std::fs::File::open(&dest)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&dest))?;
-            count += 1;
-        }
-        std::fs::File::open(&target)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&target))?;
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700 | 0o700))
+            .map_err(io)?;
     }
-    Ok((count, bytes))
+    Ok(())
 }
 
 impl Store {
@@ -141,6 +123,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
+        owner_only(path)?;
         let lock = DirLock::acquire(path)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -287,8 +270,9 @@ impl Store {
         }
         let tip = self.tip()?;
         rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(out)?;
+        owner_only(out)?;
         let (records, record_bytes) =
-            copy_records(&self.path.join(RECORDS_DIR), &out.join(RECORDS_DIR))?;
+            records::copy_records(&self.path.join(RECORDS_DIR), &out.join(RECORDS_DIR))?;
         let copy = Store::open(out)?;
         let copied_tip = copy.tip()?;
         if copied_tip != tip {
@@ -302,6 +286,7 @@ impl Store {
             tip: tip.map(|t| t.hash),
             records,
             record_bytes,
+            node_secrets: copy.node_secrets(b"")?.len(),
         })
     }
 
@@ -505,6 +490,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls `visit` with every chain-state entry whose key starts with `prefix`, in key order,
+    /// without collecting them (a scan of every record's slip for the orphan sweep).
+    pub fn for_each_chain_state(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.db.iterator_cf(
+            self.cf(CF_CHAIN_STATE),
+            IteratorMode::From(prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            visit(&k, &v)?;
+        }
+        Ok(())
+    }
+
     /// Keeps one of this node's secrets (synced).
     pub fn put_node_secret(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.db
@@ -514,6 +519,32 @@ impl Store {
 
     pub fn node_secret(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get_cf(self.cf(CF_NODE_SECRETS), key)?)
+    }
+
+    /// This node's secrets whose key starts with `prefix`, in key order.
+    pub fn node_secrets(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_NODE_SECRETS),
+            IteratorMode::From(prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the secret under `old` by `value` under `new`, in one synced write: a crash
+    /// leaves one of the two, never both or neither.
+    pub fn move_node_secret(&self, old: &[u8], new: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_NODE_SECRETS), old);
+        batch.put_cf(self.cf(CF_NODE_SECRETS), new, value);
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
     }
 
     /// Destroys one of this node's secrets (synced).
@@ -579,74 +610,10 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Where the ciphertext with content address `content_hash` lives:
-    /// `<data>/records/<first two hex digits>/<hash hex>`. Record ciphertexts (up to 16 MiB) are
-    /// files, not RocksDB values: large values would be rewritten by every compaction, and an
-    /// operator can back up, inspect and check them with ordinary tools.
-    pub fn record_path(&self, content_hash: &Hash32) -> PathBuf {
-        let hex = content_hash.to_hex();
-        self.path.join(RECORDS_DIR).join(&hex[..2]).join(hex)
-    }
-
-    /// Stores an encrypted record under its content address: written to a temporary file, synced,
-    /// then renamed into place, so a crash leaves either the whole ciphertext or none.
-    pub fn put_record(&self, content_hash: &Hash32, blob: &[u8]) -> Result<(), StoreError> {
-        let path = self.record_path(content_hash);
-        let dir = path.parent().expect("record paths have a parent");
-        let io = |source| StoreError::Io {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = dir.join(format!(".{}.tmp", content_hash.to_hex()));
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            std::io::Write::write_all(&mut f, blob).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        Ok(())
-    }
-
-    /// Whether a ciphertext is stored (without reading it).
-    pub fn has_record(&self, content_hash: &Hash32) -> bool {
-        self.record_path(content_hash).is_file()
-    }
-
-    /// The stored ciphertext, as found on disk (callers check it against its address).
-    pub fn record(&self, content_hash: &Hash32) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.record_path(content_hash);
-        match std::fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StoreError::Io { path, source }),
-        }
-    }
-
-    /// Destroys a record's ciphertext (erasure); the chain keeps its hash and history.
-    pub fn delete_record(&self, content_hash: &Hash32) -> Result<(), StoreError> {
-        let path = self.record_path(content_hash);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(StoreError::Io { path, source }),
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| StoreError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-        }
-        Ok(())
-    }
 }
 
+mod records;
+pub use records::{RecordFile, StagedRecord};
 mod seen;
 #[cfg(test)]
 mod tests;

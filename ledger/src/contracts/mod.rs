@@ -235,6 +235,60 @@ fn may_correct(
 
 /// Executes one transaction's payload. `signed_ms` is the transaction's own timestamp. On `Err`
 /// the caller drops the transaction's writes.
+/// A validator's suspension under rules 2 is a report: one validator alone could be Byzantine
+/// and suspend anyone, so an identity is suspended once [`rules::reports_needed`] distinct
+/// validators reported it within [`rules::REPORT_WINDOW_MS`] (an authority suspends at once).
+/// Returns the suspension's reason when this report completes the count, `None` while it
+/// waits for more; each report is on the audit trail either way.
+fn reported(
+    audit: &mut Audit<'_, '_>,
+    ctx: &ExecContext,
+    signer: &Identity,
+    id: &Identity,
+    reason: &str,
+) -> Result<Option<String>, ContractError> {
+    let key = keys::reports(id);
+    let mut reports: Vec<Report> = audit.ov.get(&key)?.unwrap_or_default();
+    reports.retain(|r| r.at_ms.saturating_add(rules::REPORT_WINDOW_MS) > ctx.time_ms);
+    if reports.iter().any(|r| r.by == signer.as_bytes()) {
+        return refuse(format!(
+            "{signer} already reported {id}; another validator's report is needed to suspend it"
+        ));
+    }
+    reports.push(Report {
+        by: signer.as_bytes().to_vec(),
+        reason: reason.to_string(),
+        at_ms: ctx.time_ms,
+        height: ctx.height,
+    });
+    let needed = rules::reports_needed(ctx.validators.len());
+    let count = format!("{} of the {needed} reports that suspend", reports.len());
+    audit.event(
+        "report",
+        signer,
+        None,
+        None,
+        format!("{id}: {reason} ({count})"),
+    );
+    audit.event(
+        "report",
+        id,
+        None,
+        None,
+        format!("by {signer}: {reason} ({count})"),
+    );
+    if reports.len() < needed {
+        audit.ov.put(key, &reports);
+        return Ok(None);
+    }
+    audit.ov.delete(key);
+    let reasons: Vec<&str> = reports.iter().map(|r| r.reason.as_str()).collect();
+    Ok(Some(format!(
+        "reported by {needed} validators: {}",
+        reasons.join("; ")
+    )))
+}
+
 pub fn execute(
     ov: &mut Overlay,
     ctx: &ExecContext,
@@ -354,6 +408,18 @@ pub fn execute(
                 Some(old_id)
             };
             let ciphertext_hash = hash32(&content.ciphertext_hash)?;
+            if ctx.v2() {
+                if let Some(owner) = audit.ov.get_raw(&keys::ciphertext(&ciphertext_hash))? {
+                    return refuse(format!(
+                        "ciphertext {ciphertext_hash} already belongs to record {}; each record has its own ciphertext (erasing one must not erase another), so encrypt this one afresh",
+                        hex::encode(owner)
+                    ));
+                }
+                audit.ov.put_raw(
+                    keys::ciphertext(&ciphertext_hash),
+                    slip_id.as_bytes().to_vec(),
+                );
+            }
             audit.ov.put(
                 keys::slip(&slip_id),
                 &SlipEntry {
@@ -500,7 +566,8 @@ pub fn execute(
             audit.event(op, &reader, patient.as_deref(), Some(&slip_id), detail);
         }
         Payload::Suspension(s) => {
-            if ctx.validator_index(signer).is_none() && !ctx.is_authority(signer) {
+            let by_authority = ctx.is_authority(signer);
+            if ctx.validator_index(signer).is_none() && !by_authority {
                 return refuse("only a validator or an authority suspends an identity");
             }
             let id = ident(&s.identity)?;
@@ -508,23 +575,25 @@ pub fn execute(
             if audit.ov.contains(&keys::suspension(&id))? {
                 return refuse(format!("{id} is already suspended"));
             }
+            let reason = if ctx.v2() && !by_authority {
+                match reported(&mut audit, ctx, signer, &id, &s.reason)? {
+                    Some(reason) => reason,
+                    None => return Ok(fx),
+                }
+            } else {
+                s.reason.clone()
+            };
             audit.ov.put(
                 keys::suspension(&id),
                 &SuspensionEntry {
-                    reason: s.reason.clone(),
+                    reason: reason.clone(),
                     by: signer.as_bytes().to_vec(),
                     height: ctx.height,
                 },
             );
-            audit.event("suspend", signer, None, None, format!("{id}: {}", s.reason));
+            audit.event("suspend", signer, None, None, format!("{id}: {reason}"));
             // Also on the suspended identity's own trail.
-            audit.event(
-                "suspend",
-                &id,
-                None,
-                None,
-                format!("by {signer}: {}", s.reason),
-            );
+            audit.event("suspend", &id, None, None, format!("by {signer}: {reason}"));
         }
         Payload::SuspensionLift(l) => {
             if !ctx.is_authority(signer) {
@@ -535,6 +604,7 @@ pub fn execute(
                 return refuse(format!("{id} is not suspended"));
             }
             audit.ov.delete(keys::suspension(&id));
+            audit.ov.delete(keys::reports(&id));
             fx.reinstated.push(id);
             audit.event("reinstate", signer, None, None, format!("{id}"));
             audit.event("reinstate", &id, None, None, format!("by {signer}"));

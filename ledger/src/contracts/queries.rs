@@ -83,6 +83,10 @@ impl<'a> Queries<'a> {
         self.get(&keys::slip(slip))
     }
 
+    pub fn grant(&self, grant: &Hash32) -> Result<Option<GrantEntry>, ContractError> {
+        self.get(&keys::grant(grant))
+    }
+
     /// The grants a patient gave, in grant-id order.
     pub fn grants_of_patient(
         &self,

@@ -21,7 +21,13 @@ pub const V1: u32 = 1;
 ///   who request and read but never write;
 /// - a transaction takes effect only within [`TX_VALIDITY_MS`] after the time it was signed
 ///   and at most [`TX_FUTURE_MS`] before it, by the block's time: a signed transaction that
-///   someone held back cannot be played long after its signer meant it.
+///   someone held back cannot be played long after its signer meant it;
+/// - a validator alone no longer suspends an identity: its suspension is a report, and
+///   [`reports_needed`] reports from distinct validators within [`REPORT_WINDOW_MS`] suspend
+///   (one Byzantine validator could otherwise lock anyone out); an authority still suspends at
+///   once;
+/// - each record has its own ciphertext: a slip naming a ciphertext another record uses is
+///   refused, since erasing either record would destroy the other's.
 pub const V2: u32 = 2;
 /// What new chains run.
 pub const LATEST: u32 = V2;
@@ -30,6 +36,15 @@ pub const LATEST: u32 = V2;
 pub const TX_VALIDITY_MS: u64 = 60 * 60 * 1000;
 /// How far ahead of the block's time a transaction's timestamp may be (rules 2): clocks differ.
 pub const TX_FUTURE_MS: u64 = 5 * 60 * 1000;
+
+/// How long a validator's report of abnormal access counts towards a suspension (rules 2).
+pub const REPORT_WINDOW_MS: u64 = 60 * 60 * 1000;
+
+/// Reports from distinct validators that suspend an identity (rules 2): f + 1 of `validators`,
+/// so at least one honest validator saw the abnormal access.
+pub fn reports_needed(validators: usize) -> usize {
+    validators.saturating_sub(1) / 3 + 1
+}
 
 /// Why a transaction signed at `signed_ms` cannot take effect at `time_ms`, if it cannot.
 pub fn outside_window(signed_ms: u64, time_ms: u64) -> Option<String> {

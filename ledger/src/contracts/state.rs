@@ -117,6 +117,15 @@ pub struct SuspensionEntry {
     pub height: u64,
 }
 
+/// A validator's report of abnormal access by an identity (rules 2), waiting for others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub by: Vec<u8>,
+    pub reason: String,
+    pub at_ms: u64,
+    pub height: u64,
+}
+
 /// One line of the provenance trail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
@@ -142,9 +151,20 @@ pub mod keys {
     pub fn suspension(id: &Identity) -> Vec<u8> {
         [b"susp/".as_slice(), id.as_bytes()].concat()
     }
-    pub fn slip(slip: &Hash32) -> Vec<u8> {
-        [b"slip/".as_slice(), slip.as_bytes()].concat()
+    /// Validators' reports of an identity not yet suspended (rules 2).
+    pub fn reports(id: &Identity) -> Vec<u8> {
+        [b"rep/".as_slice(), id.as_bytes()].concat()
     }
+    pub fn slip(slip: &Hash32) -> Vec<u8> {
+        [SLIPS, slip.as_bytes()].concat()
+    }
+    /// The slip a ciphertext belongs to (rules 2): one record per ciphertext, so erasing one
+    /// record never destroys another's.
+    pub fn ciphertext(address: &Hash32) -> Vec<u8> {
+        [b"ct/".as_slice(), address.as_bytes()].concat()
+    }
+    /// The prefix of every slip entry (the orphan sweep walks them all).
+    pub const SLIPS: &[u8] = b"slip/";
     pub fn grant(grant: &Hash32) -> Vec<u8> {
         [b"grant/".as_slice(), grant.as_bytes()].concat()
     }

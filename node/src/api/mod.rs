@@ -234,6 +234,8 @@ pub(crate) fn reject_reason(e: &SubmitError) -> &'static str {
         SubmitError::Mempool(MempoolError::NonceTaken { .. }) => "nonce_pending",
         SubmitError::Mempool(MempoolError::SignerQuota { .. }) => "signer_quota",
         SubmitError::Mempool(MempoolError::KindQuota { .. }) => "kind_quota",
+        SubmitError::Mempool(MempoolError::SignerBytes { .. }) => "signer_bytes_quota",
+        SubmitError::Mempool(MempoolError::CiphertextPending { .. }) => "ciphertext_pending",
         SubmitError::Closed => "shutting_down",
         SubmitError::SlipWithoutCiphertext => "slip_without_ciphertext",
     }
@@ -243,12 +245,16 @@ pub(crate) fn reject_reason(e: &SubmitError) -> &'static str {
 pub(crate) fn submit_error(e: SubmitError) -> ApiError {
     let code = match &e {
         SubmitError::Tx(TxError::AlreadyCommitted { .. } | TxError::NonceUsed { .. })
-        | SubmitError::Mempool(MempoolError::Duplicate(_) | MempoolError::NonceTaken { .. }) => {
-            StatusCode::CONFLICT
-        }
+        | SubmitError::Mempool(
+            MempoolError::Duplicate(_)
+            | MempoolError::NonceTaken { .. }
+            | MempoolError::CiphertextPending { .. },
+        ) => StatusCode::CONFLICT,
         SubmitError::Mempool(MempoolError::Full { .. } | MempoolError::KindQuota { .. })
         | SubmitError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-        SubmitError::Mempool(MempoolError::SignerQuota { .. }) => StatusCode::TOO_MANY_REQUESTS,
+        SubmitError::Mempool(
+            MempoolError::SignerQuota { .. } | MempoolError::SignerBytes { .. },
+        ) => StatusCode::TOO_MANY_REQUESTS,
         SubmitError::Tx(TxError::Storage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         SubmitError::SlipWithoutCiphertext => StatusCode::BAD_REQUEST,
         SubmitError::Tx(TxError::Refused(_)) => StatusCode::FORBIDDEN,

@@ -21,7 +21,7 @@ use medchain_proto::v1;
 use crate::api::{bad, internal, not_found, parse_hash, queries, ApiError};
 use crate::client::records::ciphertext_address;
 use crate::private::access_guard::Refusal;
-use crate::private::proxy_fragments::fragment_key;
+use crate::private::proxy_fragments::open_fragment;
 use crate::private::{now_ms, NodeHandle};
 use medchain_ledger::contracts::{self, state::Overlay};
 
@@ -251,9 +251,7 @@ fn serve_read(
             None,
         ));
     };
-    let fragment = node
-        .store
-        .node_secret(&fragment_key(&grant_id))
+    let fragment = open_fragment(&node.node_key, &node.store, &grant_id)
         .map_err(internal)?
         .ok_or_else(|| {
             refused(

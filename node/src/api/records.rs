@@ -28,8 +28,9 @@ use medchain_ledger::contracts::state::SlipEntry;
 
 /// `POST /v1/records`: a `RecordUpload` (signed slip transaction + ciphertext). The node checks
 /// the transaction like any other (signatures, registration, replay), checks the ciphertext
-/// against the slip's content address and size, stores it, pushes it to the other validators and
-/// queues the transaction. Nothing is stored if any check fails.
+/// against the slip's content address and size, stages it, queues the transaction, and once the
+/// mempool admits it puts the ciphertext in place and pushes both to the other validators.
+/// Nothing is stored if any check or the admission fails.
 ///
 /// Only an authenticated doctor uploads, and only her own slips: the token is checked before
 /// the body is read, so a stranger cannot make the node buffer 16 MiB.
@@ -98,20 +99,31 @@ async fn upload_checked(
         .check_client_decoded(tx)
         .await
         .map_err(|e| submit_error(node, e))?;
-    // Store before the slip can commit anywhere, then let the other stores have it.
+    // Staged (written and synced) before the slip is admitted, so it is durable before the slip
+    // can commit anywhere; put in place only once admitted, so a refused slip stores nothing.
     let store = node.store.clone();
     let ciphertext = upload.ciphertext;
-    let ciphertext = tokio::task::spawn_blocking(move || {
-        store.put_record(&address, &ciphertext).map(|()| ciphertext)
+    let (staged, ciphertext) = tokio::task::spawn_blocking(move || {
+        store
+            .stage_record(&address, &ciphertext)
+            .map(|s| (s, ciphertext))
     })
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    node.push_blob(ciphertext).await;
+    let transaction = checked.bytes.clone();
     let id = node
         .queue(checked)
         .await
         .map_err(|e| submit_error(node, e))?;
+    tokio::task::spawn_blocking(move || staged.commit())
+        .await
+        .map_err(internal)?
+        .map_err(|e| {
+            tracing::error!(blob = %address, error = %e, "an admitted record's ciphertext could not be put in place; the other validators' copies serve it");
+            internal(e)
+        })?;
+    node.push_blob(ciphertext, transaction).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(RecordAccepted {

@@ -55,6 +55,7 @@ fn home(development: bool) -> (tempfile::TempDir, Identity) {
         api: ApiConfig::on("127.0.0.1:8545"),
         log: LogConfig::default(),
         access: AccessConfig::default(),
+        storage: StorageConfig::default(),
     };
     std::fs::write(
         dir.path().join(CONFIG_FILE),

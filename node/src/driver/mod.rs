@@ -31,7 +31,7 @@ use medchain_proto::v1::{self, peer_message::Body};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::now_ms;
-use crate::mempool::{CheckedTx, Mempool, MempoolError, Quotas};
+use crate::mempool::{CheckedTx, Mempool, MempoolError, PendingBlobs, Quotas};
 use crate::metrics::Metrics;
 use crate::net::{NetCommand, NetEvent, NetStats};
 use crate::status::Status;
@@ -98,6 +98,8 @@ pub struct Wiring<E> {
     pub mempool_capacity: usize,
     /// The mempool's per-signer and per-kind limits.
     pub mempool_quotas: Quotas,
+    /// Where the mempool publishes the ciphertexts of pending slips.
+    pub pending_blobs: PendingBlobs,
     pub followers: Vec<Box<dyn Follower<E>>>,
 }
 
@@ -161,6 +163,7 @@ impl<C: Chain> Driver<C> {
             me,
             mempool_capacity,
             mempool_quotas,
+            pending_blobs,
             followers,
         } = wiring;
         let forwarded = spawn_forward_checker(chain.checker(), resubmit);
@@ -169,7 +172,7 @@ impl<C: Chain> Driver<C> {
             writer: Writer::spawn(),
             net,
             timers: BTreeMap::new(),
-            mempool: Mempool::new(mempool_capacity, mempool_quotas),
+            mempool: Mempool::new(mempool_capacity, mempool_quotas, pending_blobs),
             forward: Vec::new(),
             forwarded,
             nodes,

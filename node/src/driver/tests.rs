@@ -147,6 +147,7 @@ impl Chain for FakeChain {
                 bytes: bytes.to_vec(),
                 signer: bytes.to_vec(),
                 kind: "test",
+                blob: None,
             })
         })
     }
@@ -196,6 +197,7 @@ fn start(chain: FakeChain) -> Harness {
         me: 0,
         mempool_capacity: 100,
         mempool_quotas: crate::mempool::Quotas::none(),
+        pending_blobs: Default::default(),
         followers: vec![Box::new(Recorder(followed.clone()))],
     };
     Harness {
@@ -315,6 +317,7 @@ async fn submissions_enter_the_mempool_are_forwarded_and_timers_fire() {
         bytes: b"tx".to_vec(),
         signer: b"tx".to_vec(),
         kind: "test",
+        blob: None,
     };
     h.submit
         .send(Submission {

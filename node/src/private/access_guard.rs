@@ -45,7 +45,7 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::IdentityOverLimit { count, .. } => write!(
                 f,
-                "abnormal access: {count} reads in the window; the identity is suspended until an authority reinstates it"
+                "abnormal access: {count} reads in the window; refused, and reported to the chain, which suspends the identity once enough validators report it (an authority reinstates it)"
             ),
         }
     }

@@ -1,9 +1,10 @@
 //! Ciphertext replication, the hospital chain's off-chain store kept whole on every validator.
 //!
 //! Record ciphertexts are replicated, not fetched on demand: the node that receives an upload
-//! stores it before queueing the slip and pushes it to every other validator; a node that commits
-//! a slip whose ciphertext it lacks (it was down, or the push was lost) asks its peers for it
-//! until one answers with bytes matching the slip's content address. So every proxy can serve
+//! stores it once the mempool admits its slip and pushes it, with the slip, to every other
+//! validator, which keeps it only if the slip is accounted for ([`super::blob_push`]); a node
+//! that commits a slip whose ciphertext it lacks (it was down, or the push was lost) asks its
+//! peers for it until one answers with bytes matching the slip's content address. So every proxy can serve
 //! every record, and losing one node loses no record. A deletion erases the ciphertext on every
 //! node when it commits.
 //!
@@ -21,8 +22,10 @@ use medchain_proto::v1::{self, peer_message::Body};
 use medchain_storage::Store;
 use tokio::sync::{mpsc, watch};
 
+use super::blob_push::{PushGate, PushOutcome};
 use crate::client::records::ciphertext_address;
 use crate::driver::{next_peer, Committed, DriverError, Follower};
+use crate::metrics::Metrics;
 use crate::net::{NetCommand, NetEvent, NetStats};
 use medchain_ledger::contracts::SideEffects;
 
@@ -32,7 +35,7 @@ const FETCH_PER_TICK: usize = 8;
 /// Content addresses of committed records whose ciphertext this node still lacks.
 pub type Missing = Arc<Mutex<BTreeSet<Hash32>>>;
 
-fn lock(missing: &Missing) -> std::sync::MutexGuard<'_, BTreeSet<Hash32>> {
+pub(super) fn lock(missing: &Missing) -> std::sync::MutexGuard<'_, BTreeSet<Hash32>> {
     missing.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -63,14 +66,9 @@ impl Follower<SideEffects> for BlobFollower {
     }
 }
 
-/// Stores a ciphertext under its content address, if it is within the record limit and (for an
-/// answer to a request) the one asked for. Returns its address if it was stored or already held.
-fn store_ciphertext(
-    store: &Store,
-    from: u32,
-    expected: Option<Hash32>,
-    ciphertext: &[u8],
-) -> Option<Hash32> {
+/// Stores the answer to a request for a missing ciphertext, if it is within the record limit
+/// and the one asked for. Returns its address if it was stored or already held.
+fn store_answer(store: &Store, from: u32, expected: Hash32, ciphertext: &[u8]) -> Option<Hash32> {
     if ciphertext.len() > limits::RECORD_CIPHERTEXT {
         tracing::info!(
             peer = from,
@@ -80,7 +78,7 @@ fn store_ciphertext(
         return None;
     }
     let address = ciphertext_address(ciphertext);
-    if expected.is_some_and(|e| e != address) {
+    if expected != address {
         tracing::warn!(
             peer = from,
             "a peer answered a blob request with other bytes; ignored"
@@ -101,6 +99,9 @@ fn store_ciphertext(
 pub struct BlobRoom {
     pub store: Arc<Store>,
     pub missing: Missing,
+    /// What a peer's push is checked against.
+    pub gate: PushGate,
+    pub metrics: Arc<Metrics>,
     pub net: mpsc::Sender<NetCommand>,
     pub events: mpsc::Receiver<NetEvent>,
     pub stats: watch::Receiver<NetStats>,
@@ -132,8 +133,20 @@ impl BlobRoom {
         match ev {
             NetEvent::Message { from, msg } => match msg.body {
                 Some(Body::Blob(blob)) => {
-                    tokio::task::spawn_blocking(move || {
-                        store_ciphertext(&store, from, None, &blob.ciphertext);
+                    let (gate, metrics) = (self.gate.clone(), self.metrics.clone());
+                    tokio::spawn(async move {
+                        match gate.admit(blob).await {
+                            PushOutcome::Kept(address) => {
+                                tracing::debug!(peer = from, blob = %address, "kept a pushed record ciphertext");
+                            }
+                            PushOutcome::Refused(why) => {
+                                metrics.refuse_peer_message("blob");
+                                tracing::info!(
+                                    peer = from,
+                                    "refused a pushed record ciphertext: {why}"
+                                );
+                            }
+                        }
                     });
                 }
                 Some(Body::BlobResponse(resp)) if !resp.ciphertext.is_empty() => {
@@ -142,8 +155,7 @@ impl BlobRoom {
                     };
                     let missing = self.missing.clone();
                     tokio::task::spawn_blocking(move || {
-                        let stored =
-                            store_ciphertext(&store, from, Some(expected), &resp.ciphertext);
+                        let stored = store_answer(&store, from, expected, &resp.ciphertext);
                         if stored.is_some_and(|a| lock(&missing).remove(&a)) {
                             tracing::info!(peer = from, blob = %expected, "fetched a missing record ciphertext");
                         }

@@ -7,11 +7,12 @@ use medchain_crypto::keys::KeyMaterial;
 use medchain_storage::Store;
 
 use super::access_guard::AccessGuard;
-use super::proxy_fragments::{fragment_key, keep_fragment};
+use super::proxy_fragments::{destroy_expired, destroy_fragment, keep_fragment};
 use crate::driver::{Committed, DriverError, Follower};
 use medchain_ledger::contracts::SideEffects;
 
-/// Opens and keeps this proxy's fragment of each new grant; destroys it on revocation.
+/// Checks and keeps this proxy's sealed fragment of each new grant; destroys it on revocation
+/// (expiry is [`super::proxy_fragments::spawn_expiry`]'s).
 pub struct FragmentKeeper {
     pub node_key: Arc<KeyMaterial>,
     pub me: u32,
@@ -45,10 +46,15 @@ impl Follower<SideEffects> for FragmentKeeper {
             }
         }
         for grant_id in &block.effects.revoked_grants {
-            self.store
-                .delete_node_secret(&fragment_key(grant_id))
+            destroy_fragment(&self.store, grant_id)
                 .map_err(|e| DriverError::Storage(format!("destroying a fragment: {e}")))?;
             tracing::info!(grant = %grant_id, "destroyed this proxy's fragment of a revoked grant");
+        }
+        if !block.effects.erased_blobs.is_empty() {
+            // A deletion also makes dead the fragments of grants covering only that record.
+            destroy_expired(&self.store, block.timestamp_ms).map_err(|e| {
+                DriverError::Storage(format!("destroying a deleted record's fragments: {e}"))
+            })?;
         }
         Ok(())
     }

@@ -162,12 +162,16 @@ impl NodeHandle {
         self.queue(checked).await
     }
 
-    /// Pushes an uploaded ciphertext to the other validators' stores.
-    pub async fn push_blob(&self, ciphertext: Vec<u8>) {
+    /// Pushes an uploaded ciphertext, with its admitted slip (`transaction`, canonical bytes),
+    /// to the other validators' stores.
+    pub async fn push_blob(&self, ciphertext: Vec<u8>, transaction: Vec<u8>) {
         let _ = self
             .net
             .send(NetCommand::Broadcast(peer_message(Body::Blob(
-                v1::RecordBlob { ciphertext },
+                v1::RecordBlob {
+                    ciphertext,
+                    transaction,
+                },
             ))))
             .await;
     }
@@ -231,9 +235,10 @@ impl NodeHandle {
         Ok(())
     }
 
-    /// Queues a suspension of `id` signed by this node (abnormal access).
+    /// Queues a suspension of `id` signed by this node (abnormal access): under rules 2 a
+    /// report, which suspends once f + 1 validators made one.
     pub async fn suspend(&self, id: &Identity, reason: &str) -> Result<(), OwnTxError> {
-        tracing::warn!(identity = %id, reason, "abnormal access: suspending the identity");
+        tracing::warn!(identity = %id, reason, "abnormal access: reporting the identity for suspension");
         let tx = self.own_transaction(v1::transaction_body::Payload::Suspension(v1::Suspension {
             identity: id.as_bytes().to_vec(),
             reason: reason

@@ -8,10 +8,12 @@
 //! and on blocking threads), so they use both cores; the driver only sees checked transactions.
 
 pub mod access_guard;
+pub mod blob_push;
 pub mod blobs;
 pub mod chain;
 pub mod followers;
 mod handle;
+pub mod orphans;
 pub mod proxy_fragments;
 pub mod replica_state;
 
@@ -185,15 +187,39 @@ pub fn start(
     };
     let nodes = validators.len() as u32;
     let missing = blobs::Missing::default();
+    let pending_blobs = crate::mempool::PendingBlobs::default();
     blobs::spawn(blobs::BlobRoom {
         store: store.clone(),
         missing: missing.clone(),
+        gate: blob_push::PushGate {
+            store: store.clone(),
+            ledger: ledger.clone(),
+            submit: submit_tx.clone(),
+            missing: missing.clone(),
+        },
+        metrics: metrics.clone(),
         net: network.commands.clone(),
         events: network.blobs,
         stats: network.stats.clone(),
         nodes,
         me,
     });
+    let sealed = proxy_fragments::seal_legacy_fragments(&node_key, &store)
+        .context("sealing the proxy fragments an earlier release kept in clear")?;
+    if sealed > 0 {
+        tracing::info!(
+            fragments = sealed,
+            "sealed proxy fragments an earlier release kept in clear"
+        );
+    }
+    proxy_fragments::spawn_expiry(store.clone());
+    orphans::spawn(
+        store.clone(),
+        pending_blobs.clone(),
+        missing.clone(),
+        loaded.config.storage.orphan_grace(),
+        metrics.clone(),
+    );
     let followers: Vec<Box<dyn Follower<_>>> = vec![
         Box::new(blobs::BlobFollower {
             store: store.clone(),
@@ -234,6 +260,7 @@ pub fn start(
                 .map(|v| v.as_bytes().to_vec())
                 .collect(),
         ),
+        pending_blobs,
         followers,
     };
     let join = tokio::spawn(async move { Ok(Driver::run(chain, wiring).await?) });

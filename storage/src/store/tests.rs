@@ -415,3 +415,65 @@ fn backup_is_a_whole_data_folder_and_never_overwrites() {
         Some(medchain_crypto::digest(domains::RECORD_CONTENT, b"g"))
     );
 }
+
+fn record_files(store: &Store) -> Vec<RecordFile> {
+    let mut files = Vec::new();
+    store
+        .for_each_record_file(|f| {
+            files.push(f);
+            Ok(())
+        })
+        .unwrap();
+    files
+}
+
+/// A staged ciphertext is invisible until committed, and dropping it uncommitted leaves nothing
+/// on disk; the file walk sees committed records by address and temporaries without one.
+#[test]
+fn staged_records_appear_only_when_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = Hash32::from_slice(&[0xab; 32]).unwrap();
+    let b = Hash32::from_slice(&[0xcd; 32]).unwrap();
+    let staged = store.stage_record(&a, b"refused").unwrap();
+    assert!(!store.has_record(&a));
+    drop(staged);
+    let files = record_files(&store);
+    assert!(files.is_empty(), "a dropped staging left {files:?}");
+
+    store
+        .stage_record(&a, b"admitted")
+        .unwrap()
+        .commit()
+        .unwrap();
+    assert_eq!(store.record(&a).unwrap().as_deref(), Some(&b"admitted"[..]));
+    // A crash between write and rename leaves a temporary: simulate it by forgetting the guard.
+    std::mem::forget(store.stage_record(&b, b"crashed").unwrap());
+    let mut files = record_files(&store);
+    files.sort_by_key(|f| f.address.is_none());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files[0].address, Some(a));
+    assert_eq!(files[0].bytes, 8);
+    assert_eq!(files[1].address, None, "a temporary has no address");
+    store.remove_record_file(&files[1]).unwrap();
+    assert!(!files[1].path.exists());
+    let outside = RecordFile {
+        path: dir.path().join("CURRENT"),
+        ..files[1].clone()
+    };
+    assert!(store.remove_record_file(&outside).is_err());
+    assert!(dir.path().join("CURRENT").exists());
+}
+
+/// The data folder is its owner's alone, whatever the umask made it.
+#[test]
+fn the_data_folder_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    drop(Store::open(&data).unwrap());
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
