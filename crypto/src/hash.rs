@@ -85,6 +85,7 @@ pub mod domains {
     pub const MERKLE_NODE: Domain = Domain("medchain v1 merkle node");
     pub const MERKLE_EMPTY: Domain = Domain("medchain v1 merkle empty");
     pub const RECORD_CONTENT: Domain = Domain("medchain v1 record content");
+    pub const RECORD_CONTENT_KEYED: Domain = Domain("medchain v1 record content keyed");
     pub const VERIFY_CACHE: Domain = Domain("medchain v1 verification cache key");
     pub const KEY_BINDING: Domain = Domain("medchain v1 key binding");
     pub const IDENTITY_CHECKSUM: Domain = Domain("medchain v1 identity");

@@ -7,6 +7,7 @@
 //! digest or signature made for one purpose can never be replayed as another.
 
 pub mod delegation;
+pub mod envelope;
 pub mod error;
 pub mod hash;
 pub mod identity;

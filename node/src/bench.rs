@@ -225,7 +225,6 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport> {
                         &RecordInput {
                             plaintext: sample_observation(n),
                             record_type: "Observation".into(),
-                            summary: "blood pressure panel".into(),
                             keywords: vec!["blood pressure".into()],
                             replaces: None,
                         },

@@ -194,9 +194,6 @@ pub enum RecordCommand {
         /// A searchable keyword (repeat for several).
         #[arg(long = "keyword")]
         keywords: Vec<String>,
-        /// Content summary stored in clear on the slip (no personal data).
-        #[arg(long, default_value = "")]
-        summary: String,
         /// The slip this record corrects.
         #[arg(long, value_name = "SLIP")]
         replaces: Option<String>,

@@ -188,7 +188,6 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         &RecordInput {
             plaintext: record.clone(),
             record_type: "Observation".into(),
-            summary: "blood pressure panel".into(),
             keywords: vec!["blood pressure".into()],
             replaces: None,
         },

@@ -62,6 +62,11 @@ impl PendingBlobs {
         self.lock().contains_key(address)
     }
 
+    /// Whether transaction `id` is the pending slip naming this ciphertext.
+    pub fn held_by(&self, address: &Hash32, id: &Hash32) -> bool {
+        self.holder(address) == Some(*id)
+    }
+
     /// The pending transaction naming this ciphertext.
     fn holder(&self, address: &Hash32) -> Option<Hash32> {
         self.lock().get(address).copied()

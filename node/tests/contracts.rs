@@ -132,7 +132,6 @@ impl World {
             &RecordInput {
                 plaintext: br#"{"resourceType":"Observation"}"#.to_vec(),
                 record_type: record_type.into(),
-                summary: String::new(),
                 keywords: vec![],
                 replaces,
             },
@@ -642,6 +641,39 @@ fn transactions_take_effect_only_within_their_window() {
         .unwrap();
 }
 
+/// A record write of `doctor` for `patient` as a payload, its content then changed by `edit`
+/// (the contracts run here without the form checks that would notice the broken signature).
+fn slip_edited(
+    doctor: &KeyMaterial,
+    patient: &KeyMaterial,
+    record_type: &str,
+    edit: impl FnOnce(&mut v1::SlipContent),
+) -> Payload {
+    let keys = PatientKeys {
+        identity: id(patient),
+        encryption: patient.encryption_key().public_key(),
+        search: patient.search_key().public_key(),
+    };
+    let input = RecordInput {
+        plaintext: format!(r#"{{"resourceType":"{record_type}"}}"#).into_bytes(),
+        record_type: record_type.into(),
+        keywords: vec![],
+        replaces: None,
+    };
+    let mut payload = build_record_write("h", doctor, &keys, &input, 2, 1)
+        .unwrap()
+        .transaction
+        .body
+        .unwrap()
+        .payload
+        .unwrap();
+    let Payload::PrivateSlip(slip) = &mut payload else {
+        unreachable!("a record write carries a slip")
+    };
+    edit(slip.content.as_mut().unwrap());
+    payload
+}
+
 /// Under rules 2 a slip cannot name a ciphertext another record uses (erasing one would erase
 /// the other); rules 1 let two records share one.
 #[test]
@@ -656,29 +688,9 @@ fn each_record_has_its_own_ciphertext_under_rules_2() {
         w.register(&patient, v1::Role::Patient);
         let first = w.write(&doctor, &patient, "Observation").unwrap();
         let entry = slip_entry(&Overlay::new(&w.store), &first).unwrap();
-        let keys = PatientKeys {
-            identity: id(&patient),
-            encryption: patient.encryption_key().public_key(),
-            search: patient.search_key().public_key(),
-        };
-        let input = RecordInput {
-            plaintext: br#"{"resourceType":"Condition"}"#.to_vec(),
-            record_type: "Condition".into(),
-            summary: String::new(),
-            keywords: vec![],
-            replaces: None,
-        };
-        let mut payload = build_record_write("h", &doctor, &keys, &input, 2, 1)
-            .unwrap()
-            .transaction
-            .body
-            .unwrap()
-            .payload
-            .unwrap();
-        let Payload::PrivateSlip(slip) = &mut payload else {
-            unreachable!("a record write carries a slip")
-        };
-        slip.content.as_mut().unwrap().ciphertext_hash = entry.ciphertext_hash.to_vec();
+        let payload = slip_edited(&doctor, &patient, "Condition", |c| {
+            c.ciphertext_hash = entry.ciphertext_hash.to_vec()
+        });
         let result = w.run(&id(&doctor), payload, 1);
         if rules_version == rules::V1 {
             result.unwrap();
@@ -725,4 +737,28 @@ fn suspensions_by_validators_need_f_plus_1_recent_reports_under_rules_2() {
     refused(w.run(&v0, report(&patient), 1), "already suspended");
     assert_eq!(rules::reports_needed(4), 2);
     assert_eq!(rules::reports_needed(7), 3);
+}
+
+/// Under rules 2 a slip with a summary in clear is refused (every validator would read it);
+/// rules 1 kept it.
+#[test]
+fn no_summary_in_clear_under_rules_2() {
+    for rules_version in [rules::V1, rules::V2] {
+        let mut w = World {
+            rules: rules_version,
+            ..World::new()
+        };
+        let (doctor, patient) = (km(1), km(9));
+        w.register(&doctor, v1::Role::Doctor);
+        w.register(&patient, v1::Role::Patient);
+        let payload = slip_edited(&doctor, &patient, "Observation", |c| {
+            c.summary = "biopsy, suspected carcinoma".into()
+        });
+        let result = w.run(&id(&doctor), payload, 1);
+        if rules_version == rules::V1 {
+            result.unwrap();
+        } else {
+            refused(result, "no summary in clear");
+        }
+    }
 }

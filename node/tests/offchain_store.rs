@@ -89,7 +89,6 @@ fn only_ciphertexts_the_chain_accounts_for_are_stored() {
         let input = RecordInput {
             plaintext: format!(r#"{{"resourceType":"{record_type}"}}"#).into_bytes(),
             record_type: record_type.into(),
-            summary: String::new(),
             keywords: vec![],
             replaces: None,
         };

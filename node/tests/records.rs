@@ -269,7 +269,6 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
         &medchain_node::client::records::RecordInput {
             plaintext: br#"{"resourceType":"Observation","status":"final"}"#.to_vec(),
             record_type: "Observation".into(),
-            summary: "orphan".into(),
             keywords: vec![],
             replaces: None,
         },

@@ -377,6 +377,11 @@ pub fn execute(
                     "a new record carries no patient signature; the patient confirms it with `medchain record confirm`",
                 );
             }
+            if ctx.v2() && !content.summary.is_empty() {
+                return refuse(
+                    "a slip carries no summary in clear: every validator reads the chain, and a summary tells it about the patient's health; the record type and the record itself say what it is",
+                );
+            }
             let slip_id = hash32(&slip.slip_id)?;
             if audit.ov.contains(&keys::slip(&slip_id))? {
                 return refuse(format!("record {slip_id} already exists"));

@@ -26,6 +26,8 @@ pub const V1: u32 = 1;
 ///   [`reports_needed`] reports from distinct validators within [`REPORT_WINDOW_MS`] suspend
 ///   (one Byzantine validator could otherwise lock anyone out); an authority still suspends at
 ///   once;
+/// - a slip carries no summary in clear (every validator reads it, and it would tell them about
+///   the patient's health);
 /// - each record has its own ciphertext: a slip naming a ciphertext another record uses is
 ///   refused, since erasing either record would destroy the other's.
 pub const V2: u32 = 2;

@@ -177,7 +177,6 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                 record_type,
                 file,
                 keywords,
-                summary,
                 replaces,
                 client: args,
             } => {
@@ -206,7 +205,6 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     &RecordInput {
                         plaintext,
                         record_type: record_type.clone(),
-                        summary,
                         keywords,
                         replaces,
                     },

@@ -3,9 +3,10 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use medchain_crypto::delegation::{decrypt_as_grantee, DelegationVerifyingKey};
+use medchain_crypto::envelope;
 use medchain_crypto::hash::{digest, domains};
 use medchain_crypto::keys::{EncryptionPublicKey, KeyMaterial};
-use medchain_crypto::record::{decrypt_record, encrypt_record, record_hash, EncryptedRecord};
+use medchain_crypto::record::{decrypt_record, encrypt_record, EncryptedRecord};
 use medchain_crypto::search::SearchPublicKey;
 use medchain_crypto::{Hash32, Identity};
 use medchain_proto::canonical::{limits, Canonical};
@@ -47,7 +48,6 @@ pub fn record_type_of(plaintext: &[u8], given: Option<&str>) -> Result<String> {
 pub struct RecordInput {
     pub plaintext: Vec<u8>,
     pub record_type: String,
-    pub summary: String,
     pub keywords: Vec<String>,
     pub replaces: Option<Hash32>,
 }
@@ -85,7 +85,10 @@ pub fn build_record_write(
             limits::RECORD_PLAINTEXT
         );
     }
-    let sealed = encrypt_record(&patient.encryption, &input.plaintext)?.to_bytes();
+    // The record travels in an envelope with a fresh record key; the chain gets H(M) keyed
+    // with it, which confirms no guess to anyone who cannot decrypt.
+    let enveloped = envelope::seal(&input.plaintext);
+    let sealed = encrypt_record(&patient.encryption, &enveloped.envelope)?.to_bytes();
     let address = ciphertext_address(&sealed);
     let locator = format!("medchain://{chain_id}/{address}");
     let encrypted_address = encrypt_record(&patient.encryption, locator.as_bytes())?.to_bytes();
@@ -100,10 +103,11 @@ pub fn build_record_write(
         v1::SlipContent {
             timestamp_ms: now_ms,
             record_type: input.record_type.clone(),
-            summary: input.summary.clone(),
+            // Never in clear on chain (contract rules 2 refuse it): the record says what it is.
+            summary: String::new(),
             doctor: signing.identity().as_bytes().to_vec(),
             patient: patient.identity.as_bytes().to_vec(),
-            record_hash: record_hash(&input.plaintext).as_bytes().to_vec(),
+            record_hash: enveloped.record_hash.as_bytes().to_vec(),
             encrypted_address,
             encrypted_keywords,
             replaces: input
@@ -233,11 +237,12 @@ impl Client {
                 std::slice::from_ref(&resp.capsule_fragment),
             )?
         };
-        if record_hash(&plaintext).to_hex() != expected {
+        let opened = envelope::open(&plaintext);
+        if opened.record_hash.to_hex() != expected {
             bail!(
                 "record {slip} decrypted but its hash differs from H(M) on chain: the stored data was altered"
             );
         }
-        Ok(plaintext)
+        Ok(opened.record.to_vec())
     }
 }

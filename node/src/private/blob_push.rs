@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::blobs::{lock, Missing};
 use crate::client::records::ciphertext_address;
 use crate::driver::{AdmitError, Submission};
-use crate::mempool::MempoolError;
+use crate::mempool::{MempoolError, PendingBlobs};
 
 /// What became of a push.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,6 +42,9 @@ pub struct PushGate {
     pub ledger: Arc<PrivateLedger>,
     pub submit: mpsc::Sender<Submission>,
     pub missing: Missing,
+    /// The mempool's pending ciphertexts: a push whose slip is already pending (its forwarded
+    /// copy usually arrives first) is kept without asking the pool again.
+    pub pending: PendingBlobs,
 }
 
 fn refused(why: impl Into<String>) -> PushOutcome {
@@ -70,8 +73,8 @@ impl PushGate {
             Ok((None, blob)) => return self.store_blocking(blob.ciphertext).await,
             Err(outcome) => return outcome,
         };
-        // Already pending here (the forwarded slip usually arrives first) is a Duplicate; pending
-        // under another slip is refused by the pool.
+        // Pending under another slip is refused by the pool; a Duplicate is this slip, pending
+        // since the check above.
         let (reply, answer) = oneshot::channel();
         let submission = Submission {
             tx: checked,
@@ -97,6 +100,13 @@ impl PushGate {
         let address = ciphertext_address(&blob.ciphertext);
         if self.store.has_record(&address) || lock(&self.missing).contains(&address) {
             return Ok(None);
+        }
+        // The usual case first, with no store read: the forwarded slip came first and is
+        // pending (decoding is cached, so the full check below costs nothing extra).
+        if let Ok(decoded) = self.ledger.check_form(&blob.transaction) {
+            if self.pending.held_by(&address, &decoded.id) {
+                return Ok(None);
+            }
         }
         let checked = match self.ledger.check(&blob.transaction) {
             Ok(c) => c,
@@ -176,6 +186,7 @@ mod tests {
             ledger,
             submit,
             missing: Missing::default(),
+            pending: PendingBlobs::default(),
         }
     }
 
@@ -190,7 +201,6 @@ mod tests {
         let input = RecordInput {
             plaintext: br#"{"resourceType":"Observation"}"#.to_vec(),
             record_type: "Observation".into(),
-            summary: String::new(),
             keywords: vec![],
             replaces: None,
         };
@@ -209,8 +219,8 @@ mod tests {
     }
 
     /// Bytes without a slip, or with a slip naming other bytes, are never written; a slip the
-    /// pool admits gets its ciphertext kept, one it refuses does not; a committed record this
-    /// node lacks is kept whatever comes with it.
+    /// pool admits (or holds already) gets its ciphertext kept, one it refuses does not; a
+    /// committed record this node lacks is kept whatever comes with it.
     #[tokio::test]
     async fn only_accounted_pushes_are_stored() {
         let (a, b) = (write(1), write(2));
@@ -237,6 +247,16 @@ mod tests {
         let full = g.admit(push(&b.ciphertext, &b.transaction)).await;
         assert!(is_refused(&full, "not admitted"), "{full:?}");
         assert!(!g.store.has_record(&addr(&b)));
+        // Pending here already (its forwarded copy came first): kept without asking the pool.
+        let c = write(3);
+        let checked = g.ledger.check(&c.transaction.canonical_bytes()).unwrap();
+        let mut pool =
+            crate::mempool::Mempool::new(10, crate::mempool::Quotas::none(), g.pending.clone());
+        pool.insert(&checked).unwrap();
+        assert_eq!(
+            g.admit(push(&c.ciphertext, &c.transaction)).await,
+            PushOutcome::Kept(addr(&c))
+        );
         lock(&g.missing).insert(addr(&b));
         let bare = v1::RecordBlob {
             ciphertext: b.ciphertext.clone(),

@@ -196,6 +196,7 @@ pub fn start(
             ledger: ledger.clone(),
             submit: submit_tx.clone(),
             missing: missing.clone(),
+            pending: pending_blobs.clone(),
         },
         metrics: metrics.clone(),
         net: network.commands.clone(),
