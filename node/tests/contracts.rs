@@ -44,6 +44,18 @@ impl World {
         }
     }
 
+    /// A chain of rules `version` with doctor `km(1)` and patient `km(patient)` registered.
+    fn with_doctor_and_patient(version: u32, patient: u8) -> (Self, KeyMaterial, KeyMaterial) {
+        let mut w = World {
+            rules: version,
+            ..World::new()
+        };
+        let (doctor, patient) = (km(1), km(patient));
+        w.register(&doctor, v1::Role::Doctor);
+        w.register(&patient, v1::Role::Patient);
+        (w, doctor, patient)
+    }
+
     /// A chain that runs the rules of version 1 (genesis without `params.rules`).
     fn v1() -> Self {
         World {
@@ -458,13 +470,7 @@ fn request_by(patient: &KeyMaterial, actions: u32) -> Payload {
 #[test]
 fn a_suspended_key_is_frozen_under_rules_2_only() {
     for rules_version in [rules::V1, rules::V2] {
-        let mut w = World {
-            rules: rules_version,
-            ..World::new()
-        };
-        let (doctor, patient) = (km(1), km(2));
-        w.register(&doctor, v1::Role::Doctor);
-        w.register(&patient, v1::Role::Patient);
+        let (mut w, doctor, patient) = World::with_doctor_and_patient(rules_version, 2);
         let (a, b) = (w.write(&doctor, &patient, "Observation").unwrap(), {
             w.write(&doctor, &patient, "Condition").unwrap()
         });
@@ -679,13 +685,7 @@ fn slip_edited(
 #[test]
 fn each_record_has_its_own_ciphertext_under_rules_2() {
     for rules_version in [rules::V1, rules::V2] {
-        let mut w = World {
-            rules: rules_version,
-            ..World::new()
-        };
-        let (doctor, patient) = (km(1), km(9));
-        w.register(&doctor, v1::Role::Doctor);
-        w.register(&patient, v1::Role::Patient);
+        let (mut w, doctor, patient) = World::with_doctor_and_patient(rules_version, 9);
         let first = w.write(&doctor, &patient, "Observation").unwrap();
         let entry = slip_entry(&Overlay::new(&w.store), &first).unwrap();
         let payload = slip_edited(&doctor, &patient, "Condition", |c| {
@@ -744,13 +744,7 @@ fn suspensions_by_validators_need_f_plus_1_recent_reports_under_rules_2() {
 #[test]
 fn no_summary_in_clear_under_rules_2() {
     for rules_version in [rules::V1, rules::V2] {
-        let mut w = World {
-            rules: rules_version,
-            ..World::new()
-        };
-        let (doctor, patient) = (km(1), km(9));
-        w.register(&doctor, v1::Role::Doctor);
-        w.register(&patient, v1::Role::Patient);
+        let (mut w, doctor, patient) = World::with_doctor_and_patient(rules_version, 9);
         let payload = slip_edited(&doctor, &patient, "Observation", |c| {
             c.summary = "biopsy, suspected carcinoma".into()
         });
