@@ -756,3 +756,30 @@ fn no_summary_in_clear_under_rules_2() {
         }
     }
 }
+
+/// Under rules 2 a data user's request tells it nothing about who is a patient: a request naming
+/// a doctor, an unregistered key or a patient is accepted alike (only the patient could ever
+/// approve one); rules 1 refused the first two, an oracle for "is X a patient?".
+#[test]
+fn a_request_is_no_oracle_for_who_is_a_patient_under_rules_2() {
+    for rules_version in [rules::V1, rules::V2] {
+        let (mut w, doctor, patient) = World::with_doctor_and_patient(rules_version, 9);
+        let insurer = km(5);
+        w.register(&insurer, v1::Role::Insurer);
+        let stranger = km(6);
+        for (named, is_patient) in [(&doctor, false), (&stranger, false), (&patient, true)] {
+            let result = w.run(&id(&insurer), request_by(named, 1), 1);
+            if rules_version == rules::V2 || is_patient {
+                result.unwrap();
+            } else {
+                assert!(
+                    result.is_err(),
+                    "rules 1 refuses a request naming a non-patient"
+                );
+            }
+        }
+        // The doctor cannot approve a request naming her as if she were a patient.
+        let grant = grant_to(&insurer, &doctor, 1);
+        assert!(w.run(&id(&doctor), grant, 1).is_err());
+    }
+}

@@ -159,13 +159,19 @@ pub(super) fn consent_request(
     registered(audit.ov, signer, "requester", None)?;
     not_suspended(audit.ov, signer)?;
     let patient = ident(&r.patient)?;
-    registered(audit.ov, &patient, "patient", Some(v1::Role::Patient))?;
+    // Under rules 2 a request does not tell its requester whether the identity it names is a
+    // patient, or whose a record is: a refusal saying so would answer "is X a patient?" for
+    // anyone registered. A request naming anyone else is recorded like any other and never
+    // approved (only the named patient grants, and only for her own records).
+    if !ctx.v2() {
+        registered(audit.ov, &patient, "patient", Some(v1::Role::Patient))?;
+    }
     if patient == *signer {
         return refuse("a patient does not request access to their own records");
     }
     check_actions(audit.ov, ctx, r.actions, signer, "the request")?;
     let scope = scope_of(r.scope.as_ref())?;
-    if let Scope::Record(s) = &scope {
+    if let (Scope::Record(s), false) = (&scope, ctx.v2()) {
         let slip = slip_entry(audit.ov, &Hash32(*s))?;
         if slip.patient != r.patient {
             return refuse("the requested record belongs to another patient");

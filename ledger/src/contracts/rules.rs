@@ -26,6 +26,9 @@ pub const V1: u32 = 1;
 ///   [`reports_needed`] reports from distinct validators within [`REPORT_WINDOW_MS`] suspend
 ///   (one Byzantine validator could otherwise lock anyone out); an authority still suspends at
 ///   once;
+/// - a consent request is not refused for naming someone who is not a registered patient, or a
+///   record of another patient (the refusal would tell any registered key who is a patient); it
+///   is recorded and never approved;
 /// - a slip carries no summary in clear (every validator reads it, and it would tell them about
 ///   the patient's health);
 /// - each record has its own ciphertext: a slip naming a ciphertext another record uses is
