@@ -65,6 +65,10 @@ pub struct ApiClient {
     auth: Option<Arc<dyn Authenticator>>,
     /// The node's current token for `auth`.
     token: Arc<Mutex<Option<Token>>>,
+    /// Held while one request of the clones asks for a new token, so that many requests
+    /// finding the token lapsed at once (or refused after a node restart) authenticate once,
+    /// not once each.
+    renewing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A token this close to its expiry is renewed before use, so it does not lapse in flight.
@@ -127,6 +131,7 @@ impl ApiClient {
             timeouts,
             auth: None,
             token: Arc::default(),
+            renewing: Arc::default(),
         })
     }
 
@@ -153,17 +158,23 @@ impl ApiClient {
         if path.starts_with("/v1/auth/") {
             return Ok(None);
         }
-        if let Some(t) = self
-            .token
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            if t.expires_ms > now_ms() + TOKEN_MARGIN_MS {
-                return Ok(Some(t.token.clone()));
-            }
+        if let Some(token) = self.current_token() {
+            return Ok(Some(token));
+        }
+        let _renewing = self.renewing.lock().await;
+        // Another request may have renewed it while this one waited.
+        if let Some(token) = self.current_token() {
+            return Ok(Some(token));
         }
         Ok(Some(self.authenticate().await?.token))
+    }
+
+    /// The kept token, if it is not about to lapse.
+    fn current_token(&self) -> Option<String> {
+        let kept = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        kept.as_ref()
+            .filter(|t| t.expires_ms > now_ms() + TOKEN_MARGIN_MS)
+            .map(|t| t.token.clone())
     }
 
     /// Asks the node for a new token (challenge, signed answer, token) and keeps it for the
@@ -192,8 +203,12 @@ impl ApiClient {
         Ok(token)
     }
 
-    fn forget_token(&self) {
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    /// Forgets the token the node refused, unless a concurrent request has already replaced it.
+    fn forget_token(&self, refused: &str) {
+        let mut kept = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.as_ref().is_some_and(|t| t.token == refused) {
+            *kept = None;
+        }
     }
 
     /// The API's base URL.
@@ -254,10 +269,10 @@ impl ApiClient {
                 bearer.as_deref(),
             )
             .await?;
-        if status != StatusCode::UNAUTHORIZED || bearer.is_none() {
+        let Some(refused) = bearer.filter(|_| status == StatusCode::UNAUTHORIZED) else {
             return Ok((status, answer));
-        }
-        self.forget_token();
+        };
+        self.forget_token(&refused);
         let bearer = Box::pin(self.bearer(path)).await?;
         self.exchange(limit, method, path, content_type, body, bearer.as_deref())
             .await
@@ -614,5 +629,103 @@ mod tests {
         assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
         assert!(err.to_string().contains("refused"), "{err}");
+    }
+
+    #[derive(Debug)]
+    struct AnyKey;
+
+    impl Authenticator for AnyKey {
+        fn identity(&self) -> String {
+            "caller".into()
+        }
+        fn respond(&self, _: &Challenge) -> Result<String, String> {
+            Ok("00".into())
+        }
+    }
+
+    /// A node of one HTTP/1.1 exchange per connection: challenges and tokens on demand (counting
+    /// the tokens it issues), 401 for a token it no longer accepts, 200 otherwise.
+    async fn token_counting_node(
+        refuse_first: &'static str,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let count = issued.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let (status, body) = if head.starts_with("POST /v1/auth/challenge") {
+                        let far = now_ms() + 600_000;
+                        (
+                            200,
+                            format!(
+                                r#"{{"challenge":"00","chain_id":"c","node":"n","expires_ms":{far}}}"#
+                            ),
+                        )
+                    } else if head.starts_with("POST /v1/auth/token") {
+                        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                        let far = now_ms() + 600_000;
+                        (
+                            200,
+                            format!(r#"{{"token":"t{n}","identity":"caller","expires_ms":{far}}}"#),
+                        )
+                    } else if head.contains(&format!("Bearer {refuse_first}")) {
+                        (401, r#"{"error":"token refused"}"#.to_string())
+                    } else {
+                        (200, "{}".to_string())
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (addr, issued)
+    }
+
+    /// Many requests that need a token at once (or find it refused after a node restart) ask
+    /// for one token between them, not one each, and none of them drops the fresh one.
+    #[tokio::test]
+    async fn concurrent_requests_authenticate_once() {
+        let (addr, issued) = token_counting_node("t1").await;
+        let client = ApiClient::new(&addr)
+            .unwrap()
+            .with_authenticator(Arc::new(AnyKey));
+        let send = |c: ApiClient| async move {
+            c.send(
+                Method::GET,
+                "/v1/records/x",
+                "application/json",
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+            .0
+        };
+        let first: Vec<_> = (0..16)
+            .map(|_| tokio::spawn(send(client.clone())))
+            .collect();
+        for h in first {
+            // Each got the first token, "t1", which this node then refuses: each renews.
+            assert_eq!(h.await.unwrap(), StatusCode::OK);
+        }
+        let n = issued.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(n, 2, "16 concurrent requests asked for {n} tokens");
     }
 }
