@@ -30,6 +30,9 @@ const MAX_FUTURE_PER_PEER: usize = 64;
 /// highest round, which is all the round-join rule needs, so a Byzantine auditor signing votes
 /// for thousands of rounds makes a node store a few.
 const NEAR_ROUNDS: u64 = 16;
+/// Votes kept of one voter in one round and kind: two (so a double vote is evidence), plus
+/// prevotes that a held re-proposal's proof of lock needs (see `record_vote`).
+const MAX_VOTES_PER_VOTER_ROUND: usize = 8;
 /// Pending items beyond this are refused (the node's mempool admits far fewer).
 const MAX_PENDING: usize = 100_000;
 /// Evidence entries kept for proposing. One per offence, each leaving when applied or too old

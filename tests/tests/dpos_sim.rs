@@ -48,6 +48,20 @@ fn seeds_1500_1999() {
     seeds(1500..2000);
 }
 
+/// Seed 54689 of the long run: a colluding auditor prevoted three blocks in round 0, nodes kept
+/// the first two they saw, and those that missed its vote for the block the others locked on
+/// could never check the re-proposals' proof of lock: every later round split 4 to 3 and the
+/// chain stopped at height 2. A prevote a held re-proposal's proof needs is now kept.
+#[test]
+fn an_equivocators_vote_a_proof_of_lock_needs_is_kept() {
+    let scn = Scenario::generate(54_689, None);
+    let out = run(&scn, false);
+    if let Some(v) = out.violation {
+        panic!("{} -> {v}", scn.describe());
+    }
+    assert!(out.height > 2, "stuck at height {}", out.height);
+}
+
 #[test]
 fn same_seed_same_trace() {
     for seed in [3, 12, 49] {

@@ -69,11 +69,24 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             DposVoteKind::Prevote => &mut self.prevotes,
             _ => &mut self.precommits,
         };
+        // A prevote for a block that a held proposal re-proposes with this round as its proof of
+        // lock is kept even past an equivocator's first two votes: which two of its votes a node
+        // sees first is the network's choice, and without the one the proof needs the node could
+        // never check the proof, while nodes that saw it stay locked: a stable split, no block
+        // (DPoS seed 54689). Proposals held per round are bounded, so these extra votes are too.
+        let proves_a_lock = value.kind == DposVoteKind::Prevote
+            && value.block.is_some_and(|b| {
+                self.proposals
+                    .values()
+                    .flatten()
+                    .any(|(p, h)| *h == b && pol_round(p) == Some(v.round))
+            });
         let votes = book.entry(v.round).or_default().entry(v.voter).or_default();
         if votes
             .iter()
             .any(|(_, fv)| (fv.block, fv.rejected) == (value.block, value.rejected))
-            || votes.len() >= 2
+            || (votes.len() >= 2 && !proves_a_lock)
+            || votes.len() >= MAX_VOTES_PER_VOTER_ROUND
         {
             return;
         }
