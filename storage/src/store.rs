@@ -450,20 +450,34 @@ impl Store {
     /// Slip IDs of a patient's records, in chain order.
     pub fn patient_slips(&self, patient: &[u8]) -> Result<Vec<Hash32>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_PATIENT_INDEX),
-            IteratorMode::From(patient, Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if !k.starts_with(patient) {
-                break;
-            }
-            out.push(Hash32::from_slice(&v).map_err(|e| StoreError::Corrupt {
+        self.scan_prefix(CF_PATIENT_INDEX, patient, |_, v| {
+            out.push(Hash32::from_slice(v).map_err(|e| StoreError::Corrupt {
                 what: "patient index".into(),
                 reason: e.to_string(),
             })?);
-        }
+            Ok(true)
+        })?;
         Ok(out)
+    }
+
+    /// Calls `visit` with each entry of column family `cf` whose key starts with `prefix`, in
+    /// key order, until it returns `false`.
+    fn scan_prefix(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub fn chain_state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -477,16 +491,13 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_CHAIN_STATE),
-            IteratorMode::From(prefix, Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) || out.len() >= limit {
-                break;
+        self.scan_prefix(CF_CHAIN_STATE, prefix, |k, v| {
+            if out.len() >= limit {
+                return Ok(false);
             }
-            out.push((k.into_vec(), v.into_vec()));
-        }
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -497,17 +508,7 @@ impl Store {
         prefix: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for item in self.db.iterator_cf(
-            self.cf(CF_CHAIN_STATE),
-            IteratorMode::From(prefix, Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            visit(&k, &v)?;
-        }
-        Ok(())
+        self.scan_prefix(CF_CHAIN_STATE, prefix, |k, v| visit(k, v).map(|()| true))
     }
 
     /// Keeps one of this node's secrets (synced).
@@ -524,16 +525,10 @@ impl Store {
     /// This node's secrets whose key starts with `prefix`, in key order.
     pub fn node_secrets(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(CF_NODE_SECRETS),
-            IteratorMode::From(prefix, Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k.into_vec(), v.into_vec()));
-        }
+        self.scan_prefix(CF_NODE_SECRETS, prefix, |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -596,18 +591,10 @@ impl Store {
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(CF_CONSENSUS_STATE),
-            IteratorMode::From(prefix, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            let value = decode_consensus(&k, &v)?;
-            out.push((k.into_vec(), value));
-        }
+        self.scan_prefix(CF_CONSENSUS_STATE, prefix, |k, v| {
+            out.push((k.to_vec(), decode_consensus(k, v)?));
+            Ok(true)
+        })?;
         Ok(out)
     }
 }
