@@ -62,6 +62,20 @@ fn an_equivocators_vote_a_proof_of_lock_needs_is_kept() {
     assert!(out.height > 2, "stuck at height {}", out.height);
 }
 
+/// Seed 89413 of the long run: a byzantine auditor (one of four) sent its round-0 precommit
+/// to one honest auditor only. That one timed out into round 1; the other two, short of a
+/// quorum of precommits, waited in round 0, and one auditor alone in round 1 is too few to
+/// pull them on: height 5 never finished. Nodes now relay the precommits of the round they left.
+#[test]
+fn precommits_of_the_round_left_are_relayed() {
+    let scn = Scenario::generate(89_413, None);
+    let out = run(&scn, false);
+    if let Some(v) = out.violation {
+        panic!("{} -> {v}", scn.describe());
+    }
+    assert!(out.height > 5, "stuck at height {}", out.height);
+}
+
 #[test]
 fn same_seed_same_trace() {
     for seed in [3, 12, 49] {

@@ -302,6 +302,21 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
                 });
             }
         }
+        // Every precommit held for the round just left, not only this node's own: liveness
+        // assumes what one honest node receives, all eventually do. A byzantine auditor that
+        // sent its precommit to one node alone let that node time out into the next round
+        // while the others, short of a quorum of precommits, waited in the old one for ever
+        // (DPoS long-run seed 89413). Relayed, the same precommits time them out too.
+        if let Some(book) = r.checked_sub(1).and_then(|prev| self.precommits.get(&prev)) {
+            let me = self.cfg.me;
+            for (_, votes) in book.iter().filter(|(voter, _)| **voter != me) {
+                for (v, _) in votes {
+                    msgs.push(v1::DposMessage {
+                        kind: Some(Kind::Vote(v.clone())),
+                    });
+                }
+            }
+        }
         let relay = self
             .sent_proposals
             .get(&r)
