@@ -39,6 +39,8 @@ const MAX_PENDING: usize = 100_000;
 /// (`evidence_max_age`), so honest pools stay far below this; the bound holds even if many
 /// institutions misbehave at once.
 const EVIDENCE_POOL_LIMIT: usize = 1_024;
+/// Final heights whose proposals are kept to catch an equivocator's twin arriving late.
+const RECENT_HEIGHTS: usize = 8;
 
 /// Static configuration of one node.
 #[derive(Clone, Debug)]
@@ -93,6 +95,11 @@ pub struct Engine<S, V> {
     /// certificate was taken: the next block's parent certificate carries them too, so their
     /// auditors earn their verification credit. At most one per auditor of that height.
     late_precommits: BTreeMap<u32, Vec<u8>>,
+    /// The proposals held when each of the last [`RECENT_HEIGHTS`] heights became final, newest
+    /// last. An equivocator's twin that arrives after its height is final is still evidence:
+    /// once the network is stable, heights can finish faster than twins travel, and an offence
+    /// seen only after the fact would otherwise go unpunished.
+    recent_proposals: std::collections::VecDeque<(u64, Vec<v1::DposProposal>)>,
     future: Vec<(u32, v1::DposMessage)>,
     sync_outstanding: bool,
     /// Peers that announced a final height above this node's, asked in turn.
@@ -139,6 +146,7 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
             pending_order: BTreeMap::new(),
             evidence_pool: BTreeMap::new(),
             late_precommits: BTreeMap::new(),
+            recent_proposals: std::collections::VecDeque::new(),
             future: Vec::new(),
             sync_outstanding: false,
             sync_peers: BTreeSet::new(),

@@ -76,6 +76,24 @@ fn precommits_of_the_round_left_are_relayed() {
     assert!(out.height > 5, "stuck at height {}", out.height);
 }
 
+/// Seeds 67126 and 99687 of the long run: an equivocator sent each of its twin proposals to
+/// half of the network, and only auditors held both, so no producer had the evidence to pack:
+/// three equivocations went unpunished. A node now relays a twin when it first holds it.
+#[test]
+fn an_equivocators_twin_is_relayed_to_the_producers() {
+    for seed in [67_126, 99_687] {
+        let scn = Scenario::generate(seed, None);
+        let out = run(&scn, false);
+        if let Some(v) = out.violation {
+            panic!("{} -> {v}", scn.describe());
+        }
+        assert!(
+            out.replaced >= 1,
+            "seed {seed}: the equivocator kept its seat"
+        );
+    }
+}
+
 #[test]
 fn same_seed_same_trace() {
     for seed in [3, 12, 49] {

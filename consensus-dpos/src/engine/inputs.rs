@@ -112,8 +112,10 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         };
         let Some(height) = height else { return };
         if height < self.height() {
-            if let Kind::Vote(v) = kind {
-                self.on_late_precommit(v);
+            match kind {
+                Kind::Vote(v) => self.on_late_precommit(v),
+                Kind::Proposal(p) => self.on_late_proposal(p),
+                Kind::Status(_) => {}
             }
             return;
         }
@@ -159,6 +161,55 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         if verify_vote(v, &self.cfg.chain_id, &identity, &self.verifier).is_ok() {
             self.late_precommits.insert(v.voter, v.signature.clone());
         }
+    }
+
+    /// A proposal for a recent final height: evidence if it is a twin of one held for that
+    /// slot (same proposer, another block) and carries the proposer's signature; anything else
+    /// is dropped. At most four are kept per slot, as for the current height.
+    pub(super) fn on_late_proposal(&mut self, msg: &v1::DposProposalMessage) {
+        let Some(p) = &msg.proposal else { return };
+        let Some((_, held)) = self.recent_proposals.iter().find(|(h, _)| *h == p.height) else {
+            return;
+        };
+        let slot: Vec<&v1::DposProposal> = held
+            .iter()
+            .filter(|q| q.round == p.round && q.proposer == p.proposer)
+            .collect();
+        let Some(first) = slot.first().copied().cloned() else {
+            return;
+        };
+        if slot.len() >= 4 || slot.iter().any(|q| q.block_hash == p.block_hash) {
+            return;
+        }
+        let Some(identity) = self.chain.registry.identity(p.proposer).copied() else {
+            return;
+        };
+        if verify_proposal(p, &self.cfg.chain_id, &identity, &self.verifier).is_err() {
+            return;
+        }
+        if let Some((_, held)) = self
+            .recent_proposals
+            .iter_mut()
+            .find(|(h, _)| *h == p.height)
+        {
+            held.push(p.clone());
+        }
+        self.evidence_pool_insert(dpos_evidence::Kind::Equivocation(v1::DposEquivocation {
+            first: Some(first),
+            second: Some(p.clone()),
+        }));
+        self.relay_twin(msg.clone());
+    }
+
+    /// Relays an equivocator's twin proposal when this node first holds it. An equivocator
+    /// sends each twin to part of the network, so only some nodes can see the offence, and the
+    /// producers that pack evidence may not be among them; relayed, the twin reaches everyone
+    /// (DPoS long-run seeds 67126 and 99687: three equivocations went unpunished). Each node
+    /// relays each twin once, at most four per slot.
+    fn relay_twin(&mut self, twin: v1::DposProposalMessage) {
+        self.out.push(Action::Broadcast(v1::DposMessage {
+            kind: Some(Kind::Proposal(twin)),
+        }));
     }
 
     /// Whether a message for the next height carries a valid signature of the institution it
@@ -250,6 +301,10 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
                 second: Some(p.clone()),
             });
             self.evidence_pool_insert(e);
+            self.relay_twin(v1::DposProposalMessage {
+                proposal: Some(p.clone()),
+                block: Some(block.clone()),
+            });
         }
         let Some(header) = &block.header else {
             return self.refuse(from, "proposal", slot, "block without header".into());

@@ -201,6 +201,14 @@ impl<S: Signer, V: Verifier> Engine<S, V> {
         let state = self
             .chain
             .apply_block(&block, &checked, &cert, &self.cfg.params, app);
+        let held = std::mem::take(&mut self.proposals);
+        self.recent_proposals.push_back((
+            self.height(),
+            held.into_values().flatten().map(|(p, _)| p).collect(),
+        ));
+        if self.recent_proposals.len() > RECENT_HEIGHTS {
+            self.recent_proposals.pop_front();
+        }
         for item in &block.items {
             let id = item_id(item);
             if let Some((_, arrival)) = self.pending.remove(&id) {
