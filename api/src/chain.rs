@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainInfo {
     pub chain_id: String,
+    /// The contract rules the chain runs (genesis `params.rules`): what a client's transactions
+    /// must follow (from rules 3, a patient is registered with no name).
+    pub rules: u32,
     pub validators: Vec<ValidatorInfo>,
     pub authorities: Vec<AuthorityInfo>,
 }

@@ -32,6 +32,8 @@ impl std::fmt::Display for Role {
 pub struct IdentityInfo {
     pub identity: String,
     pub role: Role,
+    /// Display name; empty for a patient registered under rules 3 or later, whose name is not
+    /// on chain.
     pub name: String,
     /// Hex of the record-encryption public key.
     pub encryption_key: String,

@@ -286,6 +286,7 @@ fn the_description_matches_the_types() {
         "ChainInfo",
         &[v(ChainInfo {
             chain_id: "c".into(),
+            rules: 3,
             validators: vec![validator, no_proxy],
             authorities: vec![authority],
         })],

@@ -196,6 +196,14 @@ impl PrivateLedger {
             });
         }
         let verified = verify_transaction(tx).map_err(|e| TxError::Invalid(e.to_string()))?;
+        if let Some(v1::transaction_body::Payload::IdentityRegistration(r)) = verified
+            .transaction
+            .body
+            .as_ref()
+            .and_then(|b| b.payload.as_ref())
+        {
+            contracts::rules::registration_form(self.rules, r).map_err(TxError::Invalid)?;
+        }
         let decoded = Arc::new(Decoded {
             tx: verified.transaction,
             id: verified.id,

@@ -15,6 +15,11 @@ fn authority() -> KeyMaterial {
 
 /// The authority registers participant `who` with `nonce`.
 fn registration(chain: &str, nonce: u64, who: u8) -> Vec<u8> {
+    patient_named(chain, nonce, who, "p")
+}
+
+/// The authority registers patient `who` with `nonce` under the display name `name`.
+fn patient_named(chain: &str, nonce: u64, who: u8, name: &str) -> Vec<u8> {
     let binding = KeyMaterial::from_seed(&[who; 32]).unwrap().key_binding();
     sign_transaction(
         &authority().signing_key(),
@@ -24,7 +29,7 @@ fn registration(chain: &str, nonce: u64, who: u8) -> Vec<u8> {
             nonce,
             timestamp_ms: 5,
             payload: Some(v1::transaction_body::Payload::IdentityRegistration(
-                medchain_proto::records::registration(&binding, v1::Role::Patient, "p"),
+                medchain_proto::records::registration(&binding, v1::Role::Patient, name),
             )),
         },
     )
@@ -32,6 +37,10 @@ fn registration(chain: &str, nonce: u64, who: u8) -> Vec<u8> {
 }
 
 fn ledger(dir: &std::path::Path) -> (PrivateLedger, Vec<SigningKey>) {
+    ledger_under(dir, contracts::rules::V1)
+}
+
+fn ledger_under(dir: &std::path::Path, rules: u32) -> (PrivateLedger, Vec<SigningKey>) {
     let store = Arc::new(Store::open(dir).unwrap());
     let ks = keys();
     let set = ValidatorSet::new(ks.iter().map(|k| k.identity()).collect()).unwrap();
@@ -40,9 +49,36 @@ fn ledger(dir: &std::path::Path) -> (PrivateLedger, Vec<SigningKey>) {
         "h".into(),
         set,
         vec![authority().signing_key().identity()],
-        contracts::rules::V1,
+        rules,
     );
     (l, ks)
+}
+
+/// From rules 3 a patient's registration naming her is malformed: it is refused at admission
+/// and in a proposed batch, so her name never reaches a block. Older chains keep requiring a
+/// name, so their blocks replay as they were.
+#[test]
+fn under_rules_3_a_named_patient_is_never_ordered() {
+    for (rules, named_ok) in [(contracts::rules::V2, true), (contracts::rules::V3, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, _) = ledger_under(dir.path(), rules);
+        let named = patient_named("h", 1, 10, "Alice");
+        let nameless = patient_named("h", 2, 11, "");
+        assert_eq!(ledger.check(&named).is_ok(), named_ok, "rules {rules}");
+        assert_eq!(ledger.check(&nameless).is_ok(), !named_ok, "rules {rules}");
+        let refused = if named_ok { &nameless } else { &named };
+        let e = ledger
+            .validate_at(
+                &v1::PbftBatch {
+                    timestamp_ms: 7,
+                    items: vec![refused.clone()],
+                    proposer: 0,
+                },
+                7,
+            )
+            .unwrap_err();
+        assert!(e.contains(&format!("runs rules {rules}")), "{e}");
+    }
 }
 
 /// The same bytes checked on arrival, in a proposal and at commit are decoded and verified

@@ -106,8 +106,13 @@ async fn register_participants(
         .map(|k| (k, v1::Role::Doctor))
         .chain(patients.iter().map(|k| (k, v1::Role::Patient)))
     {
-        let reg = crate::client::KeyCard::from_binding(&keys.key_binding())
-            .registration(role, "bench participant")?;
+        let named =
+            role != v1::Role::Patient || client.chain.rules < medchain_ledger::contracts::rules::V3;
+        let reg = crate::client::KeyCard::from_binding(&keys.key_binding()).registration_under(
+            client.chain.rules,
+            role,
+            named.then_some("bench participant"),
+        )?;
         let tx = client.sign(
             authority,
             v1::transaction_body::Payload::IdentityRegistration(reg),

@@ -151,9 +151,11 @@ pub enum IdentityCommand {
         card: PathBuf,
         #[arg(long, value_enum)]
         role: RoleArg,
-        /// Display name (no health data).
+        /// Display name (no health data). Doctors, data users: required. Patients: none on a
+        /// chain of rules 3 or later (her name would tell every validator she is a patient
+        /// here); required on older chains.
         #[arg(long)]
-        name: String,
+        name: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

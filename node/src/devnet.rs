@@ -114,13 +114,14 @@ async fn register(
     authority: &KeyMaterial,
     who: &KeyMaterial,
     role: v1::Role,
-    name: &str,
+    name: Option<&str>,
 ) -> Result<()> {
     let id = who.signing_key().identity();
     if c.api.identity(&id.to_string()).await?.is_some() {
         return Ok(());
     }
-    let reg = KeyCard::from_binding(&who.key_binding()).registration(role, name)?;
+    let reg =
+        KeyCard::from_binding(&who.key_binding()).registration_under(c.chain.rules, role, name)?;
     let tx = c.sign(authority, Payload::IdentityRegistration(reg));
     c.submit_and_wait(&tx).await?;
     Ok(())
@@ -150,7 +151,7 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         &authority,
         &doctor_a,
         v1::Role::Doctor,
-        "Dr A (demo)",
+        Some("Dr A (demo)"),
     )
     .await?;
     register(
@@ -158,7 +159,7 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         &authority,
         &doctor_b,
         v1::Role::Doctor,
-        "Dr B (demo)",
+        Some("Dr B (demo)"),
     )
     .await?;
     register(
@@ -166,7 +167,9 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         &authority,
         &patient,
         v1::Role::Patient,
-        "Patient (demo)",
+        // Named only on chains from before rules 3: from then on a patient has no name on
+        // chain.
+        (registry.chain.rules < medchain_ledger::contracts::rules::V3).then_some("Patient (demo)"),
     )
     .await?;
     out!(

@@ -246,6 +246,7 @@ fn grants_cover_their_scope_until_expiry_or_revocation() {
     let grant = medchain_node::client::consent::build_grant(
         &medchain_node::client::ChainInfo {
             chain_id: "h".into(),
+            rules: rules::LATEST,
             validators: vec![],
             authorities: vec![],
         },

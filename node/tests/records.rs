@@ -128,40 +128,33 @@ fn record_workflow_with_consent_proxy_reencryption_and_audit() {
     );
     let patient = identity_of(&users, "patient");
     let doc_b = identity_of(&users, "doc_b");
-    // One identity per participant.
+    // Registering the patient's card again, signed with `signer`, plus `extra` arguments.
     let again = users.join("patient.card.json");
-    let e = refused(
-        &n0,
-        &[
+    let register_again = |signer: &str, extra: &[&str]| {
+        let mut args = vec![
             "identity",
             "register",
             "--card",
             again.to_str().unwrap(),
             "--role",
             "patient",
-            "--name",
-            "twice",
             "--key",
-            &authority,
-        ],
-    );
+        ];
+        args.push(signer);
+        args.extend_from_slice(extra);
+        refused(&n0, &args)
+    };
+    // One identity per participant.
+    let e = register_again(&authority, &[]);
     assert!(e.contains("already registered"), "{e}");
-    // Only an authority registers.
-    let e = refused(
-        &n0,
-        &[
-            "identity",
-            "register",
-            "--card",
-            again.to_str().unwrap(),
-            "--role",
-            "patient",
-            "--name",
-            "x",
-            "--key",
-            &key("doc_a"),
-        ],
+    // A patient's name stays off chain (rules 3): the CLI says so before anything is signed.
+    let e = register_again(&authority, &["--name", "Alice"]);
+    assert!(
+        e.contains("carries no name") && e.contains("omit --name"),
+        "{e}"
     );
+    // Only an authority registers.
+    let e = register_again(&key("doc_a"), &[]);
     assert!(e.contains("not an authority"), "{e}");
 
     // Doctor A writes three records (type derived from the FHIR resourceType).

@@ -354,7 +354,11 @@ pub fn execute(
                 signer,
                 patient.as_deref(),
                 None,
-                format!("{} {id} ({})", role_name(role), r.name),
+                if r.name.is_empty() {
+                    format!("{} {id}", role_name(role))
+                } else {
+                    format!("{} {id} ({})", role_name(role), r.name)
+                },
             );
         }
         Payload::PrivateSlip(slip) => {

@@ -34,8 +34,39 @@ pub const V1: u32 = 1;
 /// - each record has its own ciphertext: a slip naming a ciphertext another record uses is
 ///   refused, since erasing either record would destroy the other's.
 pub const V2: u32 = 2;
+/// Version 3: rules 2 and a patient's registration carries no name. Every validator and
+/// authority reads a registration, and a name next to the patient role says who is a patient
+/// of this hospital, which is itself health data; her name stays in the registering office's
+/// own register and in her own client. Doctors, data users and authorities are still named
+/// (they act professionally, and patients need to know who asks for their records). The
+/// check is a form check ([`registration_form`]): a named patient's registration is never
+/// ordered, so the name never reaches a block.
+pub const V3: u32 = 3;
 /// What new chains run.
-pub const LATEST: u32 = V2;
+pub const LATEST: u32 = V3;
+
+/// The rule-dependent form check of a registration: whether it may name the participant.
+/// Before rules 3 every registration names its participant (rules 1 and 2 refused an empty
+/// name, and they still do); from rules 3 a patient's must not, any other must.
+pub fn registration_form(
+    rules: u32,
+    r: &medchain_proto::v1::IdentityRegistration,
+) -> Result<(), String> {
+    let patient = medchain_proto::records::role_of(r.role) == medchain_proto::v1::Role::Patient;
+    if rules >= V3 && patient {
+        if !r.name.is_empty() {
+            return Err(format!(
+                "this chain runs rules {rules}, under which a patient's registration carries no name (every validator would read it): keep her name in your own register and register her with no name"
+            ));
+        }
+    } else if r.name.trim().is_empty() {
+        return Err(format!(
+            "this chain runs rules {rules}, under which a {} registration names its participant: give a name",
+            if patient { "patient's" } else { "non-patient" }
+        ));
+    }
+    Ok(())
+}
 
 /// How long after its timestamp a transaction may still take effect (rules 2).
 pub const TX_VALIDITY_MS: u64 = 60 * 60 * 1000;
@@ -85,5 +116,34 @@ mod tests {
             .unwrap()
             .contains("check the signer's clock"));
         assert!(outside_window(u64::MAX, 0).is_some());
+    }
+
+    #[test]
+    fn only_rules_3_keeps_a_patients_name_off_chain() {
+        use medchain_proto::v1::{IdentityRegistration, Role};
+        let reg = |role: Role, name: &str| IdentityRegistration {
+            role: role as i32,
+            name: name.into(),
+            ..Default::default()
+        };
+        for rules in [V1, V2] {
+            assert_eq!(
+                registration_form(rules, &reg(Role::Patient, "Alice")),
+                Ok(())
+            );
+            for blank in ["", " "] {
+                let e = registration_form(rules, &reg(Role::Patient, blank)).unwrap_err();
+                assert!(e.contains("give a name"), "{e}");
+            }
+        }
+        for named in ["Alice", " "] {
+            let e = registration_form(V3, &reg(Role::Patient, named)).unwrap_err();
+            assert!(e.contains("carries no name"), "{e}");
+        }
+        assert_eq!(registration_form(V3, &reg(Role::Patient, "")), Ok(()));
+        for role in [Role::Doctor, Role::Insurer, Role::Researcher] {
+            assert_eq!(registration_form(V3, &reg(role, "Dr Grey")), Ok(()));
+            assert!(registration_form(V3, &reg(role, "")).is_err());
+        }
     }
 }

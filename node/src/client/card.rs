@@ -72,6 +72,29 @@ impl KeyCard {
             name,
         ))
     }
+
+    /// The registration for this card on a chain running `rules`, checked here against the
+    /// rules' naming requirement (from rules 3 a patient has no name on chain) so the authority
+    /// hears what to change before anything is signed or sent.
+    pub fn registration_under(
+        &self,
+        rules: u32,
+        role: v1::Role,
+        name: Option<&str>,
+    ) -> Result<v1::IdentityRegistration> {
+        let reg = self.registration(role, name.unwrap_or_default())?;
+        medchain_ledger::contracts::rules::registration_form(rules, &reg).map_err(|why| {
+            anyhow::anyhow!(
+                "{why} ({})",
+                if name.is_some() {
+                    "omit --name"
+                } else {
+                    "pass --name"
+                }
+            )
+        })?;
+        Ok(reg)
+    }
 }
 
 #[cfg(test)]

@@ -103,13 +103,14 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                     RoleArg::Insurer => v1::Role::Insurer,
                     RoleArg::Researcher => v1::Role::Researcher,
                 };
-                let reg = card.registration(role, &name)?;
                 let c = Client::connect_as(&args.node, &authority).await?;
+                let reg = card.registration_under(c.chain.rules, role, name.as_deref())?;
                 let tx = c.sign(&authority, Payload::IdentityRegistration(reg));
                 let (_, v) = c.submit_and_wait(&tx).await?;
                 out!(
-                    "registered {} {name:?} as {} at height {}",
+                    "registered {}{} as {} at height {}",
                     card.identity,
+                    name.map(|n| format!(" {n:?}")).unwrap_or_default(),
                     medchain_proto::records::role_name(role),
                     v.height
                 );

@@ -69,6 +69,7 @@ pub fn start(
     ));
     let chain = medchain_api::ChainInfo {
         chain_id: g.chain_id.clone(),
+        rules: g.params.rules,
         validators: g
             .validators
             .iter()

@@ -174,7 +174,8 @@ pub fn registration_tx(
                     search_key: binding.search_key.to_bytes().to_vec(),
                     binding_signature: binding.signature.as_bytes().to_vec(),
                     role: v1::Role::Patient as i32,
-                    name: format!("e2e patient {participant}"),
+                    // A patient has no name on chain (rules 3).
+                    name: String::new(),
                 },
             )),
         },

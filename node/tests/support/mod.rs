@@ -83,17 +83,20 @@ pub fn register_participants(api: &str, users: &Path, authority: &str, who: &[(&
             "--insecure-plaintext",
         ]);
         let card = users.join(format!("{name}.card.json"));
-        run(&[
+        let mut args = vec![
             "identity",
             "register",
             "--card",
             card.to_str().unwrap(),
             "--role",
             role,
-            "--name",
-            name,
             "--key",
             authority,
-        ]);
+        ];
+        // A patient has no name on chain (rules 3).
+        if *role != "patient" {
+            args.extend(["--name", name]);
+        }
+        run(&args);
     }
 }
