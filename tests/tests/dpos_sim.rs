@@ -94,6 +94,21 @@ fn an_equivocators_twin_is_relayed_to_the_producers() {
     }
 }
 
+/// Seed 72764 of the long run: an equivocator cut off at height 1 caught up by block sync after
+/// GST and, on the way, proposed (in twins) for heights 2 and 6 the network had finalized long
+/// before. No honest node could pair those twins, yet the checker counted them as chargeable and
+/// blamed the engine for not replacing it in time. Only a slot no honest node has closed counts;
+/// its equivocation at an open height is still charged and costs its seat.
+#[test]
+fn a_closed_slot_is_not_chargeable() {
+    let scn = Scenario::generate(72_764, None);
+    let out = run(&scn, false);
+    if let Some(v) = out.violation {
+        panic!("{} -> {v}", scn.describe());
+    }
+    assert!(out.replaced >= 1, "the equivocator kept its seat");
+}
+
 #[test]
 fn same_seed_same_trace() {
     for seed in [3, 12, 49] {

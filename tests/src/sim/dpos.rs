@@ -114,7 +114,8 @@ struct Sim<'a> {
     gen: u64,
     decided: BTreeMap<u64, (Hash32, Hash32)>,
     rpn_after: BTreeMap<u64, Vec<u32>>,
-    /// Byzantine misbehaviour as representative after GST: institution -> (height, round).
+    /// Byzantine misbehaviour as representative after GST, in slots still open: institution ->
+    /// (height, round).
     strikes: BTreeMap<u32, Vec<(u64, u64)>>,
     items: Vec<Vec<u8>>,
     submitted: BTreeSet<Vec<u8>>,

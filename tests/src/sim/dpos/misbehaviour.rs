@@ -325,9 +325,17 @@ impl Sim<'_> {
     }
 
     /// Records a misbehaviour as the proposer of (height, round) after GST, once per slot (a
-    /// re-sent proposal is the same misbehaviour).
+    /// re-sent proposal is the same misbehaviour), while the slot is open: no honest node has
+    /// finalized that height yet. A lagging Byzantine node that proposes for a height the
+    /// network closed long ago sends twins no honest node can pair (each holds at most one, and
+    /// none for a slot it never saw), so nothing there is chargeable (DPoS long-run seed 72764:
+    /// an equivocator catching up by block sync proposed for two closed heights on the way).
     pub(super) fn strike(&mut self, i: u32, height: u64, round: u64) {
-        if self.now >= self.scn.net.gst_ms {
+        let open = self
+            .honest_nodes()
+            .iter()
+            .all(|h| (self.nodes[*h as usize].chain.len() as u64) < height);
+        if self.now >= self.scn.net.gst_ms && open {
             let slots = self.strikes.entry(i).or_default();
             if !slots.contains(&(height, round)) {
                 slots.push((height, round));
