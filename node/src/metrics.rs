@@ -52,6 +52,8 @@ pub struct Metrics {
     api_connections_refused: Counter,
     /// Files the orphan sweep removed from the record store (no pending or live slip).
     pub orphans_removed: Counter,
+    /// Access records of answered reads not yet on chain (rules 4: waiting for their batch).
+    pub access_records_pending: Gauge,
     traffic: Arc<PeerTraffic>,
 }
 
@@ -88,6 +90,7 @@ impl Metrics {
             peer_messages_refused: Family::default(),
             api_connections_refused: Counter::default(),
             orphans_removed: Counter::default(),
+            access_records_pending: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,6 +117,11 @@ impl Metrics {
             "orphan_records_removed",
             "Record files removed by the orphan sweep: no pending or live slip named them within the grace period",
             m.orphans_removed.clone(),
+        );
+        registry.register(
+            "access_records_pending",
+            "Access records of reads this node answered that are not on chain yet (waiting for their batch)",
+            m.access_records_pending.clone(),
         );
         registry.register(
             "transactions_accepted",

@@ -179,6 +179,14 @@ fn patient_data_answers_only_authenticated_authorized_callers() {
         .expect_err("a challenge opened two tokens")
         .to_string();
     assert!(e.contains("401") && e.contains("answered already"), "{e}");
+    // Replayed past the token quota, the captured answer uses up none of Carol's tokens.
+    for _ in 0..130 {
+        let e = call(api.post_json::<_, medchain_api::Token>("/v1/auth/token", &answer))
+            .expect_err("a replayed answer opened a token")
+            .to_string();
+        assert!(e.contains("401") && e.contains("answered already"), "{e}");
+    }
+    token(&n0, &keys["carol"]);
     // Carol's signature does not make a token for Alice.
     let fresh: Challenge =
         call(api.post_json("/v1/auth/challenge", &serde_json::Map::new())).unwrap();
@@ -387,28 +395,67 @@ fn patient_data_answers_only_authenticated_authorized_callers() {
     let pending = ok(&n0, &["record", "pending", "--key", &path("alice")]);
     assert!(pending.contains(&slip), "{pending}");
 
+    // 8a. Reads are recorded in batches (rules 4), not one transaction each: 20 reads in a row
+    //     reach the audit trail in a few transactions.
+    let me: medchain_crypto::Identity = net.status(0).unwrap().identity.parse().unwrap();
+    let read_events = || {
+        let (_, body) = http_as(
+            &n0,
+            &authority,
+            "GET",
+            &format!("/v1/audit?record={slip}"),
+            None,
+        )
+        .unwrap();
+        json(&body)["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["op"] == "read")
+            .map(|e| e["transaction"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    // Alice's own request for her record, signed for node0 now, with nonce `n` (canonical bytes).
+    let alice_asks = |n: u8| {
+        let request = medchain_proto::records::sign_read_request(
+            &keys["alice"].signing_key(),
+            medchain_proto::v1::ReadRequest {
+                chain_id: "hospital-dev".into(),
+                reader: vec![],
+                slip_id: hex::decode(&slip).unwrap(),
+                timestamp_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64,
+                nonce: vec![n; 16],
+                node: me.as_bytes().to_vec(),
+            },
+        );
+        medchain_proto::canonical::Canonical::canonical_bytes(&request)
+    };
+    let before = read_events().len();
+    for n in 0..20u8 {
+        let bytes = alice_asks(100 + n);
+        call(client(&n0).read(&slip, bytes)).expect("a read of her own record");
+    }
+    assert!(
+        net.wait(30, |_| read_events().len() >= before + 20),
+        "20 reads, {} recorded",
+        read_events().len() - before
+    );
+    let events = read_events();
+    let batches: std::collections::BTreeSet<&String> = events[before..].iter().collect();
+    assert!(
+        batches.len() <= 10,
+        "20 reads took {} transactions",
+        batches.len()
+    );
+
     // 8. A read request replayed after the node restarted, before its access record could
     //    commit (two of four nodes down: no quorum), is refused: the node remembered it on disk.
     net.kill(2);
     net.kill(3);
-    let me: medchain_crypto::Identity = net.status(0).unwrap().identity.parse().unwrap();
-    let mut nonce = vec![0u8; 16];
-    nonce[0] = 42;
-    let request = medchain_proto::records::sign_read_request(
-        &keys["alice"].signing_key(),
-        medchain_proto::v1::ReadRequest {
-            chain_id: "hospital-dev".into(),
-            reader: vec![],
-            slip_id: hex::decode(&slip).unwrap(),
-            timestamp_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64,
-            nonce,
-            node: me.as_bytes().to_vec(),
-        },
-    );
-    let bytes = medchain_proto::canonical::Canonical::canonical_bytes(&request);
+    let bytes = alice_asks(42);
     call(client(&n0).read(&slip, bytes.clone())).expect("the first read is served");
     net.kill(0);
     net.start(0);
@@ -418,4 +465,25 @@ fn patient_data_answers_only_authenticated_authorized_callers() {
     };
     let e = e.to_string();
     assert!(e.contains("409") && e.contains("already used"), "{e}");
+
+    // 9. Its access record was on disk before the read was answered: the restarted node batches
+    //    it again (rules 4), and once a quorum is back it reaches the chain.
+    let pending = || {
+        let (_, text) = raw_http(&n0, "GET", "/metrics", &[]);
+        text.lines()
+            .find_map(|l| l.strip_prefix("medchain_access_records_pending "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert!(
+        net.wait(10, |_| pending().is_some_and(|n| n >= 1)),
+        "the answered read's access record did not survive the restart: {:?}",
+        pending()
+    );
+    net.start(2);
+    net.start(3);
+    assert!(
+        net.wait(60, |_| pending() == Some(0)),
+        "the kept access record never reached the chain: {:?} pending",
+        pending()
+    );
 }

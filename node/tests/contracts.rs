@@ -338,66 +338,125 @@ fn grants_cover_their_scope_until_expiry_or_revocation() {
     .is_none());
 }
 
-#[test]
-fn access_records_come_from_validators_once_per_request() {
-    let mut w = World::new();
-    let (doctor, patient) = (km(1), km(2));
-    w.register(&doctor, v1::Role::Doctor);
-    w.register(&patient, v1::Role::Patient);
-    let slip = w.write(&doctor, &patient, "Observation").unwrap();
-    let v = w.validators[0];
-    // The doctor's own request, signed for validator `node`.
-    let asked = |node: &Identity| {
-        medchain_proto::records::sign_read_request(
-            &doctor.signing_key(),
-            v1::ReadRequest {
-                chain_id: "h".into(),
-                reader: vec![],
-                slip_id: slip.as_bytes().to_vec(),
-                timestamp_ms: 1,
-                nonce: vec![9; 16],
-                node: node.as_bytes().to_vec(),
-            },
-        )
-    };
-    let record = |signed: Option<v1::SignedReadRequest>| {
-        let request = signed
-            .as_ref()
-            .and_then(|s| s.request.as_ref())
-            .map(medchain_proto::Hashed::digest)
-            .map_or(vec![7; 32], |d| d.as_bytes().to_vec());
-        Payload::AccessRecord(v1::AccessRecord {
-            reader: id(&doctor).as_bytes().to_vec(),
+/// The doctor's read request for `slip`, signed for validator `node` (nonce `n`), and the
+/// access record of its refusal (with no signed request if `signed` is false).
+fn asked(doctor: &KeyMaterial, slip: &Hash32, node: &Identity, n: u8) -> v1::SignedReadRequest {
+    medchain_proto::records::sign_read_request(
+        &doctor.signing_key(),
+        v1::ReadRequest {
+            chain_id: "h".into(),
+            reader: vec![],
             slip_id: slip.as_bytes().to_vec(),
-            request,
-            granted: false,
-            reason: "no grant".into(),
-            grant: vec![],
-            at_ms: 1,
-            signed_request: signed,
-        })
-    };
-    let rec = record(Some(asked(&v)));
-    refused(w.run(&id(&doctor), rec.clone(), 1), "only a validator");
-    // Under rules 2 a validator records only reads the reader asked of it, signed.
-    refused(w.run(&v, record(None), 1), "carries the reader's request");
-    refused(
-        w.run(&v, record(Some(asked(&w.validators[1]))), 1),
-        "carries the reader's request",
-    );
-    w.run(&v, rec.clone(), 1).unwrap();
-    refused(w.run(&v, rec, 1), "already recorded");
-    // Rules 1 took a validator's word.
-    World::v1().run(&v, record(None), 1).unwrap();
+            timestamp_ms: 1,
+            nonce: vec![n; 16],
+            node: node.as_bytes().to_vec(),
+        },
+    )
+}
+
+fn access_record(
+    doctor: &KeyMaterial,
+    slip: &Hash32,
+    signed: Option<v1::SignedReadRequest>,
+) -> v1::AccessRecord {
+    let request = signed
+        .as_ref()
+        .and_then(|s| s.request.as_ref())
+        .map(medchain_proto::Hashed::digest)
+        .map_or(vec![7; 32], |d| d.as_bytes().to_vec());
+    v1::AccessRecord {
+        reader: id(doctor).as_bytes().to_vec(),
+        slip_id: slip.as_bytes().to_vec(),
+        request,
+        granted: false,
+        reason: "no grant".into(),
+        grant: vec![],
+        at_ms: 1,
+        signed_request: signed,
+    }
+}
+
+fn read_trail(w: &World, slip: &Hash32) -> Vec<String> {
     let trail = w
         .store
         .chain_state_prefix(&keys::audit_prefix(b'r', slip.as_bytes()), 100)
         .unwrap();
-    let ops: Vec<String> = trail
+    trail
         .iter()
         .map(|(k, v)| state::decode::<AuditEvent>(k, v).unwrap().op)
-        .collect();
-    assert_eq!(ops, vec!["upload", "read-refused"]);
+        .collect()
+}
+
+#[test]
+fn access_records_come_from_validators_once_per_request() {
+    let (mut w, doctor, patient) = World::with_doctor_and_patient(rules::V3, 2);
+    let slip = w.write(&doctor, &patient, "Observation").unwrap();
+    let v = w.validators[0];
+    let record = |signed| Payload::AccessRecord(access_record(&doctor, &slip, signed));
+    let rec = record(Some(asked(&doctor, &slip, &v, 9)));
+    refused(w.run(&id(&doctor), rec.clone(), 1), "only a validator");
+    // Under rules 2 a validator records only reads the reader asked of it, signed.
+    refused(w.run(&v, record(None), 1), "carries the reader's request");
+    refused(
+        w.run(
+            &v,
+            record(Some(asked(&doctor, &slip, &w.validators[1], 9))),
+            1,
+        ),
+        "carries the reader's request",
+    );
+    // Batches are rules 4.
+    let batch = Payload::AccessBatch(v1::AccessBatch {
+        records: vec![access_record(
+            &doctor,
+            &slip,
+            Some(asked(&doctor, &slip, &v, 9)),
+        )],
+    });
+    refused(w.run(&v, batch, 1), "access batches are rules 4");
+    w.run(&v, rec.clone(), 1).unwrap();
+    refused(w.run(&v, rec, 1), "already recorded");
+    // Rules 1 took a validator's word.
+    World::v1().run(&v, record(None), 1).unwrap();
+    assert_eq!(read_trail(&w, &slip), vec!["upload", "read-refused"]);
+}
+
+/// Under rules 4 a validator records reads in batches, each read once: a batch sent again
+/// after its first copy committed records only what is new; a lone record is refused; a batch
+/// with one read signed for another node is refused whole.
+#[test]
+fn rules_4_record_reads_in_batches_each_read_once() {
+    let (mut w, doctor, patient) = World::with_doctor_and_patient(rules::V4, 2);
+    let slip = w.write(&doctor, &patient, "Observation").unwrap();
+    let v = w.validators[0];
+    let rec = |n: u8, node: &Identity| {
+        access_record(&doctor, &slip, Some(asked(&doctor, &slip, node, n)))
+    };
+    let batch = |records| Payload::AccessBatch(v1::AccessBatch { records });
+    refused(
+        w.run(&v, Payload::AccessRecord(rec(1, &v)), 1),
+        "recorded in access batches",
+    );
+    refused(
+        w.run(&id(&doctor), batch(vec![rec(1, &v)]), 1),
+        "only a validator",
+    );
+    refused(
+        w.run(&v, batch(vec![rec(1, &v), rec(2, &w.validators[1])]), 1),
+        "carries the reader's request",
+    );
+    assert_eq!(
+        read_trail(&w, &slip),
+        vec!["upload"],
+        "nothing of a refused batch"
+    );
+    w.run(&v, batch(vec![rec(1, &v), rec(2, &v)]), 1).unwrap();
+    w.run(&v, batch(vec![rec(2, &v), rec(3, &v)]), 1).unwrap();
+    assert_eq!(
+        read_trail(&w, &slip),
+        vec!["upload", "read-refused", "read-refused", "read-refused"],
+        "three reads, each once"
+    );
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! What a node pays per transaction: one signature verification, and the full check of a
-//! record-write transaction (envelope signature + the doctor's slip signature + structure).
+//! What a node pays per transaction: one signature verification, the full check of a
+//! record-write transaction (envelope signature + the doctor's slip signature + structure), and
+//! per read recorded: one access record in its own transaction (rules 1 to 3) against a batch of
+//! 64 in one (rules 4), each record carrying its reader's signed request.
 //!
 //!     cargo bench -p medchain-proto --bench verify
 //!
@@ -31,6 +33,74 @@ fn tx() -> v1::Transaction {
     )
 }
 
+/// A node-signed transaction recording `n` reads (one `AccessRecord` alone if `n` is 0).
+fn access_tx(n: usize) -> v1::Transaction {
+    let node = SigningKey::from_bytes(&[5; 32]).unwrap();
+    let reader = SigningKey::from_bytes(&[6; 32]).unwrap();
+    let record = |i: usize| {
+        let signed = medchain_proto::records::sign_read_request(
+            &reader,
+            v1::ReadRequest {
+                chain_id: "hospital-dev".into(),
+                reader: vec![],
+                slip_id: vec![7; 32],
+                timestamp_ms: 1,
+                nonce: (i as u128).to_le_bytes().to_vec(),
+                node: node.identity().as_bytes().to_vec(),
+            },
+        );
+        v1::AccessRecord {
+            reader: reader.identity().as_bytes().to_vec(),
+            slip_id: vec![7; 32],
+            request: signed
+                .request
+                .as_ref()
+                .unwrap()
+                .digest()
+                .as_bytes()
+                .to_vec(),
+            granted: true,
+            reason: "patient's own record".into(),
+            grant: vec![],
+            at_ms: 1,
+            signed_request: Some(signed),
+        }
+    };
+    let payload = if n == 0 {
+        v1::transaction_body::Payload::AccessRecord(record(0))
+    } else {
+        v1::transaction_body::Payload::AccessBatch(v1::AccessBatch {
+            records: (0..n).map(record).collect(),
+        })
+    };
+    sign_transaction(
+        &node,
+        v1::TransactionBody {
+            chain_id: "hospital-dev".into(),
+            signer: vec![],
+            nonce: 1,
+            timestamp_ms: 1,
+            payload: Some(payload),
+        },
+    )
+}
+
+/// The check of the transactions that record reads, per read.
+fn access(c: &mut Criterion) {
+    let mut g = c.benchmark_group("verify_per_read");
+    for (name, n, reads) in [("access_record", 0, 1), ("access_batch_64", 64, 64)] {
+        let bytes = access_tx(n).canonical_bytes();
+        g.throughput(Throughput::Elements(reads));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let t = v1::Transaction::decode_canonical(&bytes).unwrap();
+                verify_transaction(t).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
 fn verify(c: &mut Criterion) {
     let t = tx();
     let body = t.body.clone().unwrap();
@@ -52,5 +122,5 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, verify);
+criterion_group!(benches, verify, access);
 criterion_main!(benches);

@@ -290,6 +290,38 @@ pub fn check_access_record(a: &v1::AccessRecord) -> Result<(), ProtoError> {
     text(KIND, "reason", &a.reason, MAX_REASON, false)
 }
 
+/// At most this many reads in one [`v1::AccessBatch`]: at most [`MAX_REASON`] bytes of reason
+/// and about 300 of ids, request and signature each, so a full batch stays well inside a
+/// transaction's size limit.
+pub const MAX_ACCESS_BATCH: usize = 64;
+
+/// A batch of access records: 1 to [`MAX_ACCESS_BATCH`] well-formed records, no read request
+/// twice (each read is recorded once).
+pub fn check_access_batch(b: &v1::AccessBatch) -> Result<(), ProtoError> {
+    const KIND: &str = "access batch";
+    if b.records.is_empty() || b.records.len() > MAX_ACCESS_BATCH {
+        return Err(invalid(
+            KIND,
+            format!(
+                "it holds {} records; a batch holds 1 to {MAX_ACCESS_BATCH}",
+                b.records.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for a in &b.records {
+        check_access_record(a)?;
+        let request = hash(KIND, "request", &a.request)?;
+        if !seen.insert(request) {
+            return Err(invalid(
+                KIND,
+                format!("read request {} is in it twice", request.to_hex()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The form checks of every record-workflow payload (called by `verify_transaction`).
 pub(crate) fn check_payload(p: &v1::transaction_body::Payload) -> Result<(), ProtoError> {
     use v1::transaction_body::Payload;
@@ -307,6 +339,7 @@ pub(crate) fn check_payload(p: &v1::transaction_body::Payload) -> Result<(), Pro
         }
         Payload::ConsentRevocation(r) => hash("consent revocation", "grant", &r.grant).map(|_| ()),
         Payload::AccessRecord(a) => check_access_record(a),
+        Payload::AccessBatch(b) => check_access_batch(b),
         Payload::Suspension(s) => {
             identity("suspension", "identity", &s.identity)?;
             text("suspension", "reason", &s.reason, MAX_REASON, true)
@@ -389,6 +422,7 @@ pub fn payload_kind(payload: &v1::transaction_body::Payload) -> &'static str {
         P::ConsentDenial(_) => "denial",
         P::ConsentRevocation(_) => "revocation",
         P::AccessRecord(_) => "access_record",
+        P::AccessBatch(_) => "access_batch",
         P::Suspension(_) => "suspension",
         P::SuspensionLift(_) => "suspension_lift",
     }
@@ -546,9 +580,21 @@ mod tests {
             e.to_string().contains("another reader, record or request"),
             "{e}"
         );
-        let mut forged = signed;
+        let mut forged = signed.clone();
         forged.signature[10] ^= 1;
-        assert!(check_access_record(&record(forged, vec![7; 32])).is_err());
+        assert!(check_access_record(&record(forged.clone(), vec![7; 32])).is_err());
+
+        // A batch holds 1 to MAX_ACCESS_BATCH good records, each request once.
+        let one = record(signed, vec![7; 32]);
+        let batch = |records: Vec<v1::AccessRecord>| v1::AccessBatch { records };
+        check_access_batch(&batch(vec![one.clone()])).unwrap();
+        let e = check_access_batch(&batch(vec![])).unwrap_err();
+        assert!(e.to_string().contains("holds 0 records"), "{e}");
+        let e = check_access_batch(&batch(vec![one.clone(), one.clone()])).unwrap_err();
+        assert!(e.to_string().contains("in it twice"), "{e}");
+        let e = check_access_batch(&batch(vec![one.clone(); MAX_ACCESS_BATCH + 1])).unwrap_err();
+        assert!(e.to_string().contains("1 to 64"), "{e}");
+        assert!(check_access_batch(&batch(vec![one, record(forged, vec![7; 32])])).is_err());
     }
 
     #[test]

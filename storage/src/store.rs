@@ -599,6 +599,7 @@ impl Store {
     }
 }
 
+mod access_log;
 mod records;
 pub use records::{RecordFile, StagedRecord};
 mod seen;

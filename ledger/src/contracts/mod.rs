@@ -17,11 +17,13 @@
 //! - a validator records every read it served or refused, and may suspend an identity whose reads
 //!   look abnormal.
 
+mod access;
 mod consent;
 pub mod queries;
 pub mod rules;
 pub mod state;
 
+use access::access_record;
 pub use consent::find_grant;
 
 use medchain_crypto::hash::domains;
@@ -540,39 +542,24 @@ pub fn execute(
             consent::consent_revocation(&mut audit, ctx, signer, &mut fx, r)?
         }
         Payload::AccessRecord(a) => {
-            if ctx.validator_index(signer).is_none() {
-                return refuse("only a validator of this chain records accesses");
+            if ctx.batched_reads() {
+                return refuse(format!(
+                    "this chain runs rules {}, under which reads are recorded in access batches, not one transaction each",
+                    ctx.rules
+                ));
             }
-            let request = hash32(&a.request)?;
-            if ctx.v2() {
-                // The form check verified the reader's signature and that it names this
-                // reader, record and request; here: it was signed for this node.
-                let signed_for = a
-                    .signed_request
-                    .as_ref()
-                    .and_then(|s| s.request.as_ref())
-                    .map(|r| r.node.as_slice());
-                if signed_for != Some(signer.as_bytes()) {
-                    return refuse(format!(
-                        "an access record carries the reader's request signed for the node that records it ({signer}); without it a node could record reads that never happened"
-                    ));
-                }
+            access_record(&mut audit, ctx, signer, a, false)?;
+        }
+        Payload::AccessBatch(b) => {
+            if !ctx.batched_reads() {
+                return refuse(format!(
+                    "this chain runs rules {}, under which reads are recorded one transaction each; access batches are rules 4",
+                    ctx.rules
+                ));
             }
-            let key = keys::access(&request, signer);
-            if audit.ov.contains(&key)? {
-                return refuse(format!("read request {request} is already recorded"));
+            for a in &b.records {
+                access_record(&mut audit, ctx, signer, a, true)?;
             }
-            audit.ov.put_raw(key, vec![u8::from(a.granted)]);
-            let slip_id = hash32(&a.slip_id)?;
-            let reader = ident(&a.reader)?;
-            let patient = audit
-                .ov
-                .get::<SlipEntry>(&keys::slip(&slip_id))?
-                .map(|s| s.patient);
-            let op = if a.granted { "read" } else { "read-refused" };
-            let detail = format!("by {reader} via node {signer}: {}", a.reason);
-            // The reader is the actor of the trail; the node that served it is in the detail.
-            audit.event(op, &reader, patient.as_deref(), Some(&slip_id), detail);
         }
         Payload::Suspension(s) => {
             let by_authority = ctx.is_authority(signer);

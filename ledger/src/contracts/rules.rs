@@ -42,8 +42,15 @@ pub const V2: u32 = 2;
 /// check is a form check ([`registration_form`]): a named patient's registration is never
 /// ordered, so the name never reaches a block.
 pub const V3: u32 = 3;
+/// Version 4: rules 3 and reads are recorded in batches. A validator records the reads it served
+/// in [`medchain_proto::v1::AccessBatch`] transactions of up to
+/// [`medchain_proto::records::MAX_ACCESS_BATCH`] reads each, and a lone `AccessRecord` is refused:
+/// one transaction per read let a flood of reads fill the mempool and push genuine events out of
+/// the chain. A read a batch records twice (a batch re-sent after a restart, the first one having
+/// committed meanwhile) is recorded once and the rest of the batch still takes effect.
+pub const V4: u32 = 4;
 /// What new chains run.
-pub const LATEST: u32 = V3;
+pub const LATEST: u32 = V4;
 
 /// The rule-dependent form check of a registration: whether it may name the participant.
 /// Before rules 3 every registration names its participant (rules 1 and 2 refused an empty

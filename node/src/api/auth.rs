@@ -174,8 +174,10 @@ impl Gate {
                 format!("{id} is not registered on this chain; an authority registers it with `medchain identity register`"),
             ));
         }
-        self.within_quota(&id, now)?;
+        // The replay check before the quota: a captured answer replayed in someone's name is
+        // refused without using up her tokens (else 120 replays would lock her out a minute).
         self.mark_answered(expected, expires, now)?;
+        self.within_quota(&id, now)?;
         let expires = now + TOKEN_LIFETIME_MS;
         let tag = self.token_tag(&id, expires);
         let token = [&id.as_bytes()[..], &expires.to_le_bytes(), &tag.0].concat();

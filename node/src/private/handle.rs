@@ -71,6 +71,8 @@ pub struct NodeHandle {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Committed blocks as they are published.
     pub(super) blocks: broadcast::Sender<Arc<BlockEvent>>,
+    /// Access records of answered reads waiting for their batch (rules 4).
+    pub(super) access_log: Arc<super::access_log::AccessLog>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -177,7 +179,10 @@ impl NodeHandle {
     }
 
     /// Signs `payload` as this node (a fresh nonce per call, even within one microsecond).
-    fn own_transaction(&self, payload: v1::transaction_body::Payload) -> v1::Transaction {
+    pub(super) fn own_transaction(
+        &self,
+        payload: v1::transaction_body::Payload,
+    ) -> v1::Transaction {
         let now_us = now_ms() * 1_000;
         let nonce = self
             .own_nonce
@@ -197,8 +202,10 @@ impl NodeHandle {
         )
     }
 
-    /// Queues the access record of one read. If it cannot be queued the read is refused: no
-    /// read goes unaudited.
+    /// Keeps or queues the access record of one read; the read is answered only once this
+    /// returns, and refused if it fails: no read goes unaudited. Under rules 4 the record is
+    /// synced to the store and batched with others ([`super::access_log`]); before, it is
+    /// queued as a transaction of its own.
     pub async fn record_access(
         &self,
         req: &medchain_proto::records::VerifiedReadRequest,
@@ -210,18 +217,32 @@ impl NodeHandle {
             .chars()
             .take(medchain_proto::records::MAX_REASON)
             .collect();
-        let tx = self.own_transaction(v1::transaction_body::Payload::AccessRecord(
-            v1::AccessRecord {
-                reader: req.reader.as_bytes().to_vec(),
-                slip_id: req.slip_id.as_bytes().to_vec(),
-                request: req.digest.as_bytes().to_vec(),
-                granted,
-                reason,
-                grant: grant.map(|g| g.as_bytes().to_vec()).unwrap_or_default(),
-                at_ms: now_ms(),
-                signed_request: Some(req.signed.clone()),
-            },
-        ));
+        let record = v1::AccessRecord {
+            reader: req.reader.as_bytes().to_vec(),
+            slip_id: req.slip_id.as_bytes().to_vec(),
+            request: req.digest.as_bytes().to_vec(),
+            granted,
+            reason,
+            grant: grant.map(|g| g.as_bytes().to_vec()).unwrap_or_default(),
+            at_ms: now_ms(),
+            signed_request: Some(req.signed.clone()),
+        };
+        if self.ledger.rules >= medchain_ledger::contracts::rules::V4 {
+            self.access_log.has_room()?;
+            let store = self.store.clone();
+            let (request, bytes) = (req.digest, prost::Message::encode_to_vec(&record));
+            tokio::task::spawn_blocking(move || store.log_access(&request, &bytes))
+                .await
+                .map_err(|e| OwnTxError::Unavailable(e.to_string()))?
+                .map_err(|e| {
+                    OwnTxError::Unavailable(format!(
+                        "the read cannot be audited now (its access record could not be stored: {e}); it is refused, retry shortly"
+                    ))
+                })?;
+            self.access_log.push(req.digest, record);
+            return Ok(());
+        }
+        let tx = self.own_transaction(v1::transaction_body::Payload::AccessRecord(record));
         let bytes = medchain_proto::Canonical::canonical_bytes(&tx);
         let checked = self
             .ledger

@@ -8,6 +8,7 @@
 //! and on blocking threads), so they use both cores; the driver only sees checked transactions.
 
 pub mod access_guard;
+pub mod access_log;
 pub mod blob_push;
 pub mod blobs;
 pub mod chain;
@@ -171,6 +172,22 @@ pub fn start(
             .context("loading the read requests this node served before it stopped")?,
     );
     let access = Arc::new(Mutex::new(guard));
+    // Access records of reads answered before the node stopped whose batch is not on chain.
+    let queries = ledger.queries();
+    let (access_log, on_chain) = access_log::AccessLog::restore(
+        store
+            .logged_accesses()
+            .context("loading the access records this node kept before it stopped")?,
+        |request| queries.read_recorded(request).unwrap_or(false),
+    )?;
+    store.forget_accesses(&on_chain)?;
+    if !access_log.is_empty() {
+        tracing::info!(
+            reads = access_log.len(),
+            "access records of reads answered before the restart are batched again"
+        );
+    }
+    let access_log = Arc::new(access_log);
     let (blocks, _) = broadcast::channel(BLOCK_EVENTS);
     let handle = NodeHandle {
         blocks: blocks.clone(),
@@ -185,7 +202,9 @@ pub fn start(
         access: access.clone(),
         own_nonce: Arc::new(AtomicU64::new(0)),
         metrics: metrics.clone(),
+        access_log: access_log.clone(),
     };
+    access_log::spawn_flusher(handle.clone(), access_log);
     let nodes = validators.len() as u32;
     let missing = blobs::Missing::default();
     let pending_blobs = crate::mempool::PendingBlobs::default();
