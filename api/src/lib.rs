@@ -25,7 +25,7 @@ pub mod transactions;
 pub use audit::{AuditEntry, AuditTrail};
 pub use auth::{Authenticator, Challenge, Token, TokenRequest};
 pub use blocks::{Block, BlockEvent, CommitInfo, Lagged};
-pub use chain::{AuthorityInfo, ChainInfo, ValidatorInfo};
+pub use chain::{AuthorityInfo, ChainInfo, RulesUpgradeInfo, ValidatorInfo};
 pub use client::{ApiClient, Timeouts};
 pub use consent::{
     ConsentList, GrantInfo, GrantStatus, RequestInfo, RequestOutcome, RequestStatus,

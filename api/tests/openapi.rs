@@ -284,11 +284,34 @@ fn the_description_matches_the_types() {
     check(
         &doc,
         "ChainInfo",
-        &[v(ChainInfo {
-            chain_id: "c".into(),
-            rules: 3,
-            validators: vec![validator, no_proxy],
-            authorities: vec![authority],
+        &[
+            v(ChainInfo {
+                chain_id: "c".into(),
+                rules: 3,
+                rules_upgrade: None,
+                validators: vec![validator.clone(), no_proxy.clone()],
+                authorities: vec![authority.clone()],
+            }),
+            v(ChainInfo {
+                chain_id: "c".into(),
+                rules: 4,
+                rules_upgrade: Some(RulesUpgradeInfo {
+                    version: 4,
+                    activation_height: 30,
+                    scheduled_at: 12,
+                }),
+                validators: vec![validator, no_proxy],
+                authorities: vec![authority],
+            }),
+        ],
+    );
+    check(
+        &doc,
+        "RulesUpgradeInfo",
+        &[v(RulesUpgradeInfo {
+            version: 4,
+            activation_height: 30,
+            scheduled_at: 12,
         })],
     );
     check(

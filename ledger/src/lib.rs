@@ -67,6 +67,12 @@ pub enum TxError {
     Refused(String),
     #[error("storage error: {0}")]
     Storage(String),
+    #[error("this chain runs rules {version} from height {height} (scheduled on chain), and this binary knows rules up to {known}: install a release that knows rules {version} and start the node again")]
+    UnknownRules {
+        version: u32,
+        height: u64,
+        known: u32,
+    },
 }
 
 impl From<ContractError> for TxError {
@@ -79,6 +85,17 @@ impl From<ContractError> for TxError {
 }
 
 pub mod contracts;
+
+/// The form rules that depend on the rules version (a registration's name, rules 3): checked
+/// for the block a transaction is meant for, not cached with its signatures.
+fn form_under(tx: &v1::Transaction, rules: u32) -> Result<(), TxError> {
+    if let Some(v1::transaction_body::Payload::IdentityRegistration(r)) =
+        tx.body.as_ref().and_then(|b| b.payload.as_ref())
+    {
+        contracts::rules::registration_form(rules, r).map_err(TxError::Invalid)?;
+    }
+    Ok(())
+}
 
 /// A transaction its chain's ledger has checked (decoding, signatures, replay, contract rules).
 #[derive(Clone, Debug)]
@@ -196,14 +213,6 @@ impl PrivateLedger {
             });
         }
         let verified = verify_transaction(tx).map_err(|e| TxError::Invalid(e.to_string()))?;
-        if let Some(v1::transaction_body::Payload::IdentityRegistration(r)) = verified
-            .transaction
-            .body
-            .as_ref()
-            .and_then(|b| b.payload.as_ref())
-        {
-            contracts::rules::registration_form(self.rules, r).map_err(TxError::Invalid)?;
-        }
         let decoded = Arc::new(Decoded {
             tx: verified.transaction,
             id: verified.id,
@@ -212,10 +221,58 @@ impl PrivateLedger {
         Ok(decoded)
     }
 
-    /// Everything a transaction must pass to be ordered: form, signatures and replay.
+    /// Everything a transaction must pass to be ordered in the next block: form (by the rules
+    /// that block runs), signatures and replay.
     pub fn check(&self, bytes: &[u8]) -> Result<CheckedTx, TxError> {
+        let rules = self.rules_at(self.next_height()?)?;
+        self.check_under(bytes, rules)
+    }
+
+    fn check_under(&self, bytes: &[u8], rules: u32) -> Result<CheckedTx, TxError> {
         let d = self.check_form(bytes)?;
+        form_under(&d.tx, rules)?;
         self.checked(&d.tx, d.id, bytes)
+    }
+
+    /// The height of the next block.
+    fn next_height(&self) -> Result<u64, TxError> {
+        Ok(self
+            .store
+            .tip()
+            .map_err(|e| TxError::Storage(e.to_string()))?
+            .map_or(1, |t| t.height + 1))
+    }
+
+    /// The rules block `height` runs ([`contracts::rules::effective`]): genesis `params.rules`
+    /// until an upgrade scheduled on chain takes effect. A version this binary does not know is
+    /// an error: the node must not execute, or vote for, a block under rules it cannot apply.
+    pub fn rules_at(&self, height: u64) -> Result<u32, TxError> {
+        let upgrade = self
+            .queries()
+            .rules_upgrade()
+            .map_err(|e| TxError::Storage(e.to_string()))?;
+        let version = contracts::rules::effective(self.rules, upgrade.as_ref(), height);
+        if version > contracts::rules::LATEST {
+            return Err(TxError::UnknownRules {
+                version,
+                height: upgrade.map_or(height, |u| u.activation_height),
+                known: contracts::rules::LATEST,
+            });
+        }
+        Ok(version)
+    }
+
+    /// The rules the next block runs, and the upgrade scheduled, if any.
+    pub fn rules_now(&self) -> Result<(u32, Option<contracts::state::RulesUpgradeEntry>), TxError> {
+        let upgrade = self
+            .queries()
+            .rules_upgrade()
+            .map_err(|e| TxError::Storage(e.to_string()))?;
+        let height = self.next_height()?;
+        Ok((
+            contracts::rules::effective(self.rules, upgrade.as_ref(), height),
+            upgrade,
+        ))
     }
 
     /// The replay check of a decoded, verified transaction.
@@ -311,18 +368,16 @@ impl PrivateLedger {
             .payload
             .as_ref()
             .ok_or_else(|| TxError::Malformed("no payload".into()))?;
-        let height = self
-            .store
-            .tip()
-            .map_err(|e| TxError::Storage(e.to_string()))?
-            .map_or(1, |t| t.height + 1);
+        let height = self.next_height()?;
+        let rules = self.rules_at(height)?;
+        form_under(tx, rules)?;
         let ctx = ExecContext {
             height,
             index: 0,
             time_ms: now_ms,
             authorities: &self.authorities,
             validators: self.validators.members(),
-            rules: self.rules,
+            rules,
         };
         let mut ov = Overlay::new(&self.store);
         contracts::execute(
@@ -419,6 +474,8 @@ impl PrivateLedger {
         .map_err(|e| TxError::Malformed(e.to_string()))?;
         let header = block.header.as_ref().expect("built above");
         let (height, time_ms) = (header.height, header.timestamp_ms);
+        // One version for the whole block: an upgrade it schedules takes effect later.
+        let rules = self.rules_at(height)?;
         let mut skipped: Vec<u32> = repeats.to_vec();
         let mut failed_at: Vec<u32> = Vec::new();
         let mut failed = Vec::new();
@@ -458,7 +515,7 @@ impl PrivateLedger {
                 time_ms,
                 authorities: &self.authorities,
                 validators: self.validators.members(),
-                rules: self.rules,
+                rules,
             };
             let outcome = match (Identity::from_bytes(&body.signer), body.payload.as_ref()) {
                 (Ok(signer), Some(payload)) => {
@@ -518,7 +575,8 @@ impl PrivateLedger {
     /// Whether a proposed batch may be ordered, judged at this replica's time `now_ms`: its
     /// timestamp within [`BATCH_FUTURE_MS`] of the clock and [`BATCH_PAST_MS`] of the last
     /// block, and every item well formed, signed and not executed.
-    pub fn validate_at(&self, batch: &v1::PbftBatch, now_ms: u64) -> Result<(), String> {
+    pub fn validate_at(&self, seq: u64, batch: &v1::PbftBatch, now_ms: u64) -> Result<(), String> {
+        let rules = self.rules_at(seq).map_err(|e| e.to_string())?;
         let t = batch.timestamp_ms;
         if t > now_ms.saturating_add(BATCH_FUTURE_MS) {
             return Err(format!(
@@ -540,7 +598,9 @@ impl PrivateLedger {
         }
         let mut ids = HashSet::new();
         for (i, item) in batch.items.iter().enumerate() {
-            let checked = self.check(item).map_err(|e| format!("item {i}: {e}"))?;
+            let checked = self
+                .check_under(item, rules)
+                .map_err(|e| format!("item {i}: {e}"))?;
             if !ids.insert(checked.id) {
                 return Err(format!("item {i} repeats an earlier item of the batch"));
             }
@@ -550,11 +610,11 @@ impl PrivateLedger {
 }
 
 impl medchain_pbft::Application for PrivateLedger {
-    fn validate(&self, _seq: u64, batch: &v1::PbftBatch) -> Result<(), String> {
+    fn validate(&self, seq: u64, batch: &v1::PbftBatch) -> Result<(), String> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.validate_at(batch, now_ms)
+        self.validate_at(seq, batch, now_ms)
     }
 
     fn already_executed(&self, item: &[u8]) -> bool {

@@ -69,6 +69,7 @@ fn under_rules_3_a_named_patient_is_never_ordered() {
         let refused = if named_ok { &nameless } else { &named };
         let e = ledger
             .validate_at(
+                1,
                 &v1::PbftBatch {
                     timestamp_ms: 7,
                     items: vec![refused.clone()],
@@ -201,18 +202,111 @@ fn a_batch_timestamp_is_checked_against_the_clock_and_the_last_block() {
         proposer: 0,
     };
     let now = 10 * BATCH_PAST_MS;
-    assert!(ledger.validate_at(&at(now + BATCH_FUTURE_MS), now).is_ok());
+    assert!(ledger
+        .validate_at(1, &at(now + BATCH_FUTURE_MS), now)
+        .is_ok());
     let e = ledger
-        .validate_at(&at(now + BATCH_FUTURE_MS + 1), now)
+        .validate_at(1, &at(now + BATCH_FUTURE_MS + 1), now)
         .unwrap_err();
     assert!(e.contains("ahead of this replica's clock"), "{e}");
     // Before any block there is nothing to be behind.
-    assert!(ledger.validate_at(&at(0), now).is_ok());
+    assert!(ledger.validate_at(1, &at(0), now).is_ok());
     let committed = sign_committed_batch(&ks, "h", 1, 0, at(now));
     ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
-    assert!(ledger.validate_at(&at(now - BATCH_PAST_MS), now).is_ok());
+    assert!(ledger.validate_at(2, &at(now - BATCH_PAST_MS), now).is_ok());
     let e = ledger
-        .validate_at(&at(now - BATCH_PAST_MS - 1), now)
+        .validate_at(2, &at(now - BATCH_PAST_MS - 1), now)
         .unwrap_err();
     assert!(e.contains("before the last block's"), "{e}");
+}
+
+/// An authority's upgrade of the rules by the chain, signed with `nonce`.
+fn rules_upgrade(nonce: u64, version: u32, activation_height: u64) -> Vec<u8> {
+    sign_transaction(
+        &authority().signing_key(),
+        v1::TransactionBody {
+            chain_id: "h".into(),
+            signer: vec![],
+            nonce,
+            timestamp_ms: 5,
+            payload: Some(v1::transaction_body::Payload::RulesUpgrade(
+                v1::RulesUpgrade {
+                    version,
+                    activation_height,
+                },
+            )),
+        },
+    )
+    .canonical_bytes()
+}
+
+/// A running chain moves to later rules at the height an upgrade on chain names, and not
+/// before: the form rules of rules 3 apply from that block on, at admission, in proposals and
+/// in execution. A version this binary does not know stops it before that block: it neither
+/// votes for nor executes a block under rules it cannot apply.
+#[test]
+fn an_upgrade_on_chain_changes_the_rules_at_its_height_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, ks) = ledger_under(dir.path(), contracts::rules::V2);
+    let commit = |seq: u64, items: Vec<Vec<u8>>| {
+        let batch = v1::PbftBatch {
+            timestamp_ms: 6,
+            items,
+            proposer: 0,
+        };
+        let c = sign_committed_batch(&ks, "h", seq, 0, batch);
+        ledger.commit(&c, &[], Hash32::ZERO)
+    };
+    let first = commit(1, vec![rules_upgrade(1, contracts::rules::V3, 12)]).unwrap();
+    assert_eq!(first.failed, vec![], "the upgrade took effect");
+    let (rules, upgrade) = ledger.rules_now().unwrap();
+    assert_eq!(rules, contracts::rules::V2);
+    assert_eq!(upgrade.unwrap().activation_height, 12);
+    let named = patient_named("h", 10, 10, "Alice");
+    for seq in 2..=11 {
+        assert_eq!(ledger.rules_at(seq).unwrap(), contracts::rules::V2);
+        commit(seq, vec![]).unwrap();
+    }
+    // The next block is height 12: rules 3 now, for admission and for a proposal.
+    assert_eq!(ledger.rules_at(12).unwrap(), contracts::rules::V3);
+    assert_eq!(ledger.rules_now().unwrap().0, contracts::rules::V3);
+    let e = ledger.check(&named).unwrap_err().to_string();
+    assert!(e.contains("runs rules 3"), "{e}");
+    let batch = v1::PbftBatch {
+        timestamp_ms: 6,
+        items: vec![named.clone()],
+        proposer: 0,
+    };
+    let e = ledger.validate_at(12, &batch, 6).unwrap_err();
+    assert!(e.contains("runs rules 3"), "{e}");
+    // Executed anyway (a faulty primary's block), it changes nothing.
+    let done = commit(12, vec![named]).unwrap();
+    assert_eq!(done.failed.len(), 1, "the named patient was registered");
+
+    // An upgrade to rules this binary does not know: taken (every node decides alike), then
+    // the node stops before its activation height.
+    let unknown = contracts::rules::LATEST + 1;
+    let done = commit(13, vec![rules_upgrade(2, unknown, 23)]).unwrap();
+    assert_eq!(done.failed, vec![]);
+    for seq in 14..=22 {
+        commit(seq, vec![]).unwrap();
+    }
+    let e = ledger.rules_at(23).unwrap_err();
+    assert!(
+        matches!(e, TxError::UnknownRules { version, height: 23, .. } if version == unknown),
+        "{e}"
+    );
+    assert!(e.to_string().contains("install a release"), "{e}");
+    assert!(ledger
+        .validate_at(23, &v1::PbftBatch::default(), 6)
+        .is_err());
+    assert!(matches!(
+        commit(23, vec![]),
+        Err(TxError::UnknownRules { .. })
+    ));
+    assert_eq!(
+        ledger.store.tip().unwrap().unwrap().height,
+        22,
+        "nothing written"
+    );
 }

@@ -95,6 +95,10 @@ pub enum Command {
     Consent(ConsentCommand),
     /// The provenance trail of a record, a patient or an actor, in chain order.
     Audit(AuditArgs),
+    /// The contract rules a chain runs; an authority's upgrade of a running chain to a later
+    /// version at an agreed height.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Authenticate to a node with `--key` and print a bearer token for its API (for curl and
     /// integration scripts: `Authorization: Bearer TOKEN`). It works at that node only, for ten
     /// minutes, and not after the node restarts.
@@ -115,6 +119,29 @@ pub enum Command {
         /// caught up); fail if it is not. For scripts and service managers.
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// The rules the chain's next block runs, and the upgrade scheduled, if any.
+    Show {
+        /// The node's API.
+        #[arg(long, env = "MEDCHAIN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+    },
+    /// Schedule the chain's move to rules `--to` from `--at-height` (`--key` is a genesis
+    /// authority's key). Every node must run a release that knows that version by then; one that
+    /// does not stops before that block and says so. An upgrade not yet in effect can be replaced.
+    Upgrade {
+        /// The version to move to.
+        #[arg(long)]
+        to: u32,
+        /// The first block to run it (default: the earliest allowed plus as much again).
+        #[arg(long, value_name = "HEIGHT")]
+        at_height: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 

@@ -109,8 +109,10 @@ impl World {
     }
 
     fn register(&mut self, who: &KeyMaterial, role: v1::Role) {
+        // From rules 3 a patient is registered with no name.
+        let name = (role != v1::Role::Patient || self.rules < rules::V3).then_some("x");
         let reg = medchain_node::client::KeyCard::from_binding(&who.key_binding())
-            .registration(role, "x")
+            .registration_under(self.rules, role, name)
             .unwrap();
         let a = id(&self.authority);
         self.run(&a, Payload::IdentityRegistration(reg), 1).unwrap();
@@ -171,14 +173,22 @@ fn scope(s: S) -> Option<v1::ConsentScope> {
 fn only_authorities_register_and_only_once() {
     let mut w = World::new();
     let alice = km(1);
-    let reg = medchain_node::client::KeyCard::from_binding(&alice.key_binding())
-        .registration(v1::Role::Patient, "Alice")
+    let card = medchain_node::client::KeyCard::from_binding(&alice.key_binding());
+    let reg = card
+        .registration_under(w.rules, v1::Role::Patient, None)
         .unwrap();
     refused(
         w.run(&id(&alice), Payload::IdentityRegistration(reg.clone()), 1),
         "not an authority",
     );
     let a = id(&w.authority);
+    // A named patient is refused in execution too (from rules 3; the form check keeps her out
+    // of blocks first).
+    let named = card.registration(v1::Role::Patient, "Alice").unwrap();
+    refused(
+        w.run(&a, Payload::IdentityRegistration(named), 1),
+        "carries no name",
+    );
     w.run(&a, Payload::IdentityRegistration(reg.clone()), 1)
         .unwrap();
     refused(
@@ -247,6 +257,7 @@ fn grants_cover_their_scope_until_expiry_or_revocation() {
         &medchain_node::client::ChainInfo {
             chain_id: "h".into(),
             rules: rules::LATEST,
+            rules_upgrade: None,
             validators: vec![],
             authorities: vec![],
         },
@@ -422,8 +433,8 @@ fn access_records_come_from_validators_once_per_request() {
 }
 
 /// Under rules 4 a validator records reads in batches, each read once: a batch sent again
-/// after its first copy committed records only what is new; a lone record is refused; a batch
-/// with one read signed for another node is refused whole.
+/// after its first copy committed records only what is new; a lone record (queued before an
+/// upgrade) still counts; a batch with one read signed for another node is refused whole.
 #[test]
 fn rules_4_record_reads_in_batches_each_read_once() {
     let (mut w, doctor, patient) = World::with_doctor_and_patient(rules::V4, 2);
@@ -433,10 +444,6 @@ fn rules_4_record_reads_in_batches_each_read_once() {
         access_record(&doctor, &slip, Some(asked(&doctor, &slip, node, n)))
     };
     let batch = |records| Payload::AccessBatch(v1::AccessBatch { records });
-    refused(
-        w.run(&v, Payload::AccessRecord(rec(1, &v)), 1),
-        "recorded in access batches",
-    );
     refused(
         w.run(&id(&doctor), batch(vec![rec(1, &v)]), 1),
         "only a validator",
@@ -452,10 +459,21 @@ fn rules_4_record_reads_in_batches_each_read_once() {
     );
     w.run(&v, batch(vec![rec(1, &v), rec(2, &v)]), 1).unwrap();
     w.run(&v, batch(vec![rec(2, &v), rec(3, &v)]), 1).unwrap();
+    w.run(&v, Payload::AccessRecord(rec(4, &v)), 1).unwrap();
+    refused(
+        w.run(&v, Payload::AccessRecord(rec(4, &v)), 1),
+        "already recorded",
+    );
     assert_eq!(
         read_trail(&w, &slip),
-        vec!["upload", "read-refused", "read-refused", "read-refused"],
-        "three reads, each once"
+        vec![
+            "upload",
+            "read-refused",
+            "read-refused",
+            "read-refused",
+            "read-refused"
+        ],
+        "four reads, each once"
     );
 }
 
@@ -842,4 +860,56 @@ fn a_request_is_no_oracle_for_who_is_a_patient_under_rules_2() {
         let grant = grant_to(&insurer, &doctor, 1);
         assert!(w.run(&id(&doctor), grant, 1).is_err());
     }
+}
+
+/// Only a genesis authority schedules a rules upgrade, to a later version, with the notice;
+/// one not yet in effect can be replaced, and it is on the authority's audit trail.
+#[test]
+fn rules_upgrades_come_from_authorities_with_notice() {
+    let mut w = World {
+        rules: rules::V3,
+        ..World::new()
+    };
+    let a = id(&w.authority);
+    let validator = w.validators[0];
+    let up = |version, activation_height| {
+        Payload::RulesUpgrade(v1::RulesUpgrade {
+            version,
+            activation_height,
+        })
+    };
+    refused(w.run(&validator, up(4, 50), 1), "only a genesis authority");
+    refused(w.run(&a, up(3, 50), 1), "runs rules 3");
+    // The next block is height 1: the earliest activation is 1 + the notice.
+    let earliest = 1 + rules::UPGRADE_NOTICE_BLOCKS;
+    refused(w.run(&a, up(4, earliest - 1), 1), "too soon");
+    w.run(&a, up(4, earliest + 20), 1).unwrap();
+    // Replaced before it takes effect (a version 9 by mistake would stop every node at 40).
+    w.run(&a, up(9, 40), 1).unwrap();
+    w.run(&a, up(4, 40), 1).unwrap();
+    let entry: RulesUpgradeEntry = {
+        let q = queries::Queries::new(&w.store);
+        q.rules_upgrade().unwrap().unwrap()
+    };
+    assert_eq!(
+        (entry.before, entry.version, entry.activation_height),
+        (3, 4, 40)
+    );
+    assert_eq!(rules::effective(3, Some(&entry), 39), 3);
+    assert_eq!(rules::effective(3, Some(&entry), 40), 4);
+    let trail = w
+        .store
+        .chain_state_prefix(&keys::audit_prefix(b'a', a.as_bytes()), 100)
+        .unwrap();
+    let details: Vec<String> = trail
+        .iter()
+        .map(|(k, v)| state::decode::<AuditEvent>(k, v).unwrap())
+        .filter(|e| e.op == "rules-upgrade")
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(details.len(), 3, "{details:?}");
+    assert!(
+        details[2].contains("replacing rules 9 at height 40"),
+        "{details:?}"
+    );
 }

@@ -340,6 +340,15 @@ pub(crate) fn check_payload(p: &v1::transaction_body::Payload) -> Result<(), Pro
         Payload::ConsentRevocation(r) => hash("consent revocation", "grant", &r.grant).map(|_| ()),
         Payload::AccessRecord(a) => check_access_record(a),
         Payload::AccessBatch(b) => check_access_batch(b),
+        Payload::RulesUpgrade(u) => {
+            if u.version < 2 || u.activation_height == 0 {
+                return Err(invalid(
+                    "rules upgrade",
+                    "it names a version from 2 on and an activation height from 1 on",
+                ));
+            }
+            Ok(())
+        }
         Payload::Suspension(s) => {
             identity("suspension", "identity", &s.identity)?;
             text("suspension", "reason", &s.reason, MAX_REASON, true)
@@ -423,6 +432,7 @@ pub fn payload_kind(payload: &v1::transaction_body::Payload) -> &'static str {
         P::ConsentRevocation(_) => "revocation",
         P::AccessRecord(_) => "access_record",
         P::AccessBatch(_) => "access_batch",
+        P::RulesUpgrade(_) => "rules_upgrade",
         P::Suspension(_) => "suspension",
         P::SuspensionLift(_) => "suspension_lift",
     }

@@ -1,5 +1,6 @@
-//! The access-record contract: a validator's record of a read it served or refused, alone
-//! (rules 1 to 3) or in a batch of them (rules 4, [`rules::V4`]).
+//! The contracts that change how the chain itself keeps account: a validator's record of a read
+//! it served or refused, alone (rules 1 to 3) or in a batch of them (rules 4, [`rules::V4`]), and
+//! an authority's upgrade of the rules at an agreed height ([`rules::effective`]).
 
 use medchain_crypto::Identity;
 use medchain_proto::v1;
@@ -60,5 +61,70 @@ pub(super) fn access_record(
     let detail = format!("by {reader} via node {signer}: {}", a.reason);
     // The reader is the actor of the trail; the node that served it is in the detail.
     audit.event(op, &reader, patient.as_deref(), Some(&slip_id), detail);
+    Ok(())
+}
+
+/// Schedules the chain's move to rules `u.version` at `u.activation_height`, by a genesis
+/// authority, with at least [`rules::UPGRADE_NOTICE_BLOCKS`] of notice. An upgrade not yet in
+/// effect may be replaced (a wrong version or height is corrected before it takes effect, with
+/// the same notice). The version is not checked against this binary's: every node must decide
+/// alike, whatever it runs; a node that does not know it stops at the activation height.
+pub(super) fn rules_upgrade(
+    audit: &mut Audit<'_, '_>,
+    ctx: &ExecContext,
+    signer: &Identity,
+    u: &v1::RulesUpgrade,
+) -> Result<(), ContractError> {
+    if !ctx.is_authority(signer) {
+        return refuse(format!(
+            "{signer} is not an authority of this chain; only a genesis authority schedules a rules upgrade"
+        ));
+    }
+    let pending = audit
+        .ov
+        .get::<RulesUpgradeEntry>(keys::RULES_UPGRADE)?
+        .filter(|p| p.activation_height > ctx.height);
+    let before = pending.map_or(ctx.rules, |p| p.before);
+    if u.version <= before {
+        return refuse(format!(
+            "this chain runs rules {before}; an upgrade names a later version"
+        ));
+    }
+    let earliest = ctx.height + rules::UPGRADE_NOTICE_BLOCKS;
+    if u.activation_height < earliest {
+        return refuse(format!(
+            "activation height {} is too soon: give at least {} blocks of notice (height {earliest} or later), so every operator can install a binary that knows rules {}",
+            u.activation_height,
+            rules::UPGRADE_NOTICE_BLOCKS,
+            u.version
+        ));
+    }
+    audit.ov.put(
+        keys::RULES_UPGRADE.to_vec(),
+        &RulesUpgradeEntry {
+            before,
+            version: u.version,
+            activation_height: u.activation_height,
+            scheduled_at: ctx.height,
+        },
+    );
+    let replaced = pending
+        .map(|p| {
+            format!(
+                ", replacing rules {} at height {}",
+                p.version, p.activation_height
+            )
+        })
+        .unwrap_or_default();
+    audit.event(
+        "rules-upgrade",
+        signer,
+        None,
+        None,
+        format!(
+            "rules {} from height {}{replaced}",
+            u.version, u.activation_height
+        ),
+    );
     Ok(())
 }

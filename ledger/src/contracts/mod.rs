@@ -23,7 +23,7 @@ pub mod queries;
 pub mod rules;
 pub mod state;
 
-use access::access_record;
+use access::{access_record, rules_upgrade};
 pub use consent::find_grant;
 
 use medchain_crypto::hash::domains;
@@ -318,6 +318,9 @@ pub fn execute(
                     "{signer} is not an authority of this chain (genesis `authorities`); only an authority registers participants"
                 ));
             }
+            // The form check at admission and in proposals keeps such a registration out of
+            // blocks; checked here too, by the rules of this block's height.
+            rules::registration_form(ctx.rules, r).map_err(ContractError::Refused)?;
             let id = ident(&r.identity)?;
             if ctx.is_authority(&id) || ctx.validator_index(&id).is_some() {
                 return refuse(format!(
@@ -541,15 +544,9 @@ pub fn execute(
         Payload::ConsentRevocation(r) => {
             consent::consent_revocation(&mut audit, ctx, signer, &mut fx, r)?
         }
-        Payload::AccessRecord(a) => {
-            if ctx.batched_reads() {
-                return refuse(format!(
-                    "this chain runs rules {}, under which reads are recorded in access batches, not one transaction each",
-                    ctx.rules
-                ));
-            }
-            access_record(&mut audit, ctx, signer, a, false)?;
-        }
+        // Still taken under rules 4, where nodes make batches: a record queued just before an
+        // upgrade took effect is not lost.
+        Payload::AccessRecord(a) => access_record(&mut audit, ctx, signer, a, false)?,
         Payload::AccessBatch(b) => {
             if !ctx.batched_reads() {
                 return refuse(format!(
@@ -561,6 +558,7 @@ pub fn execute(
                 access_record(&mut audit, ctx, signer, a, true)?;
             }
         }
+        Payload::RulesUpgrade(u) => rules_upgrade(&mut audit, ctx, signer, u)?,
         Payload::Suspension(s) => {
             let by_authority = ctx.is_authority(signer);
             if ctx.validator_index(signer).is_none() && !by_authority {

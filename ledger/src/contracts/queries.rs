@@ -8,7 +8,8 @@ use medchain_storage::Store;
 use serde::de::DeserializeOwned;
 
 use super::state::{
-    decode, keys, AuditEvent, GrantEntry, IdentityEntry, RequestEntry, SlipEntry, SuspensionEntry,
+    decode, keys, AuditEvent, GrantEntry, IdentityEntry, RequestEntry, RulesUpgradeEntry,
+    SlipEntry, SuspensionEntry,
 };
 use super::ContractError;
 
@@ -157,6 +158,15 @@ impl<'a> Queries<'a> {
 
     /// Whether some node already recorded an access for this signed read request (its digest):
     /// a request seen on chain is a replay, even to a node that restarted since.
+    /// The last rules upgrade scheduled on chain, if any (in effect or not yet).
+    pub fn rules_upgrade(&self) -> Result<Option<RulesUpgradeEntry>, ContractError> {
+        self.store
+            .chain_state(keys::RULES_UPGRADE)
+            .map_err(storage)?
+            .map(|b| decode(keys::RULES_UPGRADE, &b))
+            .transpose()
+    }
+
     pub fn read_recorded(&self, request: &Hash32) -> Result<bool, ContractError> {
         let found = self
             .store

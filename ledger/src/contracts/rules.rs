@@ -4,8 +4,8 @@
 //! their blocks agree. So a change to which transactions take effect is a new version, chosen by
 //! the chain in genesis (`params.rules`), never a silent change of the binary: a chain whose
 //! genesis predates versions runs version 1 whatever binary runs it, and a new chain runs the
-//! latest. Moving a running chain to a later version needs an activation height agreed on
-//! chain, which this release does not have (DESIGN §4, "Rule versions").
+//! latest. A running chain moves to a later version at an activation height agreed on chain
+//! ([`effective`]; DESIGN §4.1a, "Rule versions").
 
 /// The rules every chain ran before versions existed.
 pub const V1: u32 = 1;
@@ -44,13 +44,34 @@ pub const V2: u32 = 2;
 pub const V3: u32 = 3;
 /// Version 4: rules 3 and reads are recorded in batches. A validator records the reads it served
 /// in [`medchain_proto::v1::AccessBatch`] transactions of up to
-/// [`medchain_proto::records::MAX_ACCESS_BATCH`] reads each, and a lone `AccessRecord` is refused:
-/// one transaction per read let a flood of reads fill the mempool and push genuine events out of
-/// the chain. A read a batch records twice (a batch re-sent after a restart, the first one having
+/// [`medchain_proto::records::MAX_ACCESS_BATCH`] reads each (refused before rules 4): one
+/// transaction per read let a flood of reads fill the mempool and push genuine events out of the
+/// chain. A lone `AccessRecord` still takes effect (one queued just before an upgrade to rules 4
+/// took effect is not lost), but nodes running rules 4 make batches. A read a batch records twice (a batch re-sent after a restart, the first one having
 /// committed meanwhile) is recorded once and the rest of the batch still takes effect.
 pub const V4: u32 = 4;
 /// What new chains run.
 pub const LATEST: u32 = V4;
+
+/// Blocks of notice a rules upgrade gives at least ([`effective`]): time for every operator to
+/// install a binary that knows the new version before the chain needs it.
+pub const UPGRADE_NOTICE_BLOCKS: u64 = 10;
+
+/// The rules block `height` runs: the chain's genesis version until an upgrade scheduled on
+/// chain (a `RulesUpgrade` by an authority) takes effect at its activation height. A running
+/// chain moves to a later version only this way: every node reads the same schedule from the
+/// same state, so none executes a block under other rules than the rest.
+pub fn effective(
+    genesis: u32,
+    upgrade: Option<&super::state::RulesUpgradeEntry>,
+    height: u64,
+) -> u32 {
+    match upgrade {
+        Some(u) if height >= u.activation_height => u.version,
+        Some(u) => u.before,
+        None => genesis,
+    }
+}
 
 /// The rule-dependent form check of a registration: whether it may name the participant.
 /// Before rules 3 every registration names its participant (rules 1 and 2 refused an empty

@@ -117,6 +117,17 @@ pub struct SuspensionEntry {
     pub height: u64,
 }
 
+/// The chain's move to a later version of the rules ([`super::rules::effective`]): blocks from
+/// `activation_height` on run `version`, those before it `before`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesUpgradeEntry {
+    pub before: u32,
+    pub version: u32,
+    pub activation_height: u64,
+    /// Height of the block that scheduled it.
+    pub scheduled_at: u64,
+}
+
 /// A validator's report of abnormal access by an identity (rules 2), waiting for others.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -148,6 +159,8 @@ pub mod keys {
     pub fn identity(id: &Identity) -> Vec<u8> {
         [b"id/".as_slice(), id.as_bytes()].concat()
     }
+    /// The last rules upgrade scheduled (one key: a later upgrade starts from where it left).
+    pub const RULES_UPGRADE: &[u8] = b"rules/upgrade";
     pub fn suspension(id: &Identity) -> Vec<u8> {
         [b"susp/".as_slice(), id.as_bytes()].concat()
     }

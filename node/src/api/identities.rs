@@ -20,9 +20,18 @@ fn role_of(role: i32) -> Role {
     }
 }
 
-/// `GET /v1/chain`: what a client needs to build transactions and grants.
-pub async fn chain(State(node): State<NodeHandle>) -> Json<ChainInfo> {
-    Json((*node.chain).clone())
+/// `GET /v1/chain`: what a client needs to build transactions and grants, with the rules the
+/// next block runs and the upgrade scheduled on chain (read from the committed state).
+pub async fn chain(State(node): State<NodeHandle>) -> Result<Json<ChainInfo>, ApiError> {
+    let mut info = (*node.chain).clone();
+    let (rules, upgrade) = node.ledger.rules_now().map_err(internal)?;
+    info.rules = rules;
+    info.rules_upgrade = upgrade.map(|u| medchain_api::RulesUpgradeInfo {
+        version: u.version,
+        activation_height: u.activation_height,
+        scheduled_at: u.scheduled_at,
+    });
+    Ok(Json(info))
 }
 
 /// `GET /v1/identities/{id}`: for whoever may see that participant (`access.rs`); to anyone

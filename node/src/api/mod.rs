@@ -229,6 +229,7 @@ pub(crate) fn reject_reason(e: &SubmitError) -> &'static str {
         SubmitError::Tx(TxError::NonceUsed { .. }) => "nonce_used",
         SubmitError::Tx(TxError::Refused(_)) => "refused_by_contract",
         SubmitError::Tx(TxError::Storage(_)) => "storage",
+        SubmitError::Tx(TxError::UnknownRules { .. }) => "unknown_rules",
         SubmitError::Mempool(MempoolError::Full { .. }) => "mempool_full",
         SubmitError::Mempool(MempoolError::Duplicate(_)) => "duplicate",
         SubmitError::Mempool(MempoolError::NonceTaken { .. }) => "nonce_pending",
@@ -251,6 +252,7 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
             | MempoolError::CiphertextPending { .. },
         ) => StatusCode::CONFLICT,
         SubmitError::Mempool(MempoolError::Full { .. } | MempoolError::KindQuota { .. })
+        | SubmitError::Tx(TxError::UnknownRules { .. })
         | SubmitError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         SubmitError::Mempool(
             MempoolError::SignerQuota { .. } | MempoolError::SignerBytes { .. },

@@ -6,6 +6,7 @@ pub mod card;
 pub mod commands;
 pub mod consent;
 pub mod records;
+pub mod rules;
 
 use std::path::Path;
 use std::sync::Arc;

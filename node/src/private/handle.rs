@@ -227,7 +227,12 @@ impl NodeHandle {
             at_ms: now_ms(),
             signed_request: Some(req.signed.clone()),
         };
-        if self.ledger.rules >= medchain_ledger::contracts::rules::V4 {
+        let rules = self
+            .ledger
+            .rules_now()
+            .map_err(|e| OwnTxError::Unavailable(format!("the read cannot be audited now: {e}")))?
+            .0;
+        if rules >= medchain_ledger::contracts::rules::V4 {
             self.access_log.has_room()?;
             let store = self.store.clone();
             let (request, bytes) = (req.digest, prost::Message::encode_to_vec(&record));

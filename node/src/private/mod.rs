@@ -71,6 +71,7 @@ pub fn start(
     let chain = medchain_api::ChainInfo {
         chain_id: g.chain_id.clone(),
         rules: g.params.rules,
+        rules_upgrade: None,
         validators: g
             .validators
             .iter()
@@ -107,8 +108,12 @@ pub fn start(
             "the store's tip is height {tip} but its execution point is {exec_seq}; the data folder is inconsistent (restore it from a backup or resync from peers into an empty folder)"
         ));
     }
+    // A chain that moved (on chain) to rules this binary does not know: stop before the block
+    // that needs them rather than execute or vote for it under other rules.
+    let rules = ledger.rules_at(tip + 1)?;
     tracing::info!(
         height = tip,
+        rules,
         restored_consensus_state = persisted.is_some(),
         "starting private-chain replica {me} of {}",
         validators.len()
