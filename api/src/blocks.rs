@@ -15,6 +15,9 @@ pub struct Block {
     /// `mcid1…` identity of the validator that built the batch.
     pub creator: String,
     pub merkle_root: String,
+    /// Hex of the root of the authenticated chain state after this block (rules 5; empty
+    /// before).
+    pub state_root: String,
     pub transaction_count: u32,
     /// Hex ids of its transactions, in order.
     pub transactions: Vec<String>,

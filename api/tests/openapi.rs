@@ -360,6 +360,7 @@ fn the_description_matches_the_types() {
         timestamp_ms: 1,
         creator: "c".into(),
         merkle_root: "m".into(),
+        state_root: "s".into(),
         transaction_count: 1,
         transactions: vec!["t".into()],
         commit,

@@ -22,6 +22,8 @@ pub enum CryptoError {
     HashLength(usize),
     #[error("Merkle proof does not match the root: {0}")]
     MerkleProof(String),
+    #[error("state proof: {0}")]
+    StateProof(String),
     #[error("record encryption failed: {0}")]
     Encrypt(String),
     #[error("record decryption failed: the ciphertext, capsule or key is wrong or was altered")]

@@ -16,6 +16,7 @@ pub mod keystore;
 pub mod merkle;
 pub mod record;
 pub mod search;
+pub mod state_proof;
 pub mod validators;
 
 pub use error::CryptoError;

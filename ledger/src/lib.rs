@@ -29,6 +29,7 @@ use medchain_storage::{ChainTip, Store};
 use crate::contracts::{state::Overlay, ContractError, ExecContext, SideEffects};
 
 pub mod known;
+pub mod state_tree;
 pub use known::{Decoded, Known, KNOWN_CAPACITY};
 
 /// Chain-state key of the PBFT execution point: (sequence, execution digest).
@@ -464,7 +465,7 @@ impl PrivateLedger {
             .map_or(Hash32::ZERO, |t| t.hash);
         let items = committed.batch.as_ref().map_or(&[][..], |b| &b.items[..]);
         let transactions = self.decode_items(items)?;
-        let block = private_block_of(
+        let mut block = private_block_of(
             &self.chain_id,
             &self.validators,
             committed,
@@ -557,9 +558,16 @@ impl PrivateLedger {
         let mut exec = committed.seq.to_be_bytes().to_vec();
         exec.extend_from_slice(exec_digest.as_bytes());
         state.push((EXEC_KEY.to_vec(), Some(exec)));
+        let tree = if rules >= contracts::rules::V5 {
+            let (root, writes) = self.state_root_after(height, &state)?;
+            block.header.as_mut().expect("built above").state_root = root.to_vec();
+            Some(writes)
+        } else {
+            None
+        };
         let tip = self
             .store
-            .commit_block(&block, &state, &skipped, &failed_at)
+            .commit_block_with_tree(&block, &state, &skipped, &failed_at, tree.as_ref())
             .map_err(storage)?;
         Ok(Committed {
             tip,
@@ -572,6 +580,29 @@ impl PrivateLedger {
 }
 
 impl PrivateLedger {
+    /// The state root after block `height` writes `state`, and the tree's writes for the block's
+    /// batch. A chain that has just moved to rules 5 (or a data folder an older release wrote)
+    /// first gets the tree of its tip built from its state.
+    fn state_root_after(
+        &self,
+        height: u64,
+        state: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<([u8; 32], medchain_storage::StateTreeWrites), TxError> {
+        let tree = state_tree::StateTree::new(&self.store);
+        let tree_error = |e: state_tree::StateTreeError| TxError::Storage(e.to_string());
+        tree.ensure().map_err(tree_error)?;
+        tree.update(
+            height,
+            state.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+        )
+        .map_err(tree_error)
+    }
+
+    /// `key`'s value in the state of the tip, with its proof against the tip's state root.
+    pub fn prove(&self, key: &[u8]) -> Result<state_tree::ProvedValue, state_tree::StateTreeError> {
+        state_tree::StateTree::prove(&self.store.state_snapshot(), key)
+    }
+
     /// Whether a proposed batch may be ordered, judged at this replica's time `now_ms`: its
     /// timestamp within [`BATCH_FUTURE_MS`] of the clock and [`BATCH_PAST_MS`] of the last
     /// block, and every item well formed, signed and not executed.

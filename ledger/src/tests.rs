@@ -310,3 +310,51 @@ fn an_upgrade_on_chain_changes_the_rules_at_its_height_only() {
         "nothing written"
     );
 }
+
+/// From rules 5 every block header carries the root of the state after it, and a proof from the
+/// ledger verifies a registered identity (and the absence of another) against it. Under rules 4
+/// headers carry none, so blocks of older chains replay as they were.
+#[test]
+fn under_rules_5_each_header_carries_the_state_root_its_proofs_verify_against() {
+    for rules in [contracts::rules::V4, contracts::rules::V5] {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, ks) = ledger_under(dir.path(), rules);
+        let mut roots = Vec::new();
+        for (seq, who) in [(1u64, 10u8), (2, 11)] {
+            let batch = v1::PbftBatch {
+                timestamp_ms: 7,
+                items: vec![patient_named("h", seq, who, "")],
+                proposer: 0,
+            };
+            let committed = sign_committed_batch(&ks, "h", seq, 0, batch);
+            let done = ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
+            assert_eq!(done.effective.len(), 1, "rules {rules}");
+            let block = ledger.store.block(seq).unwrap().unwrap();
+            roots.push(block.header.unwrap().state_root);
+        }
+        if rules < contracts::rules::V5 {
+            assert!(
+                roots.iter().all(Vec::is_empty),
+                "a root under rules {rules}"
+            );
+            assert!(ledger.prove(b"id/x").is_err());
+            continue;
+        }
+        assert!(roots.iter().all(|r| r.len() == 32));
+        assert_ne!(roots[0], roots[1]);
+        let root: [u8; 32] = roots[1].clone().try_into().unwrap();
+        let id = KeyMaterial::from_seed(&[11; 32])
+            .unwrap()
+            .key_binding()
+            .identity;
+        let key = contracts::state::keys::identity(&id);
+        let proved = ledger.prove(&key).unwrap();
+        assert_eq!((proved.height, proved.root), (2, root));
+        let value = proved.value.clone().expect("registered");
+        proved.proof.verify(&root, &key, Some(&value)).unwrap();
+        let stranger = contracts::state::keys::identity(&ks[0].identity());
+        let absent = ledger.prove(&stranger).unwrap();
+        assert_eq!(absent.value, None);
+        absent.proof.verify(&root, &stranger, None).unwrap();
+    }
+}

@@ -1,9 +1,11 @@
 //! End-to-end: a running chain moves to later contract rules at a height agreed on chain, through
 //! the real binary. A 4-node devnet made with rules 3 is upgraded to rules 4 by its authority
 //! (`medchain rules upgrade`): the nodes run rules 3 until the activation height and rules 4 from
-//! it on, and `GET /v1/chain` and `medchain rules show` say so. An upgrade to rules no binary here
-//! knows is refused by the CLI; submitted anyway, it is taken, and every node stops before its
-//! activation height (no block there) and refuses to start again, saying which release it needs.
+//! it on, and `GET /v1/chain` and `medchain rules show` say so. Upgraded again to rules 5, every
+//! header from its height on carries the state root, alike on every node. An upgrade to rules no
+//! binary here knows is refused by the CLI; submitted anyway, it is taken, and every node stops
+//! before its activation height (no block there) and refuses to start again, saying which
+//! release it needs.
 
 mod support;
 
@@ -21,8 +23,9 @@ fn a_running_chain_moves_to_later_rules_at_the_agreed_height() {
     for i in 0..4 {
         let path = net.home(i).join("genesis.toml");
         let genesis = std::fs::read_to_string(&path).unwrap();
-        assert!(genesis.contains("rules = 4"), "{genesis}");
-        std::fs::write(&path, genesis.replacen("rules = 4", "rules = 3", 1)).unwrap();
+        let latest = format!("rules = {LATEST}");
+        assert!(genesis.contains(&latest), "{genesis}");
+        std::fs::write(&path, genesis.replacen(&latest, "rules = 3", 1)).unwrap();
     }
     net.start_all_connected();
     let node = format!("http://{}", net.apis[0]);
@@ -122,6 +125,38 @@ fn a_running_chain_moves_to_later_rules_at_the_agreed_height() {
         shown.contains("runs rules 4") && shown.contains("in effect"),
         "{shown}"
     );
+
+    // Rules 5: from its activation height every header carries the state root, the same on
+    // every node (each built its tree from its state at that height, then kept it).
+    let at5 = net.height(0) + 2 + UPGRADE_NOTICE_BLOCKS;
+    let (ok, out, e) = cli(&[
+        "rules",
+        "upgrade",
+        "--to",
+        "5",
+        "--at-height",
+        &at5.to_string(),
+        "--node",
+        &node,
+        "--key",
+        authority_file,
+    ]);
+    assert!(ok, "{out}{e}");
+    advance_to(&net, at5 + 1);
+    assert!(net.wait(20, |d| (0..4).all(|i| d.height(i) > at5)));
+    let root_at = |api: &String, h: u64| {
+        support::devnet::call(support::devnet::client(api).block(h))
+            .unwrap()
+            .expect("committed")
+            .state_root
+    };
+    assert_eq!(root_at(&net.apis[0], at5 - 1), "", "a root before rules 5");
+    for h in [at5, at5 + 1] {
+        let roots: Vec<String> = net.apis.iter().map(|a| root_at(a, h)).collect();
+        assert_eq!(roots[0].len(), 64, "no state root at height {h}");
+        assert!(roots.iter().all(|r| *r == roots[0]), "{roots:?}");
+    }
+    let at = at5;
 
     // An upgrade to rules nobody here knows, submitted past the CLI: taken by the chain, which
     // then stops before its activation height, on every node.

@@ -289,6 +289,8 @@ pub fn private_block_of(
         creator: creator.as_bytes().to_vec(),
         merkle_root: merkle::root(&batch.items).as_bytes().to_vec(),
         transaction_count: transactions.len() as u32,
+        // Known once the block is executed: the ledger sets it (rules 5).
+        state_root: Vec::new(),
     };
     Ok(v1::Block {
         header: Some(header),
@@ -340,6 +342,9 @@ pub fn verify_block_structure(block: &v1::Block) -> Result<Hash32, ProtoError> {
     let header = header(block)?;
     identity(KIND, "header.creator", &header.creator)?;
     hash(KIND, "header.previous_hash", &header.previous_hash)?;
+    if !header.state_root.is_empty() {
+        hash(KIND, "header.state_root", &header.state_root)?;
+    }
     signature(KIND, "creator_signature", &block.creator_signature)?;
     if header.transaction_count as usize != block.transactions.len() {
         return Err(ProtoError::Invalid {

@@ -14,8 +14,10 @@ pub const RECORDS_DIR: &str = "records";
 /// This node's own secrets derived from the chain (a proxy's re-encryption key fragments); never
 /// served to peers.
 pub const CF_NODE_SECRETS: &str = "node_secrets";
+/// Nodes of the authenticated chain state's Merkle tree (the tip's version only).
+pub const CF_STATE_TREE: &str = "state_tree";
 
-pub const ALL_CFS: [&str; 9] = [
+pub const ALL_CFS: [&str; 10] = [
     CF_META,
     CF_BLOCKS,
     CF_BLOCK_HASHES,
@@ -25,11 +27,13 @@ pub const ALL_CFS: [&str; 9] = [
     CF_CHAIN_STATE,
     CF_CONSENSUS_STATE,
     CF_NODE_SECRETS,
+    CF_STATE_TREE,
 ];
 
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 pub const META_TIP: &[u8] = b"tip";
 pub const META_GENESIS: &[u8] = b"genesis_hash";
+pub const META_STATE_TREE_VERSION: &[u8] = b"state_tree_version";
 
 pub fn height_key(height: u64) -> [u8; 8] {
     height.to_be_bytes()

@@ -17,6 +17,6 @@ mod store;
 
 pub use error::StoreError;
 pub use store::{
-    BackupSummary, ChainTip, ConsensusChanges, RecordFile, StagedRecord, Store, TxLocation,
-    SCHEMA_VERSION,
+    BackupSummary, ChainTip, ConsensusChanges, RecordFile, StagedRecord, StateSnapshot,
+    StateTreeWrites, Store, TxLocation, SCHEMA_VERSION,
 };

@@ -81,6 +81,18 @@ fn decode_consensus<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, 
         })
 }
 
+fn parse_tip(v: &[u8]) -> Result<ChainTip, StoreError> {
+    if v.len() != 40 {
+        return Err(StoreError::Corrupt {
+            what: "chain tip".into(),
+            reason: format!("{} bytes, expected 40", v.len()),
+        });
+    }
+    let height = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+    let hash = Hash32::from_slice(&v[8..]).expect("32 bytes");
+    Ok(ChainTip { height, hash })
+}
+
 fn synced() -> WriteOptions {
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
@@ -205,15 +217,7 @@ impl Store {
         let Some(v) = self.db.get_cf(self.cf(CF_META), META_TIP)? else {
             return Ok(None);
         };
-        if v.len() != 40 {
-            return Err(StoreError::Corrupt {
-                what: "chain tip".into(),
-                reason: format!("{} bytes, expected 40", v.len()),
-            });
-        }
-        let height = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-        let hash = Hash32::from_slice(&v[8..]).expect("32 bytes");
-        Ok(Some(ChainTip { height, hash }))
+        parse_tip(&v).map(Some)
     }
 
     /// The hash of the genesis this data folder was made with (`None` for a fresh folder).
@@ -307,6 +311,18 @@ impl Store {
         skipped: &[u32],
         failed: &[u32],
     ) -> Result<ChainTip, StoreError> {
+        self.commit_block_with_tree(block, state, skipped, failed, None)
+    }
+
+    /// [`Store::commit_block`], with the state tree's writes for the block in the same batch.
+    pub fn commit_block_with_tree(
+        &self,
+        block: &v1::Block,
+        state: &[(Vec<u8>, Option<Vec<u8>>)],
+        skipped: &[u32],
+        failed: &[u32],
+        tree: Option<&StateTreeWrites>,
+    ) -> Result<ChainTip, StoreError> {
         let hash = verify_block_structure(block)?;
         let header = block
             .header
@@ -376,6 +392,9 @@ impl Store {
         let mut tip = height.to_be_bytes().to_vec();
         tip.extend_from_slice(hash.as_bytes());
         batch.put_cf(self.cf(CF_META), META_TIP, tip);
+        if let Some(tree) = tree {
+            tree.apply(self, &mut batch);
+        }
         self.db.write_opt(batch, &synced())?;
         Ok(ChainTip { height, hash })
     }
@@ -603,5 +622,7 @@ mod access_log;
 mod records;
 pub use records::{RecordFile, StagedRecord};
 mod seen;
+mod state_tree;
+pub use state_tree::{StateSnapshot, StateTreeWrites};
 #[cfg(test)]
 mod tests;

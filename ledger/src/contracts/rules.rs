@@ -50,8 +50,15 @@ pub const V3: u32 = 3;
 /// took effect is not lost), but nodes running rules 4 make batches. A read a batch records twice (a batch re-sent after a restart, the first one having
 /// committed meanwhile) is recorded once and the rest of the batch still takes effect.
 pub const V4: u32 = 4;
+/// Version 5: rules 4 and every block header carries the root of the authenticated chain state
+/// after it ([`crate::state_tree`]), so a client that trusts only the validator set can check
+/// any key, grant or record status a node tells it. Which transactions take effect is as in
+/// rules 4; the header, and so the block hash, is what changes, which is why it is a version
+/// (every node of a chain must compute it alike). A chain that moves to rules 5 builds its tree
+/// from its state at the activation height.
+pub const V5: u32 = 5;
 /// What new chains run.
-pub const LATEST: u32 = V4;
+pub const LATEST: u32 = V5;
 
 /// Blocks of notice a rules upgrade gives at least ([`effective`]): time for every operator to
 /// install a binary that knows the new version before the chain needs it.

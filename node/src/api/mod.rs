@@ -328,6 +328,7 @@ fn block_json(block: &v1::Block, caller: Option<&Caller>) -> Result<Block, ApiEr
             .map(|i| i.to_string())
             .unwrap_or_default(),
         merkle_root: hex::encode(&header.merkle_root),
+        state_root: hex::encode(&header.state_root),
         transaction_count: header.transaction_count,
         transactions: block
             .transactions
