@@ -469,6 +469,17 @@ impl ApiClient {
         self.find(&format!("/v1/identities/{id}")).await
     }
 
+    /// `GET /v1/identities/{id}?proof=true`: with the entries' proofs against a certified header.
+    pub async fn identity_with_proof(&self, id: &str) -> Result<Option<IdentityInfo>, ClientError> {
+        self.find(&format!("/v1/identities/{id}?proof=true")).await
+    }
+
+    /// `GET /v1/headers?from=H&count=N`: headers with their certificates.
+    pub async fn headers(&self, from: u64, count: u64) -> Result<crate::HeaderList, ClientError> {
+        self.get(&format!("/v1/headers?from={from}&count={count}"))
+            .await
+    }
+
     /// `POST /v1/records` with a canonical `RecordUpload`.
     pub async fn upload(&self, upload: Vec<u8>) -> Result<RecordAccepted, ClientError> {
         let answer = self.post_proto("/v1/records", upload).await?;
@@ -478,6 +489,11 @@ impl ApiClient {
     /// `GET /v1/records/{slip}`.
     pub async fn record(&self, slip: &str) -> Result<Option<RecordView>, ClientError> {
         self.find(&format!("/v1/records/{slip}")).await
+    }
+
+    /// `GET /v1/records/{slip}?proof=true`: the record's state and slip, with their proofs.
+    pub async fn record_with_proof(&self, slip: &str) -> Result<Option<RecordView>, ClientError> {
+        self.find(&format!("/v1/records/{slip}?proof=true")).await
     }
 
     /// `POST /v1/records/{slip}/read` with a canonical `SignedReadRequest`: the canonical

@@ -43,6 +43,10 @@ pub struct IdentityInfo {
     pub height: u64,
     pub registered_by: String,
     pub suspended: Option<SuspensionInfo>,
+    /// With `?proof=true`: the registration and suspension entries with their proofs against a
+    /// certified header; the client reads the keys from the proved entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::proofs::StateProofs>,
 }
 
 /// Why and by whom a participant is suspended.

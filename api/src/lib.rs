@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod identities;
 pub mod node;
+pub mod proofs;
 pub mod records;
 pub mod transactions;
 
@@ -34,6 +35,9 @@ pub use error::ClientError;
 pub use events::{EventStream, StreamEvent};
 pub use identities::{IdentityInfo, Role, SuspensionInfo};
 pub use node::{ErrorBody, Health, Ready, Status};
+pub use proofs::{
+    CertifiedHeader, HeaderList, InclusionProof, ProofQuery, ProvedEntry, RecordProof, StateProofs,
+};
 pub use records::{
     IntegrityStatus, PatientRecords, RecordAccepted, RecordSlip, RecordView, Slip, VerifyReport,
 };

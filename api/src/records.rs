@@ -58,6 +58,9 @@ impl RecordSlip {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordView {
     pub slip: RecordSlip,
+    /// With `?proof=true`: what the client checks this answer against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::RecordProof>,
 }
 
 /// `GET /v1/patients/{id}/records`: a patient's records in chain order.

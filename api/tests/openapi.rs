@@ -424,16 +424,6 @@ fn the_description_matches_the_types() {
     check(&doc, "RecordSlip", &[v(&full), v(&empty)]);
     check(
         &doc,
-        "RecordView",
-        &[
-            v(RecordView { slip: full.clone() }),
-            v(RecordView {
-                slip: empty.clone(),
-            }),
-        ],
-    );
-    check(
-        &doc,
         "PatientRecords",
         &[v(PatientRecords {
             patient: "p".into(),
@@ -478,7 +468,73 @@ fn the_description_matches_the_types() {
         height: 1,
         registered_by: "a".into(),
         suspended: Some(suspension),
+        proof: None,
     };
+    let certified = CertifiedHeader {
+        height: 4,
+        header: "h".into(),
+        certificate: Some("c".into()),
+    };
+    let uncertified = CertifiedHeader {
+        certificate: None,
+        ..certified.clone()
+    };
+    check(&doc, "CertifiedHeader", &[v(&certified), v(&uncertified)]);
+    check(
+        &doc,
+        "HeaderList",
+        &[v(HeaderList {
+            headers: vec![certified.clone(), uncertified],
+            tip: 4,
+        })],
+    );
+    let present = ProvedEntry {
+        key: "k".into(),
+        value: Some("v".into()),
+        proof: "p".into(),
+    };
+    let absent = ProvedEntry {
+        value: None,
+        ..present.clone()
+    };
+    check(&doc, "ProvedEntry", &[v(&present), v(&absent)]);
+    let proofs = StateProofs {
+        header: certified.clone(),
+        entries: vec![present, absent],
+    };
+    check(&doc, "StateProofs", &[v(&proofs)]);
+    let inclusion = InclusionProof {
+        header: certified.clone(),
+        transaction: "t".into(),
+        index: 1,
+        leaf_count: 3,
+        siblings: vec!["s".into(), "s".into()],
+    };
+    check(&doc, "InclusionProof", &[v(&inclusion)]);
+    let record_proof = RecordProof {
+        state: proofs.clone(),
+        inclusion,
+    };
+    check(&doc, "RecordProof", &[v(&record_proof)]);
+    let [full, empty] = record_slips();
+    check(
+        &doc,
+        "RecordView",
+        &[
+            v(RecordView {
+                slip: full.clone(),
+                proof: None,
+            }),
+            v(RecordView {
+                slip: empty,
+                proof: None,
+            }),
+            v(RecordView {
+                slip: full,
+                proof: Some(record_proof),
+            }),
+        ],
+    );
     check(
         &doc,
         "IdentityInfo",
@@ -487,6 +543,10 @@ fn the_description_matches_the_types() {
             v(IdentityInfo {
                 suspended: None,
                 role: Role::Patient,
+                ..identity.clone()
+            }),
+            v(IdentityInfo {
+                proof: Some(proofs),
                 ..identity.clone()
             }),
         ],

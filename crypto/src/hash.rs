@@ -85,7 +85,7 @@ pub mod domains {
     pub const MERKLE_NODE: Domain = Domain("medchain v1 merkle node");
     pub const MERKLE_EMPTY: Domain = Domain("medchain v1 merkle empty");
     pub const STATE_KEY: Domain = Domain("medchain v1 state key");
-    pub const STATE_VOTE: Domain = Domain("medchain v1 state vote");
+    pub const HEADER_VOTE: Domain = Domain("medchain v1 header vote");
     pub const RECORD_CONTENT: Domain = Domain("medchain v1 record content");
     pub const RECORD_CONTENT_KEYED: Domain = Domain("medchain v1 record content keyed");
     pub const VERIFY_CACHE: Domain = Domain("medchain v1 verification cache key");

@@ -10,6 +10,7 @@ pub mod delegation;
 pub mod envelope;
 pub mod error;
 pub mod hash;
+pub mod header_vote;
 pub mod identity;
 pub mod keys;
 pub mod keystore;

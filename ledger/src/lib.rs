@@ -603,6 +603,18 @@ impl PrivateLedger {
         state_tree::StateTree::prove(&self.store.state_snapshot(), key)
     }
 
+    /// Each of `keys`' values with its proof, all from one snapshot of the tip (so against one
+    /// root, even while blocks commit).
+    pub fn prove_all(
+        &self,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<state_tree::ProvedValue>, state_tree::StateTreeError> {
+        let snapshot = self.store.state_snapshot();
+        keys.iter()
+            .map(|k| state_tree::StateTree::prove(&snapshot, k))
+            .collect()
+    }
+
     /// Whether a proposed batch may be ordered, judged at this replica's time `now_ms`: its
     /// timestamp within [`BATCH_FUTURE_MS`] of the clock and [`BATCH_PAST_MS`] of the last
     /// block, and every item well formed, signed and not executed.

@@ -99,6 +99,11 @@ pub enum Command {
     /// version at an agreed height.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// A light client: it keeps only the chain's genesis file and the headers the validators
+    /// certified (header-only sync), and other commands given its folder (`--light DIR`) check
+    /// every answer against them.
+    #[command(subcommand)]
+    Light(LightCommand),
     /// Authenticate to a node with `--key` and print a bearer token for its API (for curl and
     /// integration scripts: `Authorization: Bearer TOKEN`). It works at that node only, for ten
     /// minutes, and not after the node restarts.
@@ -145,6 +150,30 @@ pub enum RulesCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum LightCommand {
+    /// Fetch the headers after the folder's newest from `--node`, keep those a certificate of
+    /// 2f + 1 genesis validators vouches for, and print the newest. The first sync needs
+    /// `--genesis` (copied into the folder); later ones check it against the folder's.
+    Sync {
+        /// The node's API.
+        #[arg(long, env = "MEDCHAIN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        /// The chain's genesis file (needed the first time).
+        #[arg(long, env = "MEDCHAIN_GENESIS", value_name = "FILE")]
+        genesis: Option<PathBuf>,
+        /// The light client's folder.
+        #[arg(long, env = "MEDCHAIN_LIGHT", value_name = "DIR")]
+        light: PathBuf,
+    },
+    /// The folder's chain and its newest verified header; no node is asked.
+    Status {
+        /// The light client's folder.
+        #[arg(long, env = "MEDCHAIN_LIGHT", value_name = "DIR")]
+        light: PathBuf,
+    },
+}
+
 /// How a client command reaches the chain and whose key it uses.
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
@@ -157,6 +186,15 @@ pub struct ClientArgs {
     /// Read the key password from this file. Otherwise MEDCHAIN_PASSWORD, otherwise a prompt.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// The chain's genesis file: the client then trusts its validators, not the node, and
+    /// verifies every key it uses against a header 2f + 1 of them certified.
+    #[arg(long, env = "MEDCHAIN_GENESIS", value_name = "FILE")]
+    pub genesis: Option<PathBuf>,
+    /// A light client's folder (`medchain light sync` makes it): its genesis file is trusted as
+    /// `--genesis` is, and an answer proved against an older header than the newest it keeps is
+    /// refused as stale.
+    #[arg(long, env = "MEDCHAIN_LIGHT", value_name = "DIR")]
+    pub light: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

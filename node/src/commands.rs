@@ -39,6 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Consent(cmd) => crate::client::commands::consent(cmd),
         Command::Audit(args) => crate::client::commands::audit(args),
         Command::Rules(cmd) => crate::client::rules::run(cmd),
+        Command::Light(cmd) => crate::client::light_cmd::run(cmd),
         Command::Token { client } => crate::client::commands::token(client),
         Command::Status { node, json, wait } => crate::client::commands::status(&node, json, wait),
     }

@@ -177,13 +177,27 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         dir.join("demo").display()
     );
 
-    let a0 = Client::connect_as(&apis[0], &doctor_a).await?;
-    let b0 = Client::connect_as(&apis[0], &doctor_b).await?;
-    let b1 = Client::connect_as(&apis[1], &doctor_b).await?;
-    let p0 = Client::connect_as(&apis[0], &patient).await?;
-    let p1 = Client::connect_as(&apis[1], &patient).await?;
+    // The participants trust the chain's genesis file, not the nodes: every key they use is
+    // checked against a header 2f + 1 validators certified.
+    let genesis = dir.join("node0").join("genesis.toml");
+    let trust = crate::client::Trust {
+        genesis: Some(genesis),
+        light: None,
+    };
+    let anchored = |c: Client| c.anchored(&trust);
+    let a0 = anchored(Client::connect_as(&apis[0], &doctor_a).await?)?;
+    let b0 = anchored(Client::connect_as(&apis[0], &doctor_b).await?)?;
+    let b1 = anchored(Client::connect_as(&apis[1], &doctor_b).await?)?;
+    let p0 = anchored(Client::connect_as(&apis[0], &patient).await?)?;
+    let p1 = anchored(Client::connect_as(&apis[1], &patient).await?)?;
     let record = crate::bench::sample_observation(now_ms());
     let keys = a0.patient_keys(&patient_id).await?;
+    if let (_, Some(verified)) = a0.verified_identity(&patient_id).await? {
+        out!(
+            "     Dr A took the patient's keys from a proof: {}",
+            verified.describe()
+        );
+    }
     let w = build_record_write(
         &a0.chain.chain_id.clone(),
         &doctor_a,

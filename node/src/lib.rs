@@ -19,6 +19,7 @@ pub mod config;
 pub mod devnet;
 pub mod driver;
 pub mod genesis_cmd;
+pub mod header_votes;
 pub mod home_files;
 pub mod logging;
 pub mod mempool;

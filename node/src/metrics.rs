@@ -54,6 +54,10 @@ pub struct Metrics {
     pub orphans_removed: Counter,
     /// Access records of answered reads not yet on chain (rules 4: waiting for their batch).
     pub access_records_pending: Gauge,
+    /// Height of the newest block with a header certificate (2f + 1 validators' votes).
+    pub certified_height: Gauge,
+    /// Heights at which f + 1 validators signed another header than this node stored.
+    pub header_divergences: Counter,
     traffic: Arc<PeerTraffic>,
 }
 
@@ -91,6 +95,8 @@ impl Metrics {
             api_connections_refused: Counter::default(),
             orphans_removed: Counter::default(),
             access_records_pending: Gauge::default(),
+            certified_height: Gauge::default(),
+            header_divergences: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,6 +128,16 @@ impl Metrics {
             "access_records_pending",
             "Access records of reads this node answered that are not on chain yet (waiting for their batch)",
             m.access_records_pending.clone(),
+        );
+        registry.register(
+            "certified_height",
+            "Height of the newest block whose header 2f + 1 validators signed",
+            m.certified_height.clone(),
+        );
+        registry.register(
+            "header_divergences",
+            "Heights at which f + 1 validators signed another header than this node stored: some ledger is wrong",
+            m.header_divergences.clone(),
         );
         registry.register(
             "transactions_accepted",

@@ -231,6 +231,8 @@ fn devnet_runs_the_record_demo_and_stops() {
     assert!(out.status.success(), "{o}\n{e}");
     for needle in [
         "registered two doctors and a patient",
+        "took the patient's keys from a proof: verified against block",
+        "certificate of 3 of 4 validators",
         "Dr B's read was refused and audited",
         "identical to what Dr A wrote",
         "stored ciphertext intact",

@@ -135,6 +135,8 @@ canonical!(
     domains::PBFT_BATCH
 );
 canonical!(v1::PbftMessage, "pbft message", limits::PEER_MESSAGE);
+canonical!(v1::HeaderCertificate, "header certificate", limits::SMALL);
+canonical!(v1::HeaderVote, "header vote", limits::SMALL);
 canonical!(
     v1::DposBlockHeader,
     "dpos block header",

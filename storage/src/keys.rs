@@ -16,8 +16,14 @@ pub const RECORDS_DIR: &str = "records";
 pub const CF_NODE_SECRETS: &str = "node_secrets";
 /// Nodes of the authenticated chain state's Merkle tree (the tip's version only).
 pub const CF_STATE_TREE: &str = "state_tree";
+/// Header certificates (2f + 1 validators' votes over a block's header), by height.
+pub const CF_HEADER_CERTIFICATES: &str = "header_certificates";
 
-pub const ALL_CFS: [&str; 10] = [
+/// Block headers alone, by height: header-only sync reads these, not whole blocks. Blocks
+/// committed by a release before this one have none (their header is read from the block).
+pub const CF_HEADERS: &str = "headers";
+
+pub const ALL_CFS: [&str; 12] = [
     CF_META,
     CF_BLOCKS,
     CF_BLOCK_HASHES,
@@ -28,6 +34,8 @@ pub const ALL_CFS: [&str; 10] = [
     CF_CONSENSUS_STATE,
     CF_NODE_SECRETS,
     CF_STATE_TREE,
+    CF_HEADER_CERTIFICATES,
+    CF_HEADERS,
 ];
 
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";

@@ -359,6 +359,11 @@ impl Store {
             hash.as_bytes(),
             height_key(height),
         );
+        batch.put_cf(
+            self.cf(CF_HEADERS),
+            height_key(height),
+            header.canonical_bytes(),
+        );
         for (i, tx) in block.transactions.iter().enumerate() {
             let index = i as u32;
             if skipped.contains(&index) {
@@ -410,6 +415,20 @@ impl Store {
                 what: format!("block {height}"),
                 reason: e.to_string(),
             })
+    }
+
+    /// The header of the committed block at `height`, without reading the block's body.
+    pub fn header(&self, height: u64) -> Result<Option<v1::BlockHeader>, StoreError> {
+        match self.db.get_cf(self.cf(CF_HEADERS), height_key(height))? {
+            Some(bytes) => v1::BlockHeader::decode_canonical(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    what: format!("header {height}"),
+                    reason: e.to_string(),
+                }),
+            // Committed before headers were kept on their own.
+            None => Ok(self.block(height)?.and_then(|b| b.header)),
+        }
     }
 
     /// The height of the block with this hash.
@@ -619,6 +638,7 @@ impl Store {
 }
 
 mod access_log;
+mod header_certificates;
 mod records;
 pub use records::{RecordFile, StagedRecord};
 mod seen;

@@ -1,24 +1,15 @@
 //! `GET /v1/chain` and `GET /v1/identities/{id}`: the chain a client builds transactions and
 //! grants for, and who is registered on it with which keys.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
-use medchain_api::{ChainInfo, IdentityInfo, Role, SuspensionInfo};
-use medchain_proto::v1;
+use medchain_api::{ChainInfo, IdentityInfo, ProofQuery, SuspensionInfo};
+use medchain_ledger::contracts::state::keys;
 
 use crate::api::auth::Caller;
 use crate::api::{ident_text, internal, not_found, parse_identity, queries, ApiError};
+use crate::client::role_of;
 use crate::private::NodeHandle;
-
-fn role_of(role: i32) -> Role {
-    match v1::Role::try_from(role) {
-        Ok(v1::Role::Patient) => Role::Patient,
-        Ok(v1::Role::Doctor) => Role::Doctor,
-        Ok(v1::Role::Insurer) => Role::Insurer,
-        Ok(v1::Role::Researcher) => Role::Researcher,
-        _ => Role::Unspecified,
-    }
-}
 
 /// `GET /v1/chain`: what a client needs to build transactions and grants, with the rules the
 /// next block runs and the upgrade scheduled on chain (read from the committed state).
@@ -35,11 +26,13 @@ pub async fn chain(State(node): State<NodeHandle>) -> Result<Json<ChainInfo>, Ap
 }
 
 /// `GET /v1/identities/{id}`: for whoever may see that participant (`access.rs`); to anyone
-/// else it is not registered.
+/// else it is not registered. With `?proof=true` the registration and suspension entries come
+/// with their proofs against a certified header.
 pub async fn identity(
     State(node): State<NodeHandle>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(query): Query<ProofQuery>,
 ) -> Result<Json<IdentityInfo>, ApiError> {
     let id = parse_identity(&id)?;
     let q = queries(&node);
@@ -49,7 +42,13 @@ pub async fn identity(
         return Err(unknown());
     }
     let suspended = q.suspension(&id).map_err(internal)?;
+    let proof = if query.proof {
+        Some(super::proofs::prove(&node, &[keys::identity(&id), keys::suspension(&id)]).await?)
+    } else {
+        None
+    };
     Ok(Json(IdentityInfo {
+        proof,
         identity: id.to_string(),
         role: role_of(entry.role),
         name: entry.name,

@@ -126,6 +126,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/v1/events", get(events::events))
         .route("/v1/blocks/latest", get(latest_block))
         .route("/v1/blocks/{height}", get(block))
+        .route("/v1/headers", get(proofs::headers))
         .route("/v1/slips/{id}", get(slip))
         .route("/v1/chain", get(identities::chain))
         .route("/v1/identities/{id}", get(identities::identity))
@@ -412,7 +413,11 @@ async fn slip(
     if !caller.may_see_record(&node, &id, &entry)? {
         return Err(unknown());
     }
-    Ok(Json(slip_json(&id, loc, &slip)?))
+    let mut shown = slip_json(&id, loc, &slip)?;
+    // The patient's confirmation is a later transaction: the chain state has it, the slip
+    // as written does not.
+    shown.patient_confirmed = entry.confirmed_height.is_some();
+    Ok(Json(shown))
 }
 
 /// A committed slip as the API shows it.
@@ -473,6 +478,7 @@ mod auth;
 mod consent;
 mod events;
 mod identities;
+mod proofs;
 mod reads;
 mod records;
 mod serve;

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::api::auth::{Caller, Uploader};
 use crate::api::{
-    bad, internal, not_found, parse_hash, parse_identity, queries, slip_json, ApiError,
+    bad, internal, not_found, parse_hash, parse_identity, proofs, queries, slip_json, ApiError,
 };
 use crate::client::records::ciphertext_address;
 use crate::private::NodeHandle;
@@ -179,16 +179,29 @@ fn record_state(
     Ok((state, entry))
 }
 
-/// `GET /v1/records/{slip}`: the slip and its state (confirmed, deleted, corrected).
+/// `GET /v1/records/{slip}`: the slip and its state (confirmed, deleted, corrected); with
+/// `?proof=true`, the slip's state entry proved against a certified state root and its
+/// transaction's inclusion in its block.
 pub async fn record(
     State(node): State<NodeHandle>,
     caller: Caller,
     Path(slip): Path<String>,
+    Query(want): Query<medchain_api::ProofQuery>,
 ) -> Result<Json<RecordView>, ApiError> {
     let slip = parse_hash(&slip, "slip id")?;
-    Ok(Json(RecordView {
-        slip: record_state(&node, &caller, &slip)?.0,
-    }))
+    let state = record_state(&node, &caller, &slip)?.0;
+    let proof = match want.proof {
+        false => None,
+        true => Some(medchain_api::RecordProof {
+            state: proofs::prove(
+                &node,
+                &[medchain_ledger::contracts::state::keys::slip(&slip)],
+            )
+            .await?,
+            inclusion: proofs::include(&node, state.slip.height, state.slip.index).await?,
+        }),
+    };
+    Ok(Json(RecordView { slip: state, proof }))
 }
 
 /// `GET /v1/records/{slip}/verify`: recompute the stored ciphertext's hash and compare it with

@@ -32,16 +32,26 @@ async fn connect(args: &ClientArgs) -> Result<(Client, Option<KeyMaterial>)> {
     match &args.key {
         Some(_) => {
             let k = key(args)?;
-            Ok((Client::connect_as(&args.node, &k).await?, Some(k)))
+            Ok((
+                Client::connect_as(&args.node, &k)
+                    .await?
+                    .anchored(&args.trust())?,
+                Some(k),
+            ))
         }
-        None => Ok((Client::connect(&args.node).await?, None)),
+        None => Ok((
+            Client::connect(&args.node).await?.anchored(&args.trust())?,
+            None,
+        )),
     }
 }
 
 /// Signs `payload` with `--key`, submits it to `--node` and waits for its block.
 async fn act(args: &ClientArgs, payload: Payload) -> Result<TransactionInfo> {
     let k = key(args)?;
-    let c = Client::connect_as(&args.node, &k).await?;
+    let c = Client::connect_as(&args.node, &k)
+        .await?
+        .anchored(&args.trust())?;
     let tx = c.sign(&k, payload);
     Ok(c.submit_and_wait(&tx).await?.1)
 }
@@ -103,7 +113,9 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                     RoleArg::Insurer => v1::Role::Insurer,
                     RoleArg::Researcher => v1::Role::Researcher,
                 };
-                let c = Client::connect_as(&args.node, &authority).await?;
+                let c = Client::connect_as(&args.node, &authority)
+                    .await?
+                    .anchored(&args.trust())?;
                 let reg = card.registration_under(c.chain.rules, role, name.as_deref())?;
                 let tx = c.sign(&authority, Payload::IdentityRegistration(reg));
                 let (_, v) = c.submit_and_wait(&tx).await?;
@@ -121,8 +133,15 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
             } => {
                 let (c, k) = connect(&args).await?;
                 let id = subject(identity.as_deref(), k.as_ref(), "identity")?;
-                let info = c.identity(&id).await?;
+                let (info, verified) = c.verified_identity(&id).await?;
                 out!("{}", serde_json::to_string_pretty(&info)?);
+                // On stderr, so that stdout stays the identity's JSON.
+                match verified {
+                    Some(v) => eprintln!("{id}: {}", v.describe()),
+                    None => {
+                        eprintln!("{id}: as the node says (unverified: give --genesis to check it)")
+                    }
+                }
             }
             IdentityCommand::Suspend {
                 identity,
@@ -197,7 +216,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let record_type = record_type_of(&plaintext, record_type.as_deref())?;
                 let replaces = replaces.map(|r| hash_arg(&r, "--replaces")).transpose()?;
-                let c = Client::connect_as(&args.node, &doctor).await?;
+                let c = Client::connect_as(&args.node, &doctor).await?.anchored(&args.trust())?;
                 let keys = c.patient_keys(&patient).await?;
                 let w = build_record_write(
                     &c.chain.chain_id.clone(),
@@ -222,7 +241,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             RecordCommand::Confirm { slip, client: args } => {
                 let patient = key(&args)?;
                 let slip = hash_arg(&slip, "slip")?;
-                let c = Client::connect_as(&args.node, &patient).await?;
+                let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust())?;
                 let plaintext = c.confirm(&patient, &slip).await?;
                 out!(
                     "confirmed record {slip} ({} bytes, doctor's signature and H(M) checked)",
@@ -243,7 +262,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             RecordCommand::Get { slip, out, client: args } => {
                 let reader = key(&args)?;
                 let slip = hash_arg(&slip, "slip")?;
-                let c = Client::connect_as(&args.node, &reader).await?;
+                let c = Client::connect_as(&args.node, &reader).await?.anchored(&args.trust())?;
                 let plaintext = c.read(&reader, &slip).await?;
                 std::fs::write(&out, &plaintext)
                     .with_context(|| format!("writing {}", out.display()))?;
@@ -307,7 +326,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Grant { to, scope, actions, until, client: args } => {
                 let patient = key(&args)?;
                 let grantee = identity_arg(&to)?;
-                let c = Client::connect_as(&args.node, &patient).await?;
+                let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust())?;
                 let grantee_key = encryption_key(&c.identity(&grantee).await?)?;
                 let grant = build_grant(
                     &c.chain,
@@ -328,7 +347,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Request { patient, scope, actions, until, purpose, client: args } => {
                 let me = key(&args)?;
                 let patient = identity_arg(&patient)?;
-                let c = Client::connect_as(&args.node, &me).await?;
+                let c = Client::connect_as(&args.node, &me).await?.anchored(&args.trust())?;
                 let tx = c.sign(
                     &me,
                     Payload::ConsentRequest(v1::ConsentRequest {
@@ -346,7 +365,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Approve { request, client: args } => {
                 let patient = key(&args)?;
                 let req_id = hash_arg(&request, "request")?;
-                let c = Client::connect_as(&args.node, &patient).await?;
+                let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust())?;
                 let me = patient.signing_key().identity();
                 let list = c.api.consent_of_patient(&me.to_string()).await?;
                 let req = list
@@ -486,7 +505,9 @@ pub fn audit(args: AuditArgs) -> Result<()> {
 pub fn token(args: ClientArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let k = key(&args)?;
-        let c = Client::connect_as(&args.node, &k).await?;
+        let c = Client::connect_as(&args.node, &k)
+            .await?
+            .anchored(&args.trust())?;
         let token = c.api.authenticate().await?;
         out!("{}", token.token);
         eprintln!(

@@ -5,15 +5,19 @@
 pub mod card;
 pub mod commands;
 pub mod consent;
+pub mod light;
+pub mod light_cmd;
 pub mod records;
 pub mod rules;
+pub mod verified_record;
+pub mod verify;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use medchain_api::{ApiClient, Authenticator, Challenge, IdentityInfo, TransactionInfo};
+use medchain_api::{ApiClient, Authenticator, Challenge, IdentityInfo, Role, TransactionInfo};
 use medchain_crypto::keys::{EncryptionPublicKey, KeyMaterial};
 use medchain_crypto::keystore;
 use medchain_crypto::{Hash32, Identity, SigningKey};
@@ -28,6 +32,17 @@ pub use crate::cli::DEFAULT_NODE;
 
 /// A waiting client looks again this often even when the event stream says nothing.
 const RECHECK: Duration = Duration::from_secs(2);
+
+/// The API's name of a role kept on chain as its `v1::Role` number.
+pub fn role_of(role: i32) -> Role {
+    match v1::Role::try_from(role) {
+        Ok(v1::Role::Patient) => Role::Patient,
+        Ok(v1::Role::Doctor) => Role::Doctor,
+        Ok(v1::Role::Insurer) => Role::Insurer,
+        Ok(v1::Role::Researcher) => Role::Researcher,
+        _ => Role::Unspecified,
+    }
+}
 
 /// The record-encryption key of a registered participant.
 pub fn encryption_key(info: &IdentityInfo) -> Result<EncryptionPublicKey> {
@@ -111,13 +126,44 @@ impl Authenticator for KeyAuth {
 pub struct Client {
     pub api: ApiClient,
     pub chain: ChainInfo,
+    /// The chain this client trusts, from its genesis file: with it, the validators (and their
+    /// proxy keys) come from the genesis file and every identity's keys are checked against a
+    /// certified state root. Without it the client has only the node's word.
+    pub anchor: Option<verify::Anchor>,
+    /// The newest block this client has verified an answer against: an older one is stale.
+    verified: std::sync::atomic::AtomicU64,
+    /// The light client's folder, if given: its verified headers.
+    pub light: Option<tokio::sync::Mutex<light::LightStore>>,
+}
+
+/// What a client trusts instead of its node: `--genesis`, `--light`, or both.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    pub genesis: Option<PathBuf>,
+    pub light: Option<PathBuf>,
+}
+
+impl crate::cli::ClientArgs {
+    /// What the client trusts instead of the node.
+    pub fn trust(&self) -> Trust {
+        Trust {
+            genesis: self.genesis.clone(),
+            light: self.light.clone(),
+        }
+    }
 }
 
 impl Client {
     pub async fn connect(node: &str) -> Result<Self> {
         let api = ApiClient::new(node).with_context(|| format!("--node {node:?}"))?;
         let chain = api.chain().await?;
-        Ok(Client { api, chain })
+        Ok(Client {
+            api,
+            chain,
+            anchor: None,
+            verified: Default::default(),
+            light: None,
+        })
     }
 
     /// A connection that authenticates as `key` (the endpoints that show patient data answer
@@ -131,18 +177,177 @@ impl Client {
         Ok(Client {
             api: c.api.with_authenticator(auth),
             chain: c.chain,
+            anchor: None,
+            verified: Default::default(),
+            light: None,
         })
     }
 
-    /// The registered participant `id`.
+    /// Trusts the chain of `trust` (a genesis file, or a light client's folder) instead of the
+    /// node's word: the node must serve that chain, the validators and their proxy keys are the
+    /// genesis file's, and every identity is verified against a certified header. With a light
+    /// client's folder, a proof against an older header than the folder's newest is refused as
+    /// stale, and the folder's headers are synced up to each header verified. Trusting nothing
+    /// leaves the client as it is.
+    pub fn anchored(mut self, trust: &Trust) -> Result<Self> {
+        let (anchor, genesis_path) = match (&trust.light, &trust.genesis) {
+            (Some(dir), genesis) => {
+                let store = light::LightStore::open(dir, genesis.as_deref())
+                    .with_context(|| format!("--light {}", dir.display()))?;
+                let anchor = store.anchor.clone();
+                self.light = Some(tokio::sync::Mutex::new(store));
+                (anchor, dir.join(light::GENESIS_FILE))
+            }
+            (None, Some(path)) => (
+                verify::Anchor::from_genesis_file(path)
+                    .with_context(|| format!("--genesis {}", path.display()))?
+                    .0,
+                path.clone(),
+            ),
+            (None, None) => return Ok(self),
+        };
+        let g = crate::config::read_genesis(&genesis_path)?;
+        if self.chain.chain_id != anchor.chain_id {
+            bail!(
+                "the node serves chain {:?}, but the genesis file {} is of chain {:?}: wrong node or wrong file",
+                self.chain.chain_id,
+                genesis_path.display(),
+                anchor.chain_id
+            );
+        }
+        self.chain.validators = g
+            .validators
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ValidatorInfo {
+                index: i as u32,
+                name: v.name.clone(),
+                identity: v.identity.to_string(),
+                encryption_key: v.encryption_key.clone(),
+            })
+            .collect();
+        self.chain.authorities = g
+            .authorities
+            .iter()
+            .map(|a| medchain_api::AuthorityInfo {
+                name: a.name.clone(),
+                identity: a.identity.to_string(),
+            })
+            .collect();
+        self.anchor = Some(anchor);
+        Ok(self)
+    }
+
+    /// Checks `proofs` for `keys` against the anchor, and that the node did not go back to an
+    /// older block than one this client already verified (or keeps, as a light client).
+    pub async fn verify_state(
+        &self,
+        anchor: &verify::Anchor,
+        proofs: Option<&medchain_api::StateProofs>,
+        keys: &[Vec<u8>],
+    ) -> Result<verify::VerifiedState> {
+        let proofs = proofs.ok_or(verify::VerifyError::NoProof)?;
+        let state = anchor.verify_state(proofs, keys)?;
+        self.observe(&state.header).await?;
+        Ok(state)
+    }
+
+    /// Refuses a header older than the newest this client verified, or another than the one
+    /// its light folder keeps at that height; extends the light folder up to it.
+    async fn observe(&self, header: &verify::VerifiedHeader) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let height = header.header.height;
+        let Some(light) = &self.light else {
+            let known = self.verified.fetch_max(height, Ordering::Relaxed);
+            if height < known {
+                return Err(verify::VerifyError::Stale { height, known }.into());
+            }
+            return Ok(());
+        };
+        let mut store = light.lock().await;
+        store.check(header)?;
+        if store.tip().is_none_or(|(tip, _)| tip < height) {
+            store.sync(&self.api, Some(height)).await?;
+            store.check(header)?;
+            let tip = store.tip().map_or(0, |(h, _)| h);
+            if tip != height {
+                bail!(
+                    "the node proved its answer against block {height}, but gave certified headers only up to block {tip}: refused"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The registered participant `id`: with an anchor, its keys and suspension as proved
+    /// against a certified header (whatever the JSON says), else as the node says.
     pub async fn identity(&self, id: &Identity) -> Result<IdentityInfo> {
-        match self.api.identity(&id.to_string()).await? {
-            Some(info) => Ok(info),
-            None => bail!(
+        Ok(self.verified_identity(id).await?.0)
+    }
+
+    /// As [`Client::identity`], with the header it was verified against (`None` without an
+    /// anchor).
+    pub async fn verified_identity(
+        &self,
+        id: &Identity,
+    ) -> Result<(IdentityInfo, Option<verify::VerifiedHeader>)> {
+        let unknown = || {
+            anyhow!(
                 "{id} is not registered on chain {} (or not visible to you); an authority registers it with `medchain identity register`",
                 self.chain.chain_id
+            )
+        };
+        let Some(anchor) = &self.anchor else {
+            let info = self
+                .api
+                .identity(&id.to_string())
+                .await?
+                .ok_or_else(unknown)?;
+            return Ok((info, None));
+        };
+        let mut info = self
+            .api
+            .identity_with_proof(&id.to_string())
+            .await?
+            .ok_or_else(unknown)?;
+        use medchain_ledger::contracts::state::{decode, keys, IdentityEntry, SuspensionEntry};
+        let (id_key, susp_key) = (keys::identity(id), keys::suspension(id));
+        let state = self
+            .verify_state(
+                anchor,
+                info.proof.as_ref(),
+                &[id_key.clone(), susp_key.clone()],
+            )
+            .await
+            .with_context(|| format!("the node's answer about {id} did not verify"))?;
+        let entry: IdentityEntry = match &state.values[0] {
+            Some(bytes) => decode(&id_key, bytes)?,
+            None => bail!(
+                "the node shows {id} as registered, but its own proof says {id} is not: refused"
             ),
-        }
+        };
+        let suspension: Option<SuspensionEntry> = state.values[1]
+            .as_ref()
+            .map(|b| decode(&susp_key, b))
+            .transpose()?;
+        // Everything the client acts on comes from the proved entries.
+        info.identity = id.to_string();
+        info.role = role_of(entry.role);
+        info.name = entry.name;
+        info.encryption_key = hex::encode(&entry.encryption_key);
+        info.search_key = hex::encode(&entry.search_key);
+        info.height = entry.height;
+        info.registered_by = Identity::from_bytes(&entry.registered_by)
+            .map(|i| i.to_string())
+            .unwrap_or_else(|_| hex::encode(&entry.registered_by));
+        info.suspended = suspension.map(|s| medchain_api::SuspensionInfo {
+            reason: s.reason,
+            height: s.height,
+            by: Identity::from_bytes(&s.by)
+                .map(|i| i.to_string())
+                .unwrap_or_else(|_| hex::encode(&s.by)),
+        });
+        Ok((info, Some(state.header)))
     }
 
     /// The identity of the validator this client talks to, as its status names it, checked

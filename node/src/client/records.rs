@@ -179,8 +179,23 @@ impl Client {
     }
 
     /// MBDS Algorithm 2, the patient's side: check the doctor's signature (the node did, and so
-    /// does this client), decrypt, check H(M), co-sign.
+    /// does this client, with an anchor, over the slip proved on chain), decrypt, check H(M)
+    /// (proved on chain with an anchor), co-sign.
     pub async fn confirm(&self, patient: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
+        if self.anchor.is_some() {
+            // The slip itself, proved on chain and its doctor's signature checked here.
+            let record = self.verified_record(slip).await?;
+            if record.parties.patient != patient.signing_key().identity() {
+                bail!(
+                    "record {slip} is {}'s, not yours ({}): only its patient confirms it",
+                    record.parties.patient,
+                    patient.signing_key().identity()
+                );
+            }
+            if record.entry.confirmed_height.is_some() {
+                bail!("record {slip} is already confirmed");
+            }
+        }
         let plaintext = self.read(patient, slip).await?;
         let sig = patient
             .signing_key()
@@ -221,7 +236,16 @@ impl Client {
             .read(&slip.to_hex(), signed.canonical_bytes())
             .await?;
         let resp = v1::ReadResponse::decode_canonical(&answer)?;
-        let expected = self.record(slip).await?.slip.slip.record_hash;
+        // H(M) as the doctor signed it: proved on chain with an anchor, else the node's word.
+        let expected = match &self.anchor {
+            Some(_) => self
+                .verified_record(slip)
+                .await?
+                .parties
+                .record_hash
+                .to_hex(),
+            None => self.record(slip).await?.slip.slip.record_hash,
+        };
         let record = EncryptedRecord::from_bytes(&resp.ciphertext)?;
         let plaintext = if resp.capsule_fragment.is_empty() {
             decrypt_record(&reader.encryption_key(), &record)

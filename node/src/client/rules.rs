@@ -61,7 +61,9 @@ async fn upgrade(to: u32, at_height: Option<u64>, args: &ClientArgs) -> Result<(
         bail!("an upgrade is signed by a genesis authority: give --key FILE (its key)");
     };
     let authority = load_key(path, args.password_file.as_deref())?;
-    let c = Client::connect_as(&args.node, &authority).await?;
+    let c = Client::connect_as(&args.node, &authority)
+        .await?
+        .anchored(&args.trust())?;
     if to <= c.chain.rules {
         bail!(
             "chain {:?} already runs rules {}: an upgrade names a later version",

@@ -144,6 +144,8 @@ pub struct Network {
     pub events: mpsc::Receiver<NetEvent>,
     /// The blob room: pushed ciphertexts, blob requests and their answers.
     pub blobs: mpsc::Receiver<NetEvent>,
+    /// Header votes (they travel in the consensus room, but a vote never waits behind the engine).
+    pub header_votes: mpsc::Receiver<NetEvent>,
     pub stats: tokio::sync::watch::Receiver<NetStats>,
     pub local_peer_id: PeerId,
     /// What this instance's codec has read and written.
@@ -195,10 +197,12 @@ pub fn start(key: &SigningKey, listen: Multiaddr, peers: Vec<Peer>) -> anyhow::R
     let (cmd_tx, cmd_rx) = mpsc::channel(65_536);
     let (ev_tx, ev_rx) = mpsc::channel(65_536);
     let (blob_tx, blob_rx) = mpsc::channel(4_096);
+    let (vote_tx, vote_rx) = mpsc::channel(4_096);
     let (stats_tx, stats_rx) = tokio::sync::watch::channel(NetStats::default());
     let rooms = Rooms {
         chain: ev_tx,
         blobs: blob_tx,
+        header_votes: vote_tx,
     };
     tokio::spawn(run(swarm, peers, cmd_rx, rooms, stats_tx));
     tracing::info!(%local_peer_id, %listen, "network started");
@@ -206,6 +210,7 @@ pub fn start(key: &SigningKey, listen: Multiaddr, peers: Vec<Peer>) -> anyhow::R
         commands: cmd_tx,
         events: ev_rx,
         blobs: blob_rx,
+        header_votes: vote_rx,
         stats: stats_rx,
         local_peer_id,
         traffic,

@@ -18,7 +18,7 @@ pub const TRANSACTIONS_PER_MESSAGE: usize = 256;
 /// The purpose a peer message serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Room {
-    /// Votes, proposals, checkpoints, view changes (and the empty acknowledgement).
+    /// Votes, proposals, checkpoints, view changes, header votes (and the empty acknowledgement).
     Consensus,
     /// Transactions forwarded to the other validators.
     Transactions,
@@ -45,7 +45,7 @@ impl Room {
     /// The room a message belongs to.
     pub fn of(msg: &v1::PeerMessage) -> Room {
         match &msg.body {
-            Some(Body::Pbft(_)) | None => Room::Consensus,
+            Some(Body::Pbft(_) | Body::HeaderVote(_)) | None => Room::Consensus,
             Some(Body::Transactions(_)) => Room::Transactions,
             Some(Body::BlockRequest(_) | Body::BlockResponse(_)) => Room::Sync,
             Some(Body::Blob(_) | Body::BlobRequest(_) | Body::BlobResponse(_)) => Room::Blobs,
@@ -126,12 +126,20 @@ pub struct Rooms {
     /// Consensus, transactions, sync and connection changes: the driver.
     pub chain: mpsc::Sender<NetEvent>,
     pub blobs: mpsc::Sender<NetEvent>,
+    /// Header votes: the vote task (`crate::header_votes`).
+    pub header_votes: mpsc::Sender<NetEvent>,
 }
 
 impl Rooms {
     pub async fn deliver(&self, room: Room, ev: NetEvent) {
+        let is_vote = matches!(
+            &ev,
+            NetEvent::Message { msg, .. } if matches!(msg.body, Some(Body::HeaderVote(_)))
+        );
         let to = if room == Room::Blobs {
             &self.blobs
+        } else if is_vote {
+            &self.header_votes
         } else {
             &self.chain
         };

@@ -73,6 +73,8 @@ pub struct NodeHandle {
     pub(super) blocks: broadcast::Sender<Arc<BlockEvent>>,
     /// Access records of answered reads waiting for their batch (rules 4).
     pub(super) access_log: Arc<super::access_log::AccessLog>,
+    /// The newest height with a header certificate (`crate::header_votes`).
+    pub(super) certified: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -82,6 +84,22 @@ impl std::fmt::Debug for NodeHandle {
 }
 
 impl NodeHandle {
+    /// The header certificate of block `height`, waiting up to `wait` for the validators' votes
+    /// if this node has not gathered it yet (a block just committed is certified a round trip
+    /// later). `None` if it has none by then.
+    pub async fn header_certificate(
+        &self,
+        height: u64,
+        wait: std::time::Duration,
+    ) -> Result<Option<medchain_proto::v1::HeaderCertificate>, medchain_storage::StoreError> {
+        if let Some(c) = self.store.header_certificate(height)? {
+            return Ok(Some(c));
+        }
+        let mut certified = self.certified.clone();
+        let _ = tokio::time::timeout(wait, certified.wait_for(|h| *h >= height)).await;
+        self.store.header_certificate(height)
+    }
+
     pub fn chain_id(&self) -> &str {
         &self.ledger.chain_id
     }

@@ -194,6 +194,12 @@ pub fn start(
     }
     let access_log = Arc::new(access_log);
     let (blocks, _) = broadcast::channel(BLOCK_EVENTS);
+    let (certified_tx, certified) = watch::channel(
+        store
+            .last_certified_height()
+            .context("reading the header certificates")?
+            .unwrap_or(0),
+    );
     let handle = NodeHandle {
         blocks: blocks.clone(),
         store: store.clone(),
@@ -208,6 +214,7 @@ pub fn start(
         own_nonce: Arc::new(AtomicU64::new(0)),
         metrics: metrics.clone(),
         access_log: access_log.clone(),
+        certified,
     };
     access_log::spawn_flusher(handle.clone(), access_log);
     let nodes = validators.len() as u32;
@@ -238,6 +245,19 @@ pub fn start(
             "sealed proxy fragments an earlier release kept in clear"
         );
     }
+    let (vote_commits, commits) = mpsc::channel(crate::header_votes::QUEUE);
+    crate::header_votes::spawn(crate::header_votes::VoteRoom {
+        chain_id: g.chain_id.clone(),
+        validators: validators.clone(),
+        me,
+        key: key.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        net: network.commands.clone(),
+        events: network.header_votes,
+        commits,
+        certified: certified_tx,
+    });
     proxy_fragments::spawn_expiry(store.clone());
     orphans::spawn(
         store.clone(),
@@ -257,6 +277,9 @@ pub fn start(
             store: store.clone(),
         }),
         Box::new(followers::Reinstatements { access }),
+        Box::new(crate::header_votes::HeaderVoter {
+            commits: vote_commits,
+        }),
     ];
     let chain = PrivateChain {
         replica,

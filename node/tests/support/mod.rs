@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod devnet;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

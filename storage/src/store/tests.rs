@@ -66,6 +66,14 @@ fn commit_and_read_back() {
     assert_eq!(tip2.height, 2);
     assert_eq!(store.tip().unwrap(), Some(tip2));
     assert_eq!(store.block(1).unwrap().unwrap(), b1);
+    assert_eq!(store.header(2).unwrap(), b2.header);
+    assert_eq!(store.header(3).unwrap(), None);
+    // A block committed before headers were kept alone: its header comes from the block.
+    store
+        .db
+        .delete_cf(store.cf(CF_HEADERS), height_key(1))
+        .unwrap();
+    assert_eq!(store.header(1).unwrap(), b1.header);
     assert_eq!(store.height_of(&tip1.hash).unwrap(), Some(1));
     assert_eq!(store.chain_state(b"k").unwrap(), None);
 
