@@ -141,10 +141,10 @@ impl LightStore {
         run: Vec<v1::BlockHeader>,
         certified: &VerifiedHeader,
     ) -> Result<(), LightError> {
-        let mut expected = self.tip().map_or(1, |(h, _)| h + 1);
+        let first = self.tip().map_or(1, |(h, _)| h + 1);
         let mut previous = self.tip().map_or(Hash32([0; 32]), |(_, hash)| hash);
         let mut linked = Vec::with_capacity(run.len());
-        for header in run {
+        for (expected, header) in (first..).zip(run) {
             if header.height != expected {
                 return Err(VerifyError::WrongHeight {
                     expected,
@@ -165,7 +165,6 @@ impl LightStore {
             }
             previous = header.digest();
             linked.push((header, previous));
-            expected += 1;
         }
         match linked.last() {
             Some((h, hash)) if h.height == certified.header.height && *hash == certified.hash => {}
