@@ -1,8 +1,8 @@
 //! `medchain light`: header-only sync of a light client's folder, and what it holds.
 
-use std::path::Path;
 use anyhow::{Context, Result};
 use medchain_api::ApiClient;
+use std::path::Path;
 
 use super::light::LightStore;
 use crate::cli::LightCommand;
