@@ -182,6 +182,7 @@ impl Client {
     /// does this client, with an anchor, over the slip proved on chain), decrypt, check H(M)
     /// (proved on chain with an anchor), co-sign.
     pub async fn confirm(&self, patient: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
+        let mut proved_hash = None;
         if self.anchor.is_some() {
             // The slip itself, proved on chain and its doctor's signature checked here.
             let record = self.verified_record(slip).await?;
@@ -195,8 +196,9 @@ impl Client {
             if record.entry.confirmed_height.is_some() {
                 bail!("record {slip} is already confirmed");
             }
+            proved_hash = Some(record.parties.record_hash);
         }
-        let plaintext = self.read(patient, slip).await?;
+        let plaintext = self.read_against(patient, slip, proved_hash).await?;
         let sig = patient
             .signing_key()
             .sign(domains::PATIENT_CONFIRMATION, slip.as_bytes());
@@ -217,6 +219,17 @@ impl Client {
     /// The request goes first: a reader without access learns nothing of the record, and her
     /// attempt is on the audit trail; one the node served may see the record's slip.
     pub async fn read(&self, reader: &KeyMaterial, slip: &Hash32) -> Result<Vec<u8>> {
+        self.read_against(reader, slip, None).await
+    }
+
+    /// [`Client::read`], checked against `proved` (H(M) the caller has already proved) when
+    /// given, so the slip's proofs are not fetched and checked twice.
+    async fn read_against(
+        &self,
+        reader: &KeyMaterial,
+        slip: &Hash32,
+        proved: Option<Hash32>,
+    ) -> Result<Vec<u8>> {
         let node = self.validator_identity().await?;
         let mut nonce = vec![0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -237,14 +250,15 @@ impl Client {
             .await?;
         let resp = v1::ReadResponse::decode_canonical(&answer)?;
         // H(M) as the doctor signed it: proved on chain with an anchor, else the node's word.
-        let expected = match &self.anchor {
-            Some(_) => self
+        let expected = match (proved, &self.anchor) {
+            (Some(h), _) => h.to_hex(),
+            (None, Some(_)) => self
                 .verified_record(slip)
                 .await?
                 .parties
                 .record_hash
                 .to_hex(),
-            None => self.record(slip).await?.slip.slip.record_hash,
+            (None, None) => self.record(slip).await?.slip.slip.record_hash,
         };
         let record = EncryptedRecord::from_bytes(&resp.ciphertext)?;
         let plaintext = if resp.capsule_fragment.is_empty() {
