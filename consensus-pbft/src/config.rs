@@ -45,6 +45,10 @@ pub enum Mutant {
     /// and in the certificates view changes carry: two conflicting batches can be prepared in one
     /// view.
     OnePrepareTooFew,
+    /// Help for laggards is rate-limited per view asked about only, as before simulator seed
+    /// 178124: a Byzantine replica cycling through old views gets a stable proof and a new view
+    /// for every message it sends, and a reactive one turns that into a message storm.
+    HelpEveryOldView,
 }
 
 impl Config {

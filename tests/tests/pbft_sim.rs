@@ -134,3 +134,24 @@ fn mutant_one_prepare_too_few_is_caught() {
         "seed {seed}: {v}"
     );
 }
+
+#[test]
+fn a_byzantine_replica_cycling_old_views_raises_no_storm() {
+    // Seed 178124: ViewChangeLiars at r1 and r6 and a Replayer at r8 (n = 10). r1 sent view
+    // changes for views it had left (4, 5, 6, ...) in turn, and each got a stable proof and a
+    // new view back from every honest replica, to which it answered again: millions of pending
+    // messages within 300 ms of virtual time, then out of memory. Help now answers a peer
+    // once per timeout unless it asks about a higher view.
+    let scn = Scenario::generate(178_124, None);
+    let out = run(&scn, false);
+    assert!(out.violation.is_none(), "{:?}", out.violation);
+    assert!(out.events < 100_000, "{} events", out.events);
+
+    // The rule as it was (per view asked about only) is caught by the traffic bound.
+    let mut old = scn.clone();
+    old.mutant = Some(Mutant::HelpEveryOldView);
+    let v = run(&old, false)
+        .violation
+        .expect("the old help rule storms");
+    assert_eq!(v.property, "bounded traffic", "{v}");
+}

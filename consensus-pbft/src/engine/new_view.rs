@@ -132,10 +132,19 @@ impl<S: Signer, V: Verifier> Replica<S, V> {
         their_view: u64,
         their_stable: u64,
     ) {
-        // Once per view asked about and per timeout: the help may be lost (the laggard asks
-        // again after its timeout), and a replica that keeps asking gets one answer per timeout.
+        // One answer per peer and timeout: the help may be lost (the laggard asks again after
+        // its timeout), and a replica that keeps asking gets one answer per timeout. Within the
+        // timeout only a higher view than the one last answered is answered: an honest
+        // laggard's view only rises, while a Byzantine replica cycling through old views would
+        // otherwise get a stable proof and a new view (up to n + 1 messages) for each message it
+        // sends (simulator seed 178124: a message storm that never ended).
         if let Some((view, at)) = self.helped.get(&to) {
-            if *view == their_view && now < at + self.view_change_timeout() {
+            let repeat = if self.cfg.mutant(Mutant::HelpEveryOldView) {
+                their_view == *view
+            } else {
+                their_view <= *view
+            };
+            if repeat && now < at + self.view_change_timeout() {
                 return;
             }
         }

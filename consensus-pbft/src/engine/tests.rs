@@ -555,3 +555,58 @@ fn a_replica_that_times_out_alone_complains_and_stays_in_its_view() {
         );
     }
 }
+
+/// Drives every replica of `net` through one view change (an item each holds, no pre-prepare
+/// delivered, progress timers fired).
+fn one_view_change(net: &mut Net, item: &str) {
+    for r in 0..4 {
+        net.event(r, Event::Submit(item.as_bytes().to_vec()));
+    }
+    net.queue.clear();
+    net.now += 5_000;
+    net.fire(Timer::Progress);
+}
+
+#[test]
+fn a_replica_cycling_through_old_views_gets_one_answer_per_timeout() {
+    let mut net = new_net(4);
+    one_view_change(&mut net, "a");
+    one_view_change(&mut net, "b");
+    assert_eq!(net.replicas[0].view(), 2, "the cluster left views 0 and 1");
+    // Past any help given during the view changes themselves.
+    net.now += 40_000;
+    let complaint = |net: &Net, view: u64| {
+        net.replicas[3].sign(Kind::Complaint(v1::Complaint { new_view: view }), None)
+    };
+    let answers = |net: &mut Net, view: u64| -> usize {
+        let m = complaint(net, view);
+        let now = net.now;
+        net.replicas[0]
+            .handle(now, Event::Message(m), &net.ledgers[0])
+            .iter()
+            .filter(|a| matches!(a, Action::Send { to: 3, .. }))
+            .count()
+    };
+    assert!(answers(&mut net, 1) > 0, "a laggard in view 1 is helped");
+    assert!(
+        answers(&mut net, 2) > 0,
+        "then in view 2, higher: helped at once"
+    );
+    for round in 0..10 {
+        assert_eq!(
+            answers(&mut net, 1),
+            0,
+            "round {round}: view 1 again, within the timeout"
+        );
+        assert_eq!(
+            answers(&mut net, 2),
+            0,
+            "round {round}: view 2 again, within the timeout"
+        );
+    }
+    net.now += 40_000;
+    assert!(
+        answers(&mut net, 1) > 0,
+        "after the timeout a laggard is helped again"
+    );
+}

@@ -254,6 +254,11 @@ impl<E> Queue<E> {
         self.heap.is_empty()
     }
 
+    /// Events pending.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
     /// Slots held, pending or free: the queue's memory, in events.
     pub fn slots(&self) -> usize {
         self.events.len()

@@ -5,7 +5,8 @@
 //! is executed at most once per replica), bounded log (a replica's log stays within its window),
 //! persist before execute (when a replica executes a batch whose commit certificate holds its own
 //! signature, its durable state already holds the prepared certificate for it, so a crash at that
-//! point could not lose it), and no halt (an honest replica never finds its history contradicted).
+//! point could not lose it), no halt (an honest replica never finds its history contradicted) and
+//! bounded traffic (no message storm: pending events stay under [`PENDING_BOUND_PER_N2`] n^2).
 //! Crashes cut a replica between events, inside a call (a random prefix of its actions is
 //! performed) or right after an execution, and restart it from exactly what it made durable;
 //! some crashed replicas never return, and some schedules crash every honest replica at once.
@@ -39,6 +40,10 @@ pub const LIVENESS_BOUND_MS: u64 = 240_000;
 /// After every item is executed everywhere, the honest replicas must share one view (in normal
 /// status) within this much virtual time.
 pub const COMMON_VIEW_BOUND_MS: u64 = 60_000;
+/// Events pending at once, per n squared: honest runs peak near 15 n^2 (1,428 for n = 10 in
+/// seeds 122,000-123,499); a storm that feeds itself (seed 178124 before the laggard-help fix:
+/// 194,000 pending after 500,000 events, then out of memory) passes 1,000 n^2 within seconds.
+const PENDING_BOUND_PER_N2: usize = 1_000;
 const CHAIN: &str = "sim-hospital";
 
 pub use scenario::{Scenario, MUTANTS};
@@ -307,6 +312,13 @@ impl Sim<'_> {
             self.now = at;
             self.events += 1;
             self.dispatch(ev);
+            let pending = self.queue.len();
+            if pending > PENDING_BOUND_PER_N2 * self.scn.n * self.scn.n {
+                self.fail(
+                    "bounded traffic",
+                    format!("{pending} messages and timers pending: a message storm"),
+                );
+            }
             if self.violation.is_some() {
                 return;
             }

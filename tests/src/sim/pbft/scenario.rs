@@ -3,10 +3,11 @@
 use super::*;
 
 /// The mutation check's deliberate engine bugs, by the names the command line uses.
-pub const MUTANTS: [(&str, Mutant); 3] = [
+pub const MUTANTS: [(&str, Mutant); 4] = [
     ("commit-before-persist", Mutant::CommitBeforePersist),
     ("no-reproposal-check", Mutant::NoReproposalCheck),
     ("one-prepare-too-few", Mutant::OnePrepareTooFew),
+    ("help-every-old-view", Mutant::HelpEveryOldView),
 ];
 
 /// One seeded fault schedule.
