@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditTrail {
     pub events: Vec<AuditEntry>,
+    /// With `?proof=true` (rules 6): the subject's counted list whole, its length and then
+    /// every event. Events of the trail from before rules 6 are not in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::StateProofs>,
 }
 
 /// One thing that happened: a write, confirmation, grant, read (granted or refused), ...

@@ -529,6 +529,17 @@ impl ApiClient {
         self.get(&format!("/v1/consent?grantee={grantee}")).await
     }
 
+    /// `GET /v1/consent?{query}&proof=true` (`query` is `patient=ID` or `grantee=ID`): both
+    /// lists proved whole (rules 6).
+    pub async fn consent_with_proof(&self, query: &str) -> Result<ConsentList, ClientError> {
+        self.get(&format!("/v1/consent?{query}&proof=true")).await
+    }
+
+    /// `GET /v1/audit?{query}&proof=true`: the trail's counted list proved whole (rules 6).
+    pub async fn audit_with_proof(&self, query: &str) -> Result<AuditTrail, ClientError> {
+        self.get(&format!("/v1/audit?{query}&proof=true")).await
+    }
+
     /// `GET /v1/audit?record=SLIP | patient=ID | actor=ID` (`query` is one of those).
     pub async fn audit(&self, query: &str) -> Result<AuditTrail, ClientError> {
         self.get(&format!("/v1/audit?{query}")).await

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 pub struct ConsentList {
     pub grants: Vec<GrantInfo>,
     pub requests: Vec<RequestInfo>,
+    /// With `?proof=true` (rules 6): both counted lists whole (the grants', then the
+    /// requests'), each as its length, its entries and the grant or request each names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::StateProofs>,
 }
 
 /// Whether a grant still lets its grantee act.

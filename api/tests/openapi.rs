@@ -546,7 +546,7 @@ fn the_description_matches_the_types() {
                 ..identity.clone()
             }),
             v(IdentityInfo {
-                proof: Some(proofs),
+                proof: Some(proofs.clone()),
                 ..identity.clone()
             }),
         ],
@@ -578,14 +578,42 @@ fn the_description_matches_the_types() {
         "RequestInfo",
         &requests.iter().map(v).collect::<Vec<_>>(),
     );
-    check(&doc, "ConsentList", &[v(ConsentList { grants, requests })]);
+    check(
+        &doc,
+        "ConsentList",
+        &[
+            v(ConsentList {
+                grants: grants.clone(),
+                requests: requests.clone(),
+                proof: None,
+            }),
+            v(ConsentList {
+                grants,
+                requests,
+                proof: Some(proofs.clone()),
+            }),
+        ],
+    );
     let events = vec![audit(Some("p".into()), Some("r".into())), audit(None, None)];
     check(
         &doc,
         "AuditEntry",
         &events.iter().map(v).collect::<Vec<_>>(),
     );
-    check(&doc, "AuditTrail", &[v(AuditTrail { events })]);
+    check(
+        &doc,
+        "AuditTrail",
+        &[
+            v(AuditTrail {
+                events: events.clone(),
+                proof: None,
+            }),
+            v(AuditTrail {
+                events,
+                proof: Some(proofs),
+            }),
+        ],
+    );
     // Every schema the description lists is a type checked above: no stale leftovers.
     let listed: BTreeSet<String> = doc["components"]["schemas"]
         .as_object()

@@ -44,6 +44,9 @@ pub const LAST_TIME_KEY: &[u8] = b"meta/last_block_ms";
 /// block time, and grant expiry and transaction windows are judged by it: a primary whose
 /// clock runs ahead (or lies) would otherwise expire every grant at once.
 pub const BATCH_FUTURE_MS: u64 = 60_000;
+/// Most entries of one counted list a proof covers ([`PrivateLedger::prove_lists`]): about
+/// 2 KB of proof per entry, so some 2-4 MB per answer at most.
+pub const MAX_PROVED_LIST: u64 = 1_000;
 /// How far a proposed batch's timestamp may fall behind the last block's: a lying primary
 /// cannot turn time back to revive expired grants by more than this, and honest clocks that
 /// differ a little do not stall the chain.
@@ -613,6 +616,51 @@ impl PrivateLedger {
         keys.iter()
             .map(|k| state_tree::StateTree::prove(&snapshot, k))
             .collect()
+    }
+
+    /// Whole counted lists (rules 6) with their proofs, all from one snapshot of the tip: for
+    /// each `(list, refs)` the length entry, then every entry by position, then (with `refs`)
+    /// the entry each one names (a grant or a request). What the client checks is laid out the
+    /// same way (`client::verify`), so it knows every key before it reads a proof.
+    pub fn prove_lists(
+        &self,
+        lists: &[(Vec<u8>, bool)],
+    ) -> Result<Vec<(Vec<u8>, state_tree::ProvedValue)>, state_tree::StateTreeError> {
+        use contracts::state::{keys, list_len_value};
+        let snapshot = self.store.state_snapshot();
+        let prove = |k: &[u8]| state_tree::StateTree::prove(&snapshot, k).map(|p| (k.to_vec(), p));
+        let mut out = Vec::new();
+        for (list, refs) in lists {
+            let len_key = keys::list_len(list);
+            let len_proof = prove(&len_key)?;
+            let len = match &len_proof.1.value {
+                Some(b) => list_len_value(&len_key, b)
+                    .map_err(|e| state_tree::StateTreeError::Tree(e.to_string()))?,
+                None => 0,
+            };
+            if len > MAX_PROVED_LIST {
+                return Err(state_tree::StateTreeError::ListTooLong {
+                    list: String::from_utf8_lossy(&list[..list.len().min(6)]).into_owned(),
+                    len,
+                    max: MAX_PROVED_LIST,
+                });
+            }
+            out.push(len_proof);
+            let items = (0..len)
+                .map(|i| prove(&keys::list_item(list, i)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if *refs {
+                let named = items
+                    .iter()
+                    .map(|(_, p)| prove(p.value.as_deref().unwrap_or_default()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.extend(items);
+                out.extend(named);
+            } else {
+                out.extend(items);
+            }
+        }
+        Ok(out)
     }
 
     /// Whether a proposed batch may be ordered, judged at this replica's time `now_ms`: its

@@ -358,3 +358,71 @@ fn under_rules_5_each_header_carries_the_state_root_its_proofs_verify_against() 
         absent.proof.verify(&root, &stranger, None).unwrap();
     }
 }
+
+/// From rules 6 an audit trail is a counted list: the ledger proves its length and every entry
+/// against the state root, so a client sees the whole trail. Under rules 5 the same events are
+/// keys by height (listed by the node, not provable as complete) and there is no list.
+#[test]
+fn under_rules_6_an_audit_trail_is_proved_whole() {
+    use contracts::queries::{AuditSubject, Queries};
+    use contracts::state::{keys, list_len_value, AuditEvent};
+    for rules in [contracts::rules::V5, contracts::rules::V6] {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, ks) = ledger_under(dir.path(), rules);
+        for (seq, who) in [(1u64, 10u8), (2, 11), (3, 12)] {
+            let batch = v1::PbftBatch {
+                timestamp_ms: 7,
+                items: vec![patient_named("h", seq, who, "")],
+                proposer: 0,
+            };
+            let committed = sign_committed_batch(&ks, "h", seq, 0, batch);
+            ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
+        }
+        let office = authority().signing_key().identity();
+        let listed = Queries::new(&ledger.store)
+            .audit(AuditSubject::Actor(&office))
+            .unwrap();
+        assert_eq!(listed.len(), 3, "rules {rules}: the node lists every event");
+        let list = keys::audit_prefix(b'a', office.as_bytes());
+        let proved: Vec<_> = ledger
+            .prove_lists(&[(list.clone(), false)])
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let root: [u8; 32] = ledger
+            .store
+            .block(3)
+            .unwrap()
+            .unwrap()
+            .header
+            .unwrap()
+            .state_root[..]
+            .try_into()
+            .unwrap();
+        let len_key = keys::list_len(&list);
+        proved[0]
+            .proof
+            .verify(&root, &len_key, proved[0].value.as_deref())
+            .unwrap();
+        if rules < contracts::rules::V6 {
+            assert_eq!(
+                (proved.len(), proved[0].value.clone()),
+                (1, None),
+                "no list"
+            );
+            continue;
+        }
+        let len = list_len_value(&len_key, proved[0].value.as_ref().unwrap()).unwrap();
+        assert_eq!((len, proved.len()), (3, 4));
+        for (i, p) in proved[1..].iter().enumerate() {
+            let key = keys::list_item(&list, i as u64);
+            p.proof.verify(&root, &key, p.value.as_deref()).unwrap();
+            let ev: AuditEvent = contracts::state::decode(&key, p.value.as_ref().unwrap()).unwrap();
+            assert_eq!(ev, listed[i], "entry {i} is the event the node lists");
+        }
+        // A fourth entry is proved absent: a node cannot claim one that is not there.
+        let beyond = keys::list_item(&list, 3);
+        assert_eq!(ledger.prove(&beyond).unwrap().value, None);
+    }
+}

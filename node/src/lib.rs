@@ -28,3 +28,4 @@ pub mod net;
 pub mod password;
 pub mod private;
 pub mod status;
+pub mod views;

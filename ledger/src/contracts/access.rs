@@ -60,7 +60,7 @@ pub(super) fn access_record(
     let op = if a.granted { "read" } else { "read-refused" };
     let detail = format!("by {reader} via node {signer}: {}", a.reason);
     // The reader is the actor of the trail; the node that served it is in the detail.
-    audit.event(op, &reader, patient.as_deref(), Some(&slip_id), detail);
+    audit.event(op, &reader, patient.as_deref(), Some(&slip_id), detail)?;
     Ok(())
 }
 
@@ -125,6 +125,6 @@ pub(super) fn rules_upgrade(
             "rules {} from height {}{replaced}",
             u.version, u.activation_height
         ),
-    );
+    )?;
     Ok(())
 }

@@ -133,6 +133,16 @@ pub(super) fn consent_grant(
     audit
         .ov
         .put_raw(keys::grant_by_grantee(&g.grantee, &tx_id), vec![]);
+    if ctx.rules >= rules::V6 {
+        let grant_key = keys::grant(&tx_id);
+        audit.ov.list_push(
+            &keys::grants_by_patient(signer.as_bytes()),
+            grant_key.clone(),
+        )?;
+        audit
+            .ov
+            .list_push(&keys::grants_by_grantee(&g.grantee), grant_key)?;
+    }
     fx.new_grants.push((tx_id, g.clone(), *signer));
     let detail = format!(
         "grant {tx_id} to {grantee}: {} on {} until {}",
@@ -145,7 +155,7 @@ pub(super) fn consent_grant(
     } else {
         "grant"
     };
-    audit.event(op, signer, Some(signer.as_bytes()), None, detail);
+    audit.event(op, signer, Some(signer.as_bytes()), None, detail)?;
     Ok(())
 }
 
@@ -197,6 +207,15 @@ pub(super) fn consent_request(
         keys::request_by_requester(signer.as_bytes(), &tx_id),
         vec![],
     );
+    if ctx.rules >= rules::V6 {
+        let request_key = keys::request(&tx_id);
+        audit
+            .ov
+            .list_push(&keys::requests_by_patient(&r.patient), request_key.clone())?;
+        audit
+            .ov
+            .list_push(&keys::requests_by_requester(signer.as_bytes()), request_key)?;
+    }
     audit.event(
         "request",
         signer,
@@ -209,7 +228,7 @@ pub(super) fn consent_request(
             r.expires_ms,
             r.purpose
         ),
-    );
+    )?;
     Ok(())
 }
 
@@ -241,7 +260,7 @@ pub(super) fn consent_denial(
         Some(signer.as_bytes()),
         None,
         format!("request {req_id}: {}", d.reason),
-    );
+    )?;
     Ok(())
 }
 
@@ -274,7 +293,7 @@ pub(super) fn consent_revocation(
         Some(signer.as_bytes()),
         None,
         format!("grant {grant_id}"),
-    );
+    )?;
     Ok(())
 }
 

@@ -170,7 +170,9 @@ struct Audit<'a, 'b> {
 }
 
 impl Audit<'_, '_> {
-    /// Appends one provenance event, indexed by actor, patient and record.
+    /// Appends one provenance event, indexed by actor, patient and record: under rules 6 as
+    /// the next entry of each subject's counted list (so its whole trail can be proved, none
+    /// left out), before as keys by height.
     fn event(
         &mut self,
         op: &str,
@@ -178,7 +180,7 @@ impl Audit<'_, '_> {
         patient: Option<&[u8]>,
         record: Option<&Hash32>,
         detail: String,
-    ) {
+    ) -> Result<(), ContractError> {
         let ev = AuditEvent {
             op: op.into(),
             height: self.ctx.height,
@@ -191,7 +193,21 @@ impl Audit<'_, '_> {
             transaction: self.tx.0,
         };
         let bytes = encode(&ev);
-        let (h, i, n) = (self.ctx.height, self.ctx.index, self.n);
+        self.n += 1;
+        if self.ctx.rules >= rules::V6 {
+            self.ov
+                .list_push(&keys::audit_prefix(b'a', actor.as_bytes()), bytes.clone())?;
+            if let Some(p) = patient {
+                self.ov
+                    .list_push(&keys::audit_prefix(b'p', p), bytes.clone())?;
+            }
+            if let Some(r) = record {
+                self.ov
+                    .list_push(&keys::audit_prefix(b'r', r.as_bytes()), bytes)?;
+            }
+            return Ok(());
+        }
+        let (h, i, n) = (self.ctx.height, self.ctx.index, self.n - 1);
         self.ov
             .put_raw(keys::audit(b'a', actor.as_bytes(), h, i, n), bytes.clone());
         if let Some(p) = patient {
@@ -202,7 +218,7 @@ impl Audit<'_, '_> {
             self.ov
                 .put_raw(keys::audit(b'r', r.as_bytes(), h, i, n), bytes);
         }
-        self.n += 1;
+        Ok(())
     }
 }
 
@@ -271,14 +287,14 @@ fn reported(
         None,
         None,
         format!("{id}: {reason} ({count})"),
-    );
+    )?;
     audit.event(
         "report",
         id,
         None,
         None,
         format!("by {signer}: {reason} ({count})"),
-    );
+    )?;
     if reports.len() < needed {
         audit.ov.put(key, &reports);
         return Ok(None);
@@ -364,7 +380,7 @@ pub fn execute(
                 } else {
                     format!("{} {id} ({})", role_name(role), r.name)
                 },
-            );
+            )?;
         }
         Payload::PrivateSlip(slip) => {
             let content = slip
@@ -462,7 +478,7 @@ pub fn execute(
                 Some(&content.patient),
                 Some(&slip_id),
                 detail.clone(),
-            );
+            )?;
             if let Some(old) = replaces {
                 audit.event(
                     "update",
@@ -470,7 +486,7 @@ pub fn execute(
                     Some(&content.patient),
                     Some(&old),
                     format!("corrected by {slip_id}"),
-                );
+                )?;
             }
         }
         Payload::PatientConfirmation(c) => {
@@ -507,7 +523,7 @@ pub fn execute(
                 Some(&slip.patient),
                 Some(&slip_id),
                 String::new(),
-            );
+            )?;
         }
         Payload::RecordDeletion(d) => {
             let slip_id = hash32(&d.slip_id)?;
@@ -534,7 +550,7 @@ pub fn execute(
                 Some(&slip.patient),
                 Some(&slip_id),
                 d.reason.clone(),
-            );
+            )?;
         }
         Payload::ConsentGrant(g) => {
             consent::consent_grant(&mut audit, ctx, signer, tx_id, &mut fx, g)?
@@ -585,9 +601,9 @@ pub fn execute(
                     height: ctx.height,
                 },
             );
-            audit.event("suspend", signer, None, None, format!("{id}: {reason}"));
+            audit.event("suspend", signer, None, None, format!("{id}: {reason}"))?;
             // Also on the suspended identity's own trail.
-            audit.event("suspend", &id, None, None, format!("by {signer}: {reason}"));
+            audit.event("suspend", &id, None, None, format!("by {signer}: {reason}"))?;
         }
         Payload::SuspensionLift(l) => {
             if !ctx.is_authority(signer) {
@@ -600,8 +616,8 @@ pub fn execute(
             audit.ov.delete(keys::suspension(&id));
             audit.ov.delete(keys::reports(&id));
             fx.reinstated.push(id);
-            audit.event("reinstate", signer, None, None, format!("{id}"));
-            audit.event("reinstate", &id, None, None, format!("by {signer}"));
+            audit.event("reinstate", signer, None, None, format!("{id}"))?;
+            audit.event("reinstate", &id, None, None, format!("by {signer}"))?;
         }
         Payload::ConsortiumSlip(_) => {
             return refuse(

@@ -148,12 +148,23 @@ impl<'a> Queries<'a> {
             AuditSubject::Patient(p) => keys::audit_prefix(b'p', p.as_bytes()),
             AuditSubject::Actor(a) => keys::audit_prefix(b'a', a.as_bytes()),
         };
-        self.store
+        // Events before rules 6 by height, then those of its counted list (rules 6), which
+        // all come later.
+        let mut events: Vec<AuditEvent> = self
+            .store
             .chain_state_prefix(&prefix, MAX_LISTED)
             .map_err(storage)?
             .iter()
             .map(|(k, v)| decode(k, v))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        let listed = self
+            .store
+            .chain_state_prefix(&keys::list_items(&prefix), MAX_LISTED)
+            .map_err(storage)?;
+        for (k, v) in &listed {
+            events.push(decode(k, v)?);
+        }
+        Ok(events)
     }
 
     /// Whether some node already recorded an access for this signed read request (its digest):

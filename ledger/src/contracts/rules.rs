@@ -57,8 +57,17 @@ pub const V4: u32 = 4;
 /// (every node of a chain must compute it alike). A chain that moves to rules 5 builds its tree
 /// from its state at the activation height.
 pub const V5: u32 = 5;
+/// Version 6: rules 5 and every list a client reads is a counted list ([`super::state::keys::list_len`]):
+/// a patient's grants and the requests made to her, a grantee's grants and requests, and the
+/// audit trail of each record, patient and actor. Each list keeps its length and its entries
+/// by position in the authenticated state, so a node proves a whole list (length, then every
+/// entry) and a client sees that none was left out: a hidden grant is one the patient cannot
+/// revoke, a hidden read one she never learns of. Audit events are written only to those
+/// lists from rules 6 (before: keys by height, which are still read). What takes effect is as
+/// in rules 5; the state, and so its root, is what changes.
+pub const V6: u32 = 6;
 /// What new chains run.
-pub const LATEST: u32 = V5;
+pub const LATEST: u32 = V6;
 
 /// Blocks of notice a rules upgrade gives at least ([`effective`]): time for every operator to
 /// install a binary that knows the new version before the chain needs it.

@@ -225,6 +225,21 @@ pub mod keys {
     pub fn access_prefix(request: &Hash32) -> Vec<u8> {
         [b"acc/".as_slice(), request.as_bytes()].concat()
     }
+    /// Rules 6: how many entries the counted list `list` holds (`ln/ list`, u64 big-endian).
+    /// Proved with [`list_item`] `0..len`, it shows a client the whole list: a node cannot
+    /// leave an entry out (a prefix of hashed keys cannot be proved complete).
+    pub fn list_len(list: &[u8]) -> Vec<u8> {
+        [b"ln/".as_slice(), list].concat()
+    }
+    /// Rules 6: entry `i` of the counted list `list` (`li/ list i`): an audit event itself, or
+    /// the key of the grant or request listed.
+    pub fn list_item(list: &[u8], i: u64) -> Vec<u8> {
+        [list_items(list).as_slice(), &i.to_be_bytes()].concat()
+    }
+    /// The prefix of [`list_item`] keys of one list.
+    pub fn list_items(list: &[u8]) -> Vec<u8> {
+        [b"li/".as_slice(), list].concat()
+    }
     /// Why a committed transaction was refused by a contract.
     pub fn failure(tx: &Hash32) -> Vec<u8> {
         [b"fail/".as_slice(), tx.as_bytes()].concat()
@@ -242,6 +257,18 @@ pub mod keys {
         ]
         .concat()
     }
+}
+
+/// A counted list's length entry ([`keys::list_len`]).
+pub fn list_len_value(key: &[u8], bytes: &[u8]) -> Result<u64, ContractError> {
+    let b: [u8; 8] = bytes.try_into().map_err(|_| {
+        ContractError::Storage(format!(
+            "list length {} is {} bytes, not 8",
+            String::from_utf8_lossy(&key[..key.len().min(8)]),
+            bytes.len()
+        ))
+    })?;
+    Ok(u64::from_be_bytes(b))
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -310,6 +337,18 @@ impl<'a> Overlay<'a> {
 
     pub fn delete(&mut self, key: Vec<u8>) {
         self.tx.insert(key, None);
+    }
+
+    /// Appends `value` to the counted list `list` (rules 6): entry `len`, then `len + 1`.
+    pub fn list_push(&mut self, list: &[u8], value: Vec<u8>) -> Result<u64, ContractError> {
+        let len_key = keys::list_len(list);
+        let len = match self.get_raw(&len_key)? {
+            Some(b) => list_len_value(&len_key, &b)?,
+            None => 0,
+        };
+        self.put_raw(keys::list_item(list, len), value);
+        self.put_raw(len_key, (len + 1).to_be_bytes().to_vec());
+        Ok(len)
     }
 
     /// Keeps the current transaction's writes.

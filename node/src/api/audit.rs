@@ -6,15 +6,19 @@ use medchain_api::{AuditEntry, AuditTrail};
 use serde::Deserialize;
 
 use crate::api::auth::Caller;
-use crate::api::{bad, ident_text, internal, parse_hash, parse_identity, queries, ApiError};
+use crate::api::{bad, forbidden, internal, parse_hash, parse_identity, proofs, queries, ApiError};
 use crate::private::NodeHandle;
+use crate::views;
 use medchain_ledger::contracts::queries::AuditSubject;
+use medchain_ledger::contracts::state::keys;
 
 #[derive(Debug, Deserialize)]
 pub struct AuditQuery {
     record: Option<String>,
     patient: Option<String>,
     actor: Option<String>,
+    #[serde(default)]
+    proof: bool,
 }
 
 /// `GET /v1/audit?record=SLIP | patient=ID | actor=ID`: the provenance trail in chain order,
@@ -46,29 +50,39 @@ pub async fn audit(
         }
     };
     let by_patient = matches!(subject, AuditSubject::Patient(_)).then_some(());
-    let events = queries(&node)
-        .audit(subject)
-        .map_err(internal)?
+    let list = match subject {
+        AuditSubject::Record(r) => keys::audit_prefix(b'r', r.as_bytes()),
+        AuditSubject::Patient(p) => keys::audit_prefix(b'p', p.as_bytes()),
+        AuditSubject::Actor(a) => keys::audit_prefix(b'a', a.as_bytes()),
+    };
+    let all = queries(&node).audit(subject).map_err(internal)?;
+    let total = all.len();
+    let patient_hidden = all
+        .iter()
+        .any(|e| e.patient.is_some() && !caller.may_see_patient_of(e));
+    let events: Vec<AuditEntry> = all
         .into_iter()
         .filter(|e| caller.may_see_audit_event(e))
         // A line whose patient the caller may not see cannot be listed under that patient
         // either (it would name her all the same).
         .filter(|e| by_patient.is_none() || caller.may_see_patient_of(e))
-        .map(|e| AuditEntry {
-            patient: e
-                .patient
-                .as_deref()
-                .filter(|_| caller.may_see_patient_of(&e))
-                .map(ident_text),
-            op: e.op,
-            height: e.height,
-            index: e.index,
-            time_ms: e.time_ms,
-            actor: ident_text(&e.actor),
-            record: e.record.map(hex::encode),
-            detail: e.detail,
-            transaction: hex::encode(e.transaction),
+        .map(|e| {
+            let show = caller.may_see_patient_of(&e);
+            views::audit_entry(e, show)
         })
         .collect();
-    Ok(Json(AuditTrail { events }))
+    let proof = if q.proof {
+        // A proof shows every event of the trail, so only to a caller who may see them all
+        // (and each event's patient: the proved event names her).
+        if events.len() < total || patient_hidden {
+            return Err(forbidden(
+                "a proof covers this trail whole, and it holds events you may not see: ask \
+                 without ?proof=true",
+            ));
+        }
+        Some(proofs::prove_lists(&node, &[(list, false)]).await?)
+    } else {
+        None
+    };
+    Ok(Json(AuditTrail { events, proof }))
 }

@@ -2,86 +2,21 @@
 
 use axum::extract::{Query, State};
 use axum::Json;
-use medchain_api::{
-    ConsentList, GrantInfo, GrantStatus, RequestInfo, RequestOutcome as OutcomeInfo, RequestStatus,
-};
-use medchain_crypto::Hash32;
-use medchain_proto::records::action_names;
+use medchain_api::{ConsentList, GrantInfo, RequestInfo};
 use serde::Deserialize;
 
 use crate::api::auth::Caller;
-use crate::api::{bad, ident_text, internal, parse_identity, queries, ApiError};
+use crate::api::{bad, forbidden, internal, parse_identity, proofs, queries, ApiError};
 use crate::private::{now_ms, NodeHandle};
-use medchain_ledger::contracts::state::{GrantEntry, RequestEntry, RequestOutcome};
+use crate::views;
+use medchain_ledger::contracts::state::keys;
 
 #[derive(Debug, Deserialize)]
 pub struct ConsentQuery {
     patient: Option<String>,
     grantee: Option<String>,
-}
-
-fn grant_json(id: &Hash32, g: &GrantEntry, now: u64) -> GrantInfo {
-    let status = if g.revoked_height.is_some() {
-        GrantStatus::Revoked
-    } else if g.expires_ms <= now {
-        GrantStatus::Expired
-    } else {
-        GrantStatus::Active
-    };
-    GrantInfo {
-        grant: id.to_hex(),
-        patient: ident_text(&g.patient),
-        grantee: ident_text(&g.grantee),
-        scope: g.scope.describe(),
-        actions: action_names(g.actions)
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        expires_ms: g.expires_ms,
-        threshold: g.threshold,
-        proxies: g.proxies.clone(),
-        request: g.request.map(hex::encode),
-        height: g.height,
-        revoked_height: g.revoked_height,
-        status,
-    }
-}
-
-fn request_json(id: &Hash32, r: &RequestEntry) -> RequestInfo {
-    let (status, outcome) = match &r.outcome {
-        RequestOutcome::Open => (RequestStatus::Open, None),
-        RequestOutcome::Approved { grant, height } => (
-            RequestStatus::Approved,
-            Some(OutcomeInfo {
-                grant: Some(hex::encode(grant)),
-                reason: None,
-                height: *height,
-            }),
-        ),
-        RequestOutcome::Denied { reason, height } => (
-            RequestStatus::Denied,
-            Some(OutcomeInfo {
-                grant: None,
-                reason: Some(reason.clone()),
-                height: *height,
-            }),
-        ),
-    };
-    RequestInfo {
-        request: id.to_hex(),
-        requester: ident_text(&r.requester),
-        patient: ident_text(&r.patient),
-        scope: r.scope.describe(),
-        actions: action_names(r.actions)
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        expires_ms: r.expires_ms,
-        purpose: r.purpose.clone(),
-        height: r.height,
-        status,
-        outcome,
-    }
+    #[serde(default)]
+    proof: bool,
 }
 
 /// `GET /v1/consent?patient=ID` or `?grantee=ID`: the grants and requests the caller is a
@@ -93,28 +28,56 @@ pub async fn consent(
 ) -> Result<Json<ConsentList>, ApiError> {
     let now = now_ms();
     let queries = queries(&node);
-    let (grants, requests) = match (&q.patient, &q.grantee) {
+    let (grants, requests, lists) = match (&q.patient, &q.grantee) {
         (Some(p), None) => {
             let p = parse_identity(p)?;
-            (queries.grants_of_patient(&p), queries.requests_to(&p))
+            let lists = [
+                keys::grants_by_patient(p.as_bytes()),
+                keys::requests_by_patient(p.as_bytes()),
+            ];
+            (
+                queries.grants_of_patient(&p),
+                queries.requests_to(&p),
+                lists,
+            )
         }
         (None, Some(g)) => {
             let g = parse_identity(g)?;
-            (queries.grants_to(&g), queries.requests_by(&g))
+            let lists = [
+                keys::grants_by_grantee(g.as_bytes()),
+                keys::requests_by_requester(g.as_bytes()),
+            ];
+            (queries.grants_to(&g), queries.requests_by(&g), lists)
         }
         _ => return Err(bad("give exactly one of ?patient=ID or ?grantee=ID")),
     };
-    let grants = grants
-        .map_err(internal)?
+    let (grants, requests) = (grants.map_err(internal)?, requests.map_err(internal)?);
+    let shown_grants: Vec<GrantInfo> = grants
         .iter()
         .filter(|(_, g)| caller.may_see_grant(g))
-        .map(|(id, g)| grant_json(id, g, now))
+        .map(|(id, g)| views::grant_info(id, g, now))
         .collect();
-    let requests = requests
-        .map_err(internal)?
+    let shown_requests: Vec<RequestInfo> = requests
         .iter()
         .filter(|(_, r)| caller.may_see_request(r))
-        .map(|(id, r)| request_json(id, r))
+        .map(|(id, r)| views::request_info(id, r))
         .collect();
-    Ok(Json(ConsentList { grants, requests }))
+    let proof = if q.proof {
+        // A proof shows every entry of both lists, so only to a caller who may see them all.
+        if shown_grants.len() < grants.len() || shown_requests.len() < requests.len() {
+            return Err(forbidden(
+                "a proof covers these lists whole, and they hold grants or requests you are no \
+                 party to: ask without ?proof=true",
+            ));
+        }
+        let [grant_list, request_list] = lists;
+        Some(proofs::prove_lists(&node, &[(grant_list, true), (request_list, true)]).await?)
+    } else {
+        None
+    };
+    Ok(Json(ConsentList {
+        grants: shown_grants,
+        requests: shown_requests,
+        proof,
+    }))
 }

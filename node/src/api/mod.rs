@@ -452,6 +452,10 @@ pub(crate) fn bad(m: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, m.into())
 }
 
+pub(crate) fn forbidden(m: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::FORBIDDEN, m.into())
+}
+
 pub(crate) fn not_found(m: impl Into<String>) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, m.into())
 }
@@ -466,11 +470,7 @@ pub(crate) fn queries(node: &NodeHandle) -> medchain_ledger::contracts::queries:
     node.ledger.queries()
 }
 
-pub(crate) fn ident_text(bytes: &[u8]) -> String {
-    Identity::from_bytes(bytes)
-        .map(|i| i.to_string())
-        .unwrap_or_else(|_| hex::encode(bytes))
-}
+pub(crate) use crate::views::ident_text;
 
 mod access;
 mod audit;

@@ -75,14 +75,54 @@ async fn certified_header(
 /// `keys`' entries in the state of this node's tip, with proofs against its state root and the
 /// header's certificate. The caller has already decided the asker may see these entries.
 pub(crate) async fn prove(node: &NodeHandle, keys: &[Vec<u8>]) -> Result<StateProofs, ApiError> {
-    let proved = node.ledger.prove_all(keys).map_err(|e| match e {
+    let proved = node.ledger.prove_all(keys).map_err(proof_error)?;
+    certify(node, keys.iter().cloned().zip(proved).collect()).await
+}
+
+/// Whole counted lists (rules 6; `(list, refs)` as [`PrivateLedger::prove_lists`] takes them)
+/// with proofs against one certified root. The caller has already decided the asker may see
+/// every entry of them.
+///
+/// [`PrivateLedger::prove_lists`]: medchain_ledger::PrivateLedger::prove_lists
+pub(crate) async fn prove_lists(
+    node: &NodeHandle,
+    lists: &[(Vec<u8>, bool)],
+) -> Result<StateProofs, ApiError> {
+    let (rules, _) = node.ledger.rules_now().map_err(internal)?;
+    if rules < medchain_ledger::contracts::rules::V6 {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "this chain runs contract rules {rules}: whole lists are proved from rules 6 \
+                 (an authority schedules it with `medchain rules upgrade --to 6`)"
+            ),
+        ));
+    }
+    let proved = node.ledger.prove_lists(lists).map_err(|e| match e {
+        StateTreeError::ListTooLong { .. } => {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        e => proof_error(e),
+    })?;
+    certify(node, proved).await
+}
+
+fn proof_error(e: StateTreeError) -> ApiError {
+    match e {
         StateTreeError::Missing { .. } => ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no proof can be given yet: {e} (proofs need contract rules 5 or later)"),
         ),
         e => internal(e),
-    })?;
-    let Some(height) = proved.first().map(|p| p.height) else {
+    }
+}
+
+/// Proved entries with the certified header of the block whose state they are in.
+async fn certify(
+    node: &NodeHandle,
+    proved: Vec<(Vec<u8>, medchain_ledger::state_tree::ProvedValue)>,
+) -> Result<StateProofs, ApiError> {
+    let Some(height) = proved.first().map(|(_, p)| p.height) else {
         return Err(internal("nothing to prove"));
     };
     let header = certified_header(node, height, CERTIFICATE_WAIT).await?;
@@ -95,9 +135,8 @@ pub(crate) async fn prove(node: &NodeHandle, keys: &[Vec<u8>]) -> Result<StatePr
             ),
         ));
     }
-    let entries = keys
-        .iter()
-        .zip(proved)
+    let entries = proved
+        .into_iter()
         .map(|(key, p)| ProvedEntry {
             key: hex::encode(key),
             value: p.value.map(hex::encode),

@@ -8,8 +8,10 @@ use medchain_proto::v1::{self, transaction_body::Payload};
 
 use super::consent::{build_grant, parse_actions, parse_scope, parse_time};
 use super::records::{build_record_write, record_type_of, RecordInput};
+use super::verified_lists::Party;
 use super::{encryption_key, fresh_nonce, load_key, now_ms, Client, KeyCard};
 use crate::cli::{AuditArgs, ClientArgs, ConsentCommand, IdentityCommand, RecordCommand, RoleArg};
+use medchain_ledger::contracts::queries::AuditSubject;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -367,7 +369,9 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
                 let req_id = hash_arg(&request, "request")?;
                 let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust())?;
                 let me = patient.signing_key().identity();
-                let list = c.api.consent_of_patient(&me.to_string()).await?;
+                // With an anchor, the request comes from the proved list: the node cannot
+                // substitute its requester or scope.
+                let (list, _) = c.consent_list(Party::Patient(&me)).await?;
                 let req = list
                     .requests
                     .into_iter()
@@ -428,15 +432,18 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             }
             ConsentCommand::List { patient, grantee, client: args } => {
                 let (c, k) = connect(&args).await?;
-                let v = match (patient, grantee) {
-                    (Some(p), None) => c.api.consent_of_patient(&identity_arg(&p)?.to_string()).await?,
-                    (None, Some(g)) => c.api.consent_of_grantee(&identity_arg(&g)?.to_string()).await?,
+                let (v, check) = match (patient, grantee) {
+                    (Some(p), None) => c.consent_list(Party::Patient(&identity_arg(&p)?)).await?,
+                    (None, Some(g)) => c.consent_list(Party::Grantee(&identity_arg(&g)?)).await?,
                     (None, None) => {
                         let me = subject(None, k.as_ref(), "patient")?;
-                        c.api.consent_of_patient(&me.to_string()).await?
+                        c.consent_list(Party::Patient(&me)).await?
                     }
                     _ => bail!("give --patient or --grantee, not both"),
                 };
+                if let Some(check) = &check {
+                    eprintln!("{} grants and {} requests, {}", v.grants.len(), v.requests.len(), check.describe());
+                }
                 for g in &v.grants {
                     out!(
                         "grant   {}  {} -> {}  {}  {}  until {}  {}",
@@ -469,14 +476,30 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
 
 pub fn audit(args: AuditArgs) -> Result<()> {
     runtime()?.block_on(async move {
-        let query = match (&args.record, &args.patient, &args.actor) {
-            (Some(r), None, None) => format!("record={}", hash_arg(r, "--record")?),
-            (None, Some(p), None) => format!("patient={}", identity_arg(p)?),
-            (None, None, Some(a)) => format!("actor={}", identity_arg(a)?),
+        let (record, patient, actor);
+        let (subject, query) = match (&args.record, &args.patient, &args.actor) {
+            (Some(r), None, None) => {
+                record = hash_arg(r, "--record")?;
+                (AuditSubject::Record(&record), format!("record={record}"))
+            }
+            (None, Some(p), None) => {
+                patient = identity_arg(p)?;
+                (
+                    AuditSubject::Patient(&patient),
+                    format!("patient={patient}"),
+                )
+            }
+            (None, None, Some(a)) => {
+                actor = identity_arg(a)?;
+                (AuditSubject::Actor(&actor), format!("actor={actor}"))
+            }
             _ => bail!("give one of --record SLIP, --patient ID, --actor ID"),
         };
         let (c, _) = connect(&args.client).await?;
-        let events = c.api.audit(&query).await?.events;
+        let (events, check) = c.audit_trail(subject, &query).await?;
+        if let Some(check) = &check {
+            eprintln!("{} events, {}", events.len(), check.describe());
+        }
         if args.json {
             out!("{}", serde_json::to_string_pretty(&events)?);
             return Ok(());
@@ -496,7 +519,9 @@ pub fn audit(args: AuditArgs) -> Result<()> {
                 e.detail
             );
         }
-        eprintln!("{} events", events.len());
+        if check.is_none() {
+            eprintln!("{} events", events.len());
+        }
         Ok(())
     })
 }

@@ -9,6 +9,7 @@ pub mod light;
 pub mod light_cmd;
 pub mod records;
 pub mod rules;
+pub mod verified_lists;
 pub mod verified_record;
 pub mod verify;
 

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use medchain_api::{CertifiedHeader, StateProofs};
+use medchain_api::{CertifiedHeader, ProvedEntry, StateProofs};
 use medchain_crypto::header_vote::verify_header_certificate;
 use medchain_crypto::state_proof::StateProof;
 use medchain_crypto::validators::{Certificate, EcdsaVerifier, ValidatorSet};
@@ -64,6 +64,8 @@ pub enum VerifyError {
         index: u64,
         reason: String,
     },
+    #[error("list {list}: {reason}")]
+    BadList { list: String, reason: String },
     #[error("the slip the node showed is not the one on chain: {reason}")]
     WrongSlip { reason: String },
     #[error("header {height} is older than block {known}, which this client has already verified: the node serves a stale state")]
@@ -200,6 +202,27 @@ impl Anchor {
         proofs: &StateProofs,
         keys: &[Vec<u8>],
     ) -> Result<VerifiedState, VerifyError> {
+        let (header, root) = self.certified_root(proofs)?;
+        if proofs.entries.len() != keys.len() {
+            return Err(VerifyError::WrongEntryCount {
+                expected: keys.len(),
+                found: proofs.entries.len(),
+            });
+        }
+        let height = header.header.height;
+        let values = keys
+            .iter()
+            .zip(&proofs.entries)
+            .map(|(key, entry)| verify_entry(height, &root, key, entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(VerifiedState { header, values })
+    }
+
+    /// The certified header of `proofs` and the state root it carries.
+    fn certified_root(
+        &self,
+        proofs: &StateProofs,
+    ) -> Result<(VerifiedHeader, [u8; 32]), VerifyError> {
         let header = self.verify_header(proofs.header.height, &proofs.header)?;
         let height = header.header.height;
         let root: [u8; 32] = header
@@ -208,47 +231,49 @@ impl Anchor {
             .as_slice()
             .try_into()
             .map_err(|_| VerifyError::NoStateRoot { height })?;
-        if proofs.entries.len() != keys.len() {
-            return Err(VerifyError::WrongEntryCount {
-                expected: keys.len(),
-                found: proofs.entries.len(),
-            });
-        }
-        let mut values = Vec::with_capacity(keys.len());
-        for (key, entry) in keys.iter().zip(&proofs.entries) {
-            let shown = String::from_utf8_lossy(&key[..key.len().min(5)]).into_owned()
-                + &hex::encode(&key[key.len().min(5)..]);
-            let bad = |reason: String| VerifyError::BadProof {
-                height,
-                key: shown.clone(),
-                reason,
-            };
-            if entry.key != hex::encode(key) {
-                return Err(VerifyError::WrongKey {
-                    expected: hex::encode(key),
-                    found: entry.key.clone(),
-                });
-            }
-            let value = entry
-                .value
-                .as_ref()
-                .map(hex::decode)
-                .transpose()
-                .map_err(|e| bad(format!("the value is not hex: {e}")))?;
-            let proof_bytes =
-                hex::decode(&entry.proof).map_err(|e| bad(format!("the proof is not hex: {e}")))?;
-            let proof = StateProof::from_bytes(&proof_bytes).map_err(|e| bad(e.to_string()))?;
-            proof
-                .verify(&root, key, value.as_deref())
-                .map_err(|e| bad(e.to_string()))?;
-            values.push(value);
-        }
-        Ok(VerifiedState { header, values })
+        Ok((header, root))
     }
 }
 
+/// One entry's proof against `root`, for exactly `key`: its value, or `None` if proved absent.
+fn verify_entry(
+    height: u64,
+    root: &[u8; 32],
+    key: &[u8],
+    entry: &ProvedEntry,
+) -> Result<Option<Vec<u8>>, VerifyError> {
+    let shown = String::from_utf8_lossy(&key[..key.len().min(5)]).into_owned()
+        + &hex::encode(&key[key.len().min(5)..]);
+    let bad = |reason: String| VerifyError::BadProof {
+        height,
+        key: shown.clone(),
+        reason,
+    };
+    if entry.key != hex::encode(key) {
+        return Err(VerifyError::WrongKey {
+            expected: hex::encode(key),
+            found: entry.key.clone(),
+        });
+    }
+    let value = entry
+        .value
+        .as_ref()
+        .map(hex::decode)
+        .transpose()
+        .map_err(|e| bad(format!("the value is not hex: {e}")))?;
+    let proof_bytes =
+        hex::decode(&entry.proof).map_err(|e| bad(format!("the proof is not hex: {e}")))?;
+    let proof = StateProof::from_bytes(&proof_bytes).map_err(|e| bad(e.to_string()))?;
+    proof
+        .verify(root, key, value.as_deref())
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(value)
+}
+
 mod inclusion;
+mod lists;
 pub use inclusion::verify_inclusion;
+pub use lists::{ProvedList, VerifiedLists};
 
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -92,3 +92,110 @@ fn a_proof_for_another_key_or_missing_entries_are_refused() {
         Err(VerifyError::NoStateRoot { height: 7 })
     );
 }
+
+/// A real ledger under rules 6 with three registrations by one authority: its audit list holds
+/// three events. Returns the proofs the node would send, the list's key and the anchor.
+fn proved_trail(dir: &std::path::Path) -> (StateProofs, Vec<u8>, Anchor) {
+    use medchain_crypto::keys::KeyMaterial;
+    use medchain_ledger::contracts::{rules, state::keys as state_keys};
+    use medchain_proto::ledger::{sign_committed_batch, sign_transaction};
+    let k = keys();
+    let office = KeyMaterial::from_seed(&[50; 32]).unwrap();
+    let store = std::sync::Arc::new(medchain_storage::Store::open(dir).unwrap());
+    let set = ValidatorSet::new(k.iter().map(|k| k.identity()).collect()).unwrap();
+    let ledger = medchain_ledger::PrivateLedger::new(
+        store.clone(),
+        "hospital".into(),
+        set,
+        vec![office.signing_key().identity()],
+        rules::V6,
+    );
+    for (seq, who) in [(1u64, 10u8), (2, 11), (3, 12)] {
+        let binding = KeyMaterial::from_seed(&[who; 32]).unwrap().key_binding();
+        let tx = sign_transaction(
+            &office.signing_key(),
+            v1::TransactionBody {
+                chain_id: "hospital".into(),
+                signer: vec![],
+                nonce: seq,
+                timestamp_ms: 5,
+                payload: Some(v1::transaction_body::Payload::IdentityRegistration(
+                    medchain_proto::records::registration(&binding, v1::Role::Patient, ""),
+                )),
+            },
+        );
+        let batch = v1::PbftBatch {
+            timestamp_ms: 7,
+            items: vec![tx.canonical_bytes()],
+            proposer: 0,
+        };
+        let committed = sign_committed_batch(&k, "hospital", seq, 0, batch);
+        ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
+    }
+    let list = state_keys::audit_prefix(b'a', office.signing_key().identity().as_bytes());
+    let proved = ledger.prove_lists(&[(list.clone(), false)]).unwrap();
+    let header = store.header(3).unwrap().unwrap();
+    let proofs = StateProofs {
+        header: certified(&k, &header, &[0, 1, 2], None),
+        entries: proved
+            .into_iter()
+            .map(|(key, p)| medchain_api::ProvedEntry {
+                key: hex::encode(key),
+                value: p.value.map(hex::encode),
+                proof: hex::encode(p.proof.to_bytes()),
+            })
+            .collect(),
+    };
+    (proofs, list, anchor(&k))
+}
+
+#[test]
+fn a_whole_list_is_verified_and_a_hidden_entry_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proofs, list, a) = proved_trail(dir.path());
+    let asked = [(list.clone(), false)];
+    let ok = a.verify_lists(&proofs, &asked).unwrap();
+    assert_eq!(ok.lists[0].entries.len(), 3);
+    assert_eq!(ok.header.header.height, 3);
+
+    // The node drops the last event: the proved length still says 3.
+    let mut dropped = proofs.clone();
+    dropped.entries.pop();
+    assert!(
+        matches!(
+            a.verify_lists(&dropped, &asked),
+            Err(VerifyError::BadList { .. })
+        ),
+        "{:?}",
+        a.verify_lists(&dropped, &asked)
+    );
+    // It claims the list holds 2: the length's proof no longer verifies.
+    let mut shorter = proofs.clone();
+    shorter.entries[0].value = Some(hex::encode(2u64.to_be_bytes()));
+    shorter.entries.pop();
+    assert!(matches!(
+        a.verify_lists(&shorter, &asked),
+        Err(VerifyError::BadProof { .. })
+    ));
+    // It swaps two events: each proof is for its position's key.
+    let mut swapped = proofs.clone();
+    swapped.entries.swap(1, 2);
+    assert!(matches!(
+        a.verify_lists(&swapped, &asked),
+        Err(VerifyError::WrongKey { .. })
+    ));
+    // It changes what an event says.
+    let mut edited = proofs.clone();
+    edited.entries[1].value = Some(hex::encode(b"a read that never happened"));
+    assert!(matches!(
+        a.verify_lists(&edited, &asked),
+        Err(VerifyError::BadProof { .. })
+    ));
+    // It adds an entry after the list.
+    let mut longer = proofs.clone();
+    longer.entries.push(proofs.entries[1].clone());
+    assert!(matches!(
+        a.verify_lists(&longer, &asked),
+        Err(VerifyError::WrongEntryCount { .. })
+    ));
+}
