@@ -1,14 +1,15 @@
 //! End-to-end: a client that trusts only the genesis file verifies what its node tells it.
 //!
-//! A 4-node devnet (contract rules 5: a state root in every header) certifies each header by
+//! A 4-node devnet (contract rules 6: a state root in every header, counted lists) certifies each header by
 //! 2f + 1 validators' votes, on every node (`GET /v1/headers`). The CLI with `--genesis` reads an
 //! identity through a lying node (a proxy in front of a real node that rewrites its answers) and
 //! refuses each lie, naming what did not verify: a substituted encryption key, a header of
 //! another chain, a forged state root, a header without a certificate or with too few
 //! signatures, a proof against another root, an answer without a proof. The patient confirms
 //! a record only as proved on chain (a slip with another H(M) is refused), and `GET /v1/slips`
-//! then shows it confirmed. A light client syncs headers only, refuses a forged header list,
-//! and with its folder refuses a stale answer.
+//! then shows it confirmed. Her consent list and audit trail (rules 6) are shown only as proved
+//! whole: a hidden grant or a hidden event is refused. A light client syncs headers only,
+//! refuses a forged header list, and with its folder refuses a stale answer.
 
 mod support;
 
@@ -272,6 +273,85 @@ fn a_client_with_the_genesis_file_refuses_every_lie_of_its_node() {
     let (code, shown) = http_json(&net.apis[1], &format!("/v1/slips/{slip}"), &key);
     assert_eq!(code, 200, "{shown}");
     assert_eq!(shown["patient_confirmed"], true, "{shown}");
+
+    // Consent lists and audit trails (rules 6): the patient sees her grants and her trail only
+    // as proved whole; a node that hides a grant (one she would revoke) or an event is refused.
+    let doctor = card_identity(&users.join("doctor.card.json"));
+    let (patient_key, genesis_arg) = (key.to_str().unwrap(), genesis.to_str().unwrap());
+    let grant_args = [
+        "consent",
+        "grant",
+        "--to",
+        &doctor,
+        "--scope",
+        "all",
+        "--until",
+        "+7d",
+        "--key",
+        patient_key,
+        "--genesis",
+        genesis_arg,
+    ];
+    let (ok, o, e) = run(&proxy.addr, &grant_args);
+    assert!(ok, "{o}\n{e}");
+    let grant = o.lines().next().unwrap().trim().to_string();
+    let list = [
+        "consent",
+        "list",
+        "--key",
+        patient_key,
+        "--genesis",
+        genesis_arg,
+    ];
+    let (ok, o, e) = run(&proxy.addr, &list);
+    assert!(ok && o.contains(&grant), "{o}\n{e}");
+    assert!(
+        e.contains("1 grants and 0 requests, verified against block"),
+        "{e}"
+    );
+    proxy.lie(|path, j| {
+        if path.starts_with("/v1/consent") {
+            // The grant hidden: gone from the list, its list length proved as 0.
+            j["grants"] = Value::Array(vec![]);
+            let entries = j["proof"]["entries"].as_array_mut().unwrap();
+            entries[0]["value"] = Value::String(hex::encode(0u64.to_be_bytes()));
+            entries.drain(1..3);
+        }
+    });
+    let (ok, o, e) = run(&proxy.addr, &list);
+    assert!(!ok, "a hidden grant was believed:\n{o}\n{e}");
+    assert!(
+        e.contains("consent lists did not verify")
+            && e.contains("does not verify against the state root"),
+        "{e}"
+    );
+    let trail = [
+        "audit",
+        "--patient",
+        &patient,
+        "--key",
+        patient_key,
+        "--genesis",
+        genesis_arg,
+    ];
+    proxy.honest();
+    let (ok, o, e) = run(&proxy.addr, &trail);
+    assert!(ok && o.contains("grant"), "{o}\n{e}");
+    assert!(e.contains("events, verified against block"), "{e}");
+    proxy.lie(|path, j| {
+        if path.starts_with("/v1/audit") {
+            // The last event hidden: dropped with its proof, the length one less.
+            j["events"].as_array_mut().unwrap().pop();
+            let entries = j["proof"]["entries"].as_array_mut().unwrap();
+            entries.pop();
+            let len = entries.len() as u64 - 1;
+            entries[0]["value"] = Value::String(hex::encode(len.to_be_bytes()));
+        }
+    });
+    let (ok, o, e) = run(&proxy.addr, &trail);
+    assert!(!ok, "a hidden event was believed:\n{o}\n{e}");
+    assert!(e.contains("audit trail did not verify"), "{e}");
+    proxy.honest();
 
     // A light client: header-only sync, refusing a header list with a forged header.
     let light = tmp.path().join("light");
