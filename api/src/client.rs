@@ -449,6 +449,15 @@ impl ApiClient {
         self.find(&format!("/v1/transactions/{id}")).await
     }
 
+    /// `GET /v1/transactions/{id}?proof=true`: with its inclusion and outcome proved.
+    pub async fn transaction_with_proof(
+        &self,
+        id: &str,
+    ) -> Result<Option<TransactionInfo>, ClientError> {
+        self.find(&format!("/v1/transactions/{id}?proof=true"))
+            .await
+    }
+
     /// `GET /v1/blocks/{height}`.
     pub async fn block(&self, height: u64) -> Result<Option<Block>, ClientError> {
         self.find(&format!("/v1/blocks/{height}")).await

@@ -37,6 +37,7 @@ pub use identities::{IdentityInfo, Role, SuspensionInfo};
 pub use node::{ErrorBody, Health, Ready, Status};
 pub use proofs::{
     CertifiedHeader, HeaderList, InclusionProof, ProofQuery, ProvedEntry, RecordProof, StateProofs,
+    TransactionProof,
 };
 pub use records::{
     IntegrityStatus, PatientRecords, RecordAccepted, RecordSlip, RecordView, Slip, VerifyReport,

@@ -75,3 +75,12 @@ pub struct RecordProof {
     pub state: StateProofs,
     pub inclusion: InclusionProof,
 }
+
+/// `GET /v1/transactions/{id}?proof=true`: the transaction in its block (a Merkle path to the
+/// header's `merkle_root`), and its outcome in the state: the `fail/` entry with the contract's
+/// reason, or its proved absence (it took effect).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionProof {
+    pub inclusion: InclusionProof,
+    pub outcome: StateProofs,
+}

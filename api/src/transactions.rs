@@ -29,4 +29,7 @@ pub struct TransactionInfo {
     pub block_hash: String,
     /// Hex of the canonical `Transaction` bytes.
     pub transaction: String,
+    /// With `?proof=true`: its inclusion and its outcome, proved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::TransactionProof>,
 }

@@ -336,18 +336,8 @@ fn the_description_matches_the_types() {
         index: 0,
         block_hash: "h".into(),
         transaction: "t".into(),
+        proof: None,
     };
-    check(
-        &doc,
-        "TransactionInfo",
-        &[
-            v(&tx),
-            v(TransactionInfo {
-                failed: None,
-                ..tx.clone()
-            }),
-        ],
-    );
     let commit = CommitInfo {
         view: 0,
         signers: vec![0, 1, 2],
@@ -516,6 +506,26 @@ fn the_description_matches_the_types() {
         inclusion,
     };
     check(&doc, "RecordProof", &[v(&record_proof)]);
+    let tx_proof = TransactionProof {
+        inclusion: record_proof.inclusion.clone(),
+        outcome: proofs.clone(),
+    };
+    check(&doc, "TransactionProof", &[v(&tx_proof)]);
+    check(
+        &doc,
+        "TransactionInfo",
+        &[
+            v(&tx),
+            v(TransactionInfo {
+                failed: None,
+                ..tx.clone()
+            }),
+            v(TransactionInfo {
+                proof: Some(tx_proof),
+                ..tx.clone()
+            }),
+        ],
+    );
     let [full, empty] = record_slips();
     check(
         &doc,

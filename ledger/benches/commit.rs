@@ -1,10 +1,13 @@
-//! What the authenticated chain state costs a hospital node (contract rules 5 against rules 4):
-//! the commit of one block of record writes (execution, the state tree's update and the block's
-//! synced atomic write), at 128 and at 1,024 transactions a block; and, per proved answer, the
-//! proof of an identity's two entries (registration and suspension) from one snapshot and its
+//! What the authenticated chain state costs a hospital node (contract rules 5 against rules 4,
+//! and the counted lists of rules 6): the commit of one block of record writes (execution, the
+//! state tree's update and the block's synced atomic write), at 128 and at 1,024 transactions a
+//! block; and, per proved answer, the proof of an identity's two entries (registration and
+//! suspension) from one snapshot, of a patient's whole audit trail (rules 6), and their
 //! verification by a client.
 //!
-//!     cargo bench -p medchain-ledger --bench commit
+//!     cargo bench --workspace --locked --profile dev --bench commit
+//!
+//! (`--workspace` keeps the workspace's feature set, so RocksDB is not built a second time.)
 //!
 //! The transactions are checked (signatures verified, as admission does) before the timed
 //! commit, as in a running node, so the commit times exclude signature checks.
@@ -16,7 +19,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use medchain_crypto::keys::KeyMaterial;
 use medchain_crypto::validators::ValidatorSet;
 use medchain_crypto::{Hash32, SigningKey};
-use medchain_ledger::contracts::rules::{V4, V5};
+use medchain_ledger::contracts::rules::{V4, V5, V6};
 use medchain_ledger::contracts::state::keys;
 use medchain_ledger::PrivateLedger;
 use medchain_proto::canonical::Canonical;
@@ -153,7 +156,7 @@ fn commit(c: &mut Criterion) {
     g.sample_size(10);
     for n in [128usize, 1_024] {
         g.throughput(Throughput::Elements(n as u64));
-        for rules in [V4, V5] {
+        for rules in [V4, V5, V6] {
             let mut chain = Chain::new(rules);
             g.bench_function(BenchmarkId::new(format!("rules={rules}"), n), |b| {
                 b.iter_custom(|iters| {
@@ -198,5 +201,41 @@ fn proofs(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, commit, proofs);
+/// A patient's whole audit trail under rules 6: its length and every event, from one snapshot.
+fn list_proofs(c: &mut Criterion) {
+    let mut chain = Chain::new(V6);
+    for _ in 0..4 {
+        let items = chain.writes(125);
+        chain.commit(items);
+    }
+    let id = chain.patient.key_binding().identity;
+    let lists = [(keys::audit_prefix(b'p', id.as_bytes()), false)];
+    let proved = chain.ledger.prove_lists(&lists).unwrap();
+    let bytes: usize = proved.iter().map(|(_, p)| p.proof.to_bytes().len()).sum();
+    let values: usize = proved
+        .iter()
+        .map(|(_, p)| p.value.as_ref().map_or(0, Vec::len))
+        .sum();
+    eprintln!(
+        "ledger::proof: a patient's audit trail of {} events: {bytes} bytes of proof ({} per entry) and {values} bytes of entries",
+        proved.len() - 1,
+        bytes / proved.len()
+    );
+    let mut g = c.benchmark_group("ledger::proof");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(proved.len() as u64 - 1));
+    g.bench_function("prove/audit-trail-500", |b| {
+        b.iter(|| chain.ledger.prove_lists(&lists).unwrap())
+    });
+    g.bench_function("verify/audit-trail-500", |b| {
+        b.iter(|| {
+            for (key, p) in &proved {
+                p.proof.verify(&p.root, key, p.value.as_deref()).unwrap();
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, commit, proofs, list_proofs);
 criterion_main!(benches);

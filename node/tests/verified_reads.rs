@@ -8,7 +8,8 @@
 //! signatures, a proof against another root, an answer without a proof. The patient confirms
 //! a record only as proved on chain (a slip with another H(M) is refused), and `GET /v1/slips`
 //! then shows it confirmed. Her consent list and audit trail (rules 6) are shown only as proved
-//! whole: a hidden grant or a hidden event is refused. A light client syncs headers only,
+//! whole: a hidden grant or a hidden event is refused, and so is a forged outcome of her
+//! revocation. A light client syncs headers only,
 //! refuses a forged header list, and with its folder refuses a stale answer.
 
 mod support;
@@ -352,6 +353,37 @@ fn a_client_with_the_genesis_file_refuses_every_lie_of_its_node() {
     assert!(!ok, "a hidden event was believed:\n{o}\n{e}");
     assert!(e.contains("audit trail did not verify"), "{e}");
     proxy.honest();
+
+    // A transaction's outcome is proved: a node that says the patient's revocation was refused
+    // (it was not) is caught, and so would one saying it took effect when it did not.
+    proxy.lie(|path, j| {
+        if path.starts_with("/v1/transactions/") && j.get("proof").is_some() {
+            j["failed"] = Value::String("refused".into());
+            j["proof"]["outcome"]["entries"][0]["value"] = Value::String(hex::encode(b"refused"));
+        }
+    });
+    let revoke = [
+        "consent",
+        "revoke",
+        &grant,
+        "--key",
+        patient_key,
+        "--genesis",
+        genesis_arg,
+    ];
+    let (ok, o, e) = run(&proxy.addr, &revoke);
+    assert!(!ok, "a forged outcome was believed:\n{o}\n{e}");
+    assert!(
+        e.contains("committed did not verify")
+            && e.contains("does not verify against the state root"),
+        "{e}"
+    );
+    proxy.honest();
+    let (ok, o, e) = run(&proxy.addr, &list);
+    assert!(
+        ok && o.contains("revoked"),
+        "the revocation is on chain:\n{o}\n{e}"
+    );
 
     // A light client: header-only sync, refusing a header list with a forged header.
     let light = tmp.path().join("light");

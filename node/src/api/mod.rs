@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -267,11 +267,13 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
 }
 
 /// `GET /v1/transactions/{id}`: for its signer, validators and authorities; to anyone else
-/// it does not exist.
+/// it does not exist. With `?proof=true` its inclusion in its block and its outcome (the
+/// contract's `fail/` entry, or its absence) come proved.
 async fn transaction(
     State(node): State<NodeHandle>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(query): Query<medchain_api::ProofQuery>,
 ) -> Result<Json<TransactionInfo>, ApiError> {
     let id = parse_hash(&id, "transaction id")?;
     let unknown = || {
@@ -305,6 +307,19 @@ async fn transaction(
         return Err(unknown());
     }
     let failed = node.ledger.queries().failure(&id).map_err(internal)?;
+    let proof = if query.proof {
+        Some(medchain_api::TransactionProof {
+            inclusion: proofs::include(&node, loc.height, loc.index, proofs::CERTIFICATE_WAIT)
+                .await?,
+            outcome: proofs::prove(
+                &node,
+                &[medchain_ledger::contracts::state::keys::failure(&id)],
+            )
+            .await?,
+        })
+    } else {
+        None
+    };
     Ok(Json(TransactionInfo {
         id: id.to_hex(),
         failed,
@@ -312,6 +327,7 @@ async fn transaction(
         index: loc.index,
         block_hash: block_hash(&block).map_err(internal)?.to_hex(),
         transaction: hex::encode(tx.canonical_bytes()),
+        proof,
     }))
 }
 

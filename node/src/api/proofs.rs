@@ -19,7 +19,7 @@ use crate::private::NodeHandle;
 /// Most headers in one answer.
 pub const MAX_HEADERS: u64 = 1_000;
 /// How long an answer waits for the certificate of a block that just committed.
-const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Deserialize)]
 pub struct HeaderRange {
@@ -153,6 +153,7 @@ pub(crate) async fn include(
     node: &NodeHandle,
     height: u64,
     index: u32,
+    wait: Duration,
 ) -> Result<InclusionProof, ApiError> {
     let block = node
         .store
@@ -165,7 +166,7 @@ pub(crate) async fn include(
         .map(|t| leaf_hash(&t.canonical_bytes()))
         .collect();
     let proof = MerkleProof::build(&leaves, index as usize).map_err(internal)?;
-    let header = certified_header(node, height, Duration::ZERO).await?;
+    let header = certified_header(node, height, wait).await?;
     Ok(InclusionProof {
         header,
         transaction: hex::encode(block.transactions[index as usize].canonical_bytes()),

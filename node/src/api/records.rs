@@ -198,7 +198,13 @@ pub async fn record(
                 &[medchain_ledger::contracts::state::keys::slip(&slip)],
             )
             .await?,
-            inclusion: proofs::include(&node, state.slip.height, state.slip.index).await?,
+            inclusion: proofs::include(
+                &node,
+                state.slip.height,
+                state.slip.index,
+                std::time::Duration::ZERO,
+            )
+            .await?,
         }),
     };
     Ok(Json(RecordView { slip: state, proof }))

@@ -410,10 +410,68 @@ impl Client {
                     timeout.as_secs()
                 )
             })?;
+        let found = match &self.anchor {
+            Some(anchor) => self.verified_outcome(anchor, id, found).await?,
+            None => found,
+        };
         if let Some(reason) = &found.failed {
             bail!("transaction {id} was refused by the chain: {reason}");
         }
         Ok(found)
+    }
+
+    /// With an anchor, a transaction's outcome as proved, not as told: the node shows the
+    /// transaction in a certified block (its body's digest is `id`, so it is the one this
+    /// client signed) and proves the contract's `fail/` entry for it, or its absence (it took
+    /// effect). A node cannot claim a revocation or a grant committed that is not.
+    async fn verified_outcome(
+        &self,
+        anchor: &verify::Anchor,
+        id: &Hash32,
+        told: TransactionInfo,
+    ) -> Result<TransactionInfo> {
+        use medchain_proto::canonical::Hashed;
+        let shown = self
+            .api
+            .transaction_with_proof(&id.to_hex())
+            .await?
+            .ok_or_else(|| {
+                anyhow!("the node no longer shows transaction {id} it said was committed")
+            })?;
+        let proof = shown.proof.as_ref().ok_or(verify::VerifyError::NoProof)?;
+        let context = || format!("the node's word that transaction {id} committed did not verify");
+        let block = self
+            .verify_past_header(anchor, &proof.inclusion.header)
+            .await
+            .with_context(context)?;
+        let tx = verify::verify_inclusion(&block, &proof.inclusion).with_context(context)?;
+        if tx.body.as_ref().map(|b| b.digest()) != Some(*id) {
+            bail!(
+                "the node proved another transaction than {id} in block {}: refused",
+                block.header.height
+            );
+        }
+        let key = medchain_ledger::contracts::state::keys::failure(id);
+        let state = self
+            .verify_state(anchor, Some(&proof.outcome), std::slice::from_ref(&key))
+            .await
+            .with_context(context)?;
+        if state.header.header.height < block.header.height {
+            bail!(
+                "the node proved the outcome of transaction {id} at block {}, before its block {}: refused",
+                state.header.header.height,
+                block.header.height
+            );
+        }
+        Ok(TransactionInfo {
+            failed: state.values[0]
+                .as_ref()
+                .map(|r| String::from_utf8_lossy(r).into_owned()),
+            height: block.header.height,
+            index: proof.inclusion.index as u32,
+            block_hash: block.hash.to_hex(),
+            ..told
+        })
     }
 
     /// Waits until this node has record `slip` (written through another node): a record is
