@@ -479,8 +479,26 @@ impl ApiClient {
     }
 
     /// `GET /v1/identities/{id}?proof=true`: with the entries' proofs against a certified header.
-    pub async fn identity_with_proof(&self, id: &str) -> Result<Option<IdentityInfo>, ClientError> {
-        self.find(&format!("/v1/identities/{id}?proof=true")).await
+    /// `GET /v1/identities/{id}?proof=true`: the identity with its proofs, or the node's 404
+    /// answer (which, for a caller who sees every registered identity, proves the absence).
+    pub async fn identity_with_proof(
+        &self,
+        id: &str,
+    ) -> Result<Result<IdentityInfo, crate::ErrorBody>, ClientError> {
+        let path = format!("/v1/identities/{id}?proof=true");
+        let (status, body) = self
+            .send(Method::GET, &path, "application/json", Bytes::new())
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(Err(serde_json::from_slice(&body).unwrap_or_else(|_| {
+                crate::ErrorBody {
+                    error: String::from_utf8_lossy(&body).into_owned(),
+                    proof: None,
+                }
+            }))),
+            s if s.is_success() => self.decode(&path, &body).map(Ok),
+            s => Err(Self::refusal(s, &body)),
+        }
     }
 
     /// `GET /v1/headers?from=H&count=N`: headers with their certificates.

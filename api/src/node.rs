@@ -25,6 +25,10 @@ pub struct Ready {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+    /// `GET /v1/identities/{id}?proof=true` answered 404 to a caller who would see the identity
+    /// whatever its role: the absence of its registration, proved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::StateProofs>,
 }
 
 /// `GET /v1/status`: what the API and operators see of a node.

@@ -251,7 +251,10 @@ fn the_description_matches_the_types() {
         catching_up: Some((1, 9)),
         ..Status::default()
     };
-    check(&doc, "ErrorBody", &[v(ErrorBody { error: "e".into() })]);
+    let no_proof = ErrorBody {
+        error: "e".into(),
+        proof: None,
+    };
     check(
         &doc,
         "Health",
@@ -493,6 +496,17 @@ fn the_description_matches_the_types() {
         entries: vec![present, absent],
     };
     check(&doc, "StateProofs", &[v(&proofs)]);
+    check(
+        &doc,
+        "ErrorBody",
+        &[
+            v(&no_proof),
+            v(ErrorBody {
+                proof: Some(proofs.clone()),
+                ..no_proof.clone()
+            }),
+        ],
+    );
     let inclusion = InclusionProof {
         header: certified.clone(),
         transaction: "t".into(),

@@ -385,6 +385,46 @@ fn a_client_with_the_genesis_file_refuses_every_lie_of_its_node() {
         "the revocation is on chain:\n{o}\n{e}"
     );
 
+    // "Not registered", proved to a doctor (who would see any patient): the absence of the
+    // registration against a certified root. Without the proof the client says it is unproved.
+    let stranger_key = users.join("stranger.key");
+    let (ok, o, e) = run(
+        &proxy.addr,
+        &[
+            "keygen",
+            "--out",
+            stranger_key.to_str().unwrap(),
+            "--insecure-plaintext",
+        ],
+    );
+    assert!(ok, "{o}\n{e}");
+    let stranger = card_identity(&users.join("stranger.card.json"));
+    let doctor_key = users.join("doctor.key");
+    let ask = [
+        "identity",
+        "show",
+        &stranger,
+        "--key",
+        doctor_key.to_str().unwrap(),
+        "--genesis",
+        genesis_arg,
+    ];
+    let (ok, o, e) = run(&proxy.addr, &ask);
+    assert!(!ok, "{o}\n{e}");
+    assert!(
+        e.contains("is not registered on chain") && e.contains("verified against block"),
+        "{e}"
+    );
+    proxy.lie(|path, j| {
+        if path.starts_with("/v1/identities/") {
+            j.as_object_mut().unwrap().remove("proof");
+        }
+    });
+    let (ok, o, e) = run(&proxy.addr, &ask);
+    assert!(!ok && !e.contains("verified against block"), "{o}\n{e}");
+    assert!(e.contains("or not visible to you"), "{e}");
+    proxy.honest();
+
     // A light client: header-only sync, refusing a header list with a forged header.
     let light = tmp.path().join("light");
     let light = light.to_str().unwrap();

@@ -54,6 +54,13 @@ impl Caller {
         self.id == *signer || self.sees_block_bodies()
     }
 
+    /// Whether an absence of any identity's registration may be proved to this caller: one who
+    /// would see a registered identity whatever its role, bar authorities (which the genesis
+    /// file names anyway), so the proof tells it nothing it could not ask.
+    pub fn may_learn_absence(&self) -> bool {
+        self.supervises() || (!self.suspended && self.kind == CallerKind::Doctor)
+    }
+
     /// The registry entry of `target`.
     pub fn may_see_identity(&self, target: &Identity, entry: &IdentityEntry) -> bool {
         if self.id == *target || self.supervises() {

@@ -2,8 +2,10 @@
 //! grants for, and who is registered on it with which keys.
 
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use medchain_api::{ChainInfo, IdentityInfo, ProofQuery, SuspensionInfo};
+use medchain_api::{ChainInfo, ErrorBody, IdentityInfo, ProofQuery, SuspensionInfo};
 use medchain_ledger::contracts::state::keys;
 
 use crate::api::auth::Caller;
@@ -33,11 +35,22 @@ pub async fn identity(
     caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<ProofQuery>,
-) -> Result<Json<IdentityInfo>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_identity(&id)?;
     let q = queries(&node);
     let unknown = || not_found(format!("{id} is not registered on this chain"));
-    let entry = q.identity(&id).map_err(internal)?.ok_or_else(unknown)?;
+    let Some(entry) = q.identity(&id).map_err(internal)? else {
+        if query.proof && caller.may_learn_absence() {
+            let proof =
+                super::proofs::prove(&node, &[keys::identity(&id), keys::suspension(&id)]).await?;
+            let body = ErrorBody {
+                error: format!("{id} is not registered on this chain (proved)"),
+                proof: Some(proof),
+            };
+            return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
+        }
+        return Err(unknown());
+    };
     if !caller.may_see_identity(&id, &entry) {
         return Err(unknown());
     }
@@ -61,5 +74,6 @@ pub async fn identity(
             height: s.height,
             by: ident_text(&s.by),
         }),
-    }))
+    })
+    .into_response())
 }

@@ -40,6 +40,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: self.1.clone(),
+            proof: None,
         };
         let mut response = (self.0, Json(body)).into_response();
         if self.0 == StatusCode::UNAUTHORIZED {

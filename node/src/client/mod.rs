@@ -306,13 +306,32 @@ impl Client {
                 .ok_or_else(unknown)?;
             return Ok((info, None));
         };
-        let mut info = self
-            .api
-            .identity_with_proof(&id.to_string())
-            .await?
-            .ok_or_else(unknown)?;
         use medchain_ledger::contracts::state::{decode, keys, IdentityEntry, SuspensionEntry};
         let (id_key, susp_key) = (keys::identity(id), keys::suspension(id));
+        let mut info = match self.api.identity_with_proof(&id.to_string()).await? {
+            Ok(info) => info,
+            // A 404: proved absent to a caller who would see it (a doctor, an authority), or
+            // said without proof (to others it cannot be told apart from hidden).
+            Err(answer) => {
+                let Some(proof) = &answer.proof else {
+                    return Err(unknown());
+                };
+                let state = self
+                    .verify_state(anchor, Some(proof), &[id_key.clone(), susp_key.clone()])
+                    .await
+                    .with_context(|| {
+                        format!("the node's word that {id} is not registered did not verify")
+                    })?;
+                if state.values[0].is_some() {
+                    bail!("the node says {id} is not registered, but its own proof shows the registration: refused");
+                }
+                bail!(
+                    "{id} is not registered on chain {} ({}); an authority registers it with `medchain identity register`",
+                    self.chain.chain_id,
+                    state.header.describe()
+                );
+            }
+        };
         let state = self
             .verify_state(
                 anchor,
