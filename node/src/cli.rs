@@ -162,15 +162,18 @@ pub enum LightCommand {
         /// The chain's genesis file (needed the first time).
         #[arg(long, env = "MEDCHAIN_GENESIS", value_name = "FILE")]
         genesis: Option<PathBuf>,
-        /// The light client's folder.
+        /// The light client's folder (default: the chain's folder under
+        /// MEDCHAIN_LIGHT_ROOT or ~/.medchain/light, which client commands then use by
+        /// themselves).
         #[arg(long, env = "MEDCHAIN_LIGHT", value_name = "DIR")]
-        light: PathBuf,
+        light: Option<PathBuf>,
     },
-    /// The folder's chain and its newest verified header; no node is asked.
+    /// The folder's chain and its newest verified header; no node is asked. Without `--light`,
+    /// every default folder (under MEDCHAIN_LIGHT_ROOT or ~/.medchain/light).
     Status {
         /// The light client's folder.
         #[arg(long, env = "MEDCHAIN_LIGHT", value_name = "DIR")]
-        light: PathBuf,
+        light: Option<PathBuf>,
     },
 }
 
@@ -195,6 +198,11 @@ pub struct ClientArgs {
     /// refused as stale.
     #[arg(long, env = "MEDCHAIN_LIGHT", value_name = "DIR")]
     pub light: Option<PathBuf>,
+    /// Believe the node without verifying, even where a light folder for its chain exists
+    /// (`~/.medchain/light/CHAIN`, or under MEDCHAIN_LIGHT_ROOT): without `--genesis`,
+    /// `--light` or this, a client verifies against that folder.
+    #[arg(long, conflicts_with_all = ["genesis", "light"])]
+    pub trust_node: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

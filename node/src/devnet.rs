@@ -182,14 +182,28 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
     let genesis = dir.join("node0").join("genesis.toml");
     let trust = crate::client::Trust {
         genesis: Some(genesis),
-        light: None,
+        ..Default::default()
     };
-    let anchored = |c: Client| c.anchored(&trust);
-    let a0 = anchored(Client::connect_as(&apis[0], &doctor_a).await?)?;
-    let b0 = anchored(Client::connect_as(&apis[0], &doctor_b).await?)?;
-    let b1 = anchored(Client::connect_as(&apis[1], &doctor_b).await?)?;
-    let p0 = anchored(Client::connect_as(&apis[0], &patient).await?)?;
-    let p1 = anchored(Client::connect_as(&apis[1], &patient).await?)?;
+    let a0 = Client::connect_as(&apis[0], &doctor_a)
+        .await?
+        .anchored(&trust)
+        .await?;
+    let b0 = Client::connect_as(&apis[0], &doctor_b)
+        .await?
+        .anchored(&trust)
+        .await?;
+    let b1 = Client::connect_as(&apis[1], &doctor_b)
+        .await?
+        .anchored(&trust)
+        .await?;
+    let p0 = Client::connect_as(&apis[0], &patient)
+        .await?
+        .anchored(&trust)
+        .await?;
+    let p1 = Client::connect_as(&apis[1], &patient)
+        .await?
+        .anchored(&trust)
+        .await?;
     let record = crate::bench::sample_observation(now_ms());
     let keys = a0.patient_keys(&patient_id).await?;
     if let (_, Some(verified)) = a0.verified_identity(&patient_id).await? {

@@ -10,7 +10,8 @@
 //! then shows it confirmed. Her consent list and audit trail (rules 6) are shown only as proved
 //! whole: a hidden grant or a hidden event is refused, and so is a forged outcome of her
 //! revocation. A light client syncs headers only,
-//! refuses a forged header list, and with its folder refuses a stale answer.
+//! refuses a forged header list, and with its folder refuses a stale answer. Once the chain's
+//! default light folder exists, commands verify without being told to.
 
 mod support;
 
@@ -499,6 +500,78 @@ fn a_client_with_the_genesis_file_refuses_every_lie_of_its_node() {
         ],
     );
     assert!(!ok && e.contains("is of another chain"), "{e}");
+
+    // Verification by default: once `light sync --genesis` has made the chain's default folder
+    // (under MEDCHAIN_LIGHT_ROOT here, ~/.medchain/light by default), a command given neither
+    // --genesis nor --light verifies against it; a node naming another chain is refused, and
+    // --trust-node believes the node.
+    proxy.honest();
+    let root = tmp.path().join("light-root");
+    let root_env = root.to_str().unwrap().to_string();
+    let run_default = |args: &[&str]| {
+        let node = format!("http://{}", proxy.addr);
+        let env = [
+            ("MEDCHAIN_NODE", node.as_str()),
+            ("MEDCHAIN_LIGHT_ROOT", root_env.as_str()),
+        ];
+        let out = medchain_with_env(args, &env);
+        let (o, e) = text(&out);
+        (out.status.success(), o, e)
+    };
+    let plain_show = ["identity", "show", "--key", key.to_str().unwrap()];
+    let (ok, o, e) = run_default(&plain_show);
+    assert!(
+        ok && !e.contains("verified against"),
+        "no folder yet:\n{o}\n{e}"
+    );
+    let (ok, o, e) = run_default(&["light", "sync", "--genesis", genesis_arg]);
+    assert!(ok && o.contains("verified headers 1.."), "{o}\n{e}");
+    assert!(root.join("hospital-dev").join("genesis.toml").is_file());
+    let (ok, o, e) = run_default(&plain_show);
+    assert!(ok && e.contains("verified against block"), "{o}\n{e}");
+    let mallory = mallory_key.clone();
+    proxy.lie(move |path, j| {
+        if path.starts_with("/v1/identities/") {
+            let real = j["encryption_key"].as_str().unwrap_or("").to_string();
+            j["encryption_key"] = Value::String(mallory.clone());
+            if let Some(v) = j.pointer_mut("/proof/entries/0/value") {
+                *v = Value::String(v.as_str().unwrap().replace(&real, &mallory));
+            }
+        }
+    });
+    let (ok, o, e) = run_default(&plain_show);
+    assert!(
+        !ok && e.contains("does not verify against the state root"),
+        "{o}\n{e}"
+    );
+    let (ok, o, e) = run_default(&[
+        "identity",
+        "show",
+        "--key",
+        key.to_str().unwrap(),
+        "--trust-node",
+    ]);
+    assert!(
+        ok && o.contains(&mallory_key),
+        "--trust-node believes the node:\n{o}\n{e}"
+    );
+    proxy.lie(|path, j| {
+        if path == "/v1/chain" {
+            j["chain_id"] = Value::String("elsewhere".into());
+        }
+    });
+    let (ok, o, e) = run_default(&plain_show);
+    assert!(!ok, "{o}\n{e}");
+    assert!(
+        e.contains("serves chain \"elsewhere\", and this client verifies chains hospital-dev only"),
+        "{e}"
+    );
+    proxy.honest();
+    let (ok, o, e) = run_default(&["light", "status"]);
+    assert!(
+        ok && o.contains("light client of chain \"hospital-dev\""),
+        "{o}\n{e}"
+    );
 }
 
 /// The identity named by a participant card.

@@ -37,12 +37,16 @@ async fn connect(args: &ClientArgs) -> Result<(Client, Option<KeyMaterial>)> {
             Ok((
                 Client::connect_as(&args.node, &k)
                     .await?
-                    .anchored(&args.trust())?,
+                    .anchored(&args.trust())
+                    .await?,
                 Some(k),
             ))
         }
         None => Ok((
-            Client::connect(&args.node).await?.anchored(&args.trust())?,
+            Client::connect(&args.node)
+                .await?
+                .anchored(&args.trust())
+                .await?,
             None,
         )),
     }
@@ -53,7 +57,8 @@ async fn act(args: &ClientArgs, payload: Payload) -> Result<TransactionInfo> {
     let k = key(args)?;
     let c = Client::connect_as(&args.node, &k)
         .await?
-        .anchored(&args.trust())?;
+        .anchored(&args.trust())
+        .await?;
     let tx = c.sign(&k, payload);
     Ok(c.submit_and_wait(&tx).await?.1)
 }
@@ -117,7 +122,8 @@ pub fn identity(cmd: IdentityCommand) -> Result<()> {
                 };
                 let c = Client::connect_as(&args.node, &authority)
                     .await?
-                    .anchored(&args.trust())?;
+                    .anchored(&args.trust())
+                    .await?;
                 let reg = card.registration_under(c.chain.rules, role, name.as_deref())?;
                 let tx = c.sign(&authority, Payload::IdentityRegistration(reg));
                 let (_, v) = c.submit_and_wait(&tx).await?;
@@ -218,7 +224,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
                     std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
                 let record_type = record_type_of(&plaintext, record_type.as_deref())?;
                 let replaces = replaces.map(|r| hash_arg(&r, "--replaces")).transpose()?;
-                let c = Client::connect_as(&args.node, &doctor).await?.anchored(&args.trust())?;
+                let c = Client::connect_as(&args.node, &doctor).await?.anchored(&args.trust()).await?;
                 let keys = c.patient_keys(&patient).await?;
                 let w = build_record_write(
                     &c.chain.chain_id.clone(),
@@ -243,7 +249,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             RecordCommand::Confirm { slip, client: args } => {
                 let patient = key(&args)?;
                 let slip = hash_arg(&slip, "slip")?;
-                let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust())?;
+                let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust()).await?;
                 let plaintext = c.confirm(&patient, &slip).await?;
                 out!(
                     "confirmed record {slip} ({} bytes, doctor's signature and H(M) checked)",
@@ -264,7 +270,7 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             RecordCommand::Get { slip, out, client: args } => {
                 let reader = key(&args)?;
                 let slip = hash_arg(&slip, "slip")?;
-                let c = Client::connect_as(&args.node, &reader).await?.anchored(&args.trust())?;
+                let c = Client::connect_as(&args.node, &reader).await?.anchored(&args.trust()).await?;
                 let plaintext = c.read(&reader, &slip).await?;
                 std::fs::write(&out, &plaintext)
                     .with_context(|| format!("writing {}", out.display()))?;
@@ -328,7 +334,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Grant { to, scope, actions, until, client: args } => {
                 let patient = key(&args)?;
                 let grantee = identity_arg(&to)?;
-                let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust())?;
+                let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust()).await?;
                 let grantee_key = encryption_key(&c.identity(&grantee).await?)?;
                 let grant = build_grant(
                     &c.chain,
@@ -349,7 +355,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Request { patient, scope, actions, until, purpose, client: args } => {
                 let me = key(&args)?;
                 let patient = identity_arg(&patient)?;
-                let c = Client::connect_as(&args.node, &me).await?.anchored(&args.trust())?;
+                let c = Client::connect_as(&args.node, &me).await?.anchored(&args.trust()).await?;
                 let tx = c.sign(
                     &me,
                     Payload::ConsentRequest(v1::ConsentRequest {
@@ -367,7 +373,7 @@ pub fn consent(cmd: ConsentCommand) -> Result<()> {
             ConsentCommand::Approve { request, client: args } => {
                 let patient = key(&args)?;
                 let req_id = hash_arg(&request, "request")?;
-                let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust())?;
+                let c = Client::connect_as(&args.node, &patient).await?.anchored(&args.trust()).await?;
                 let me = patient.signing_key().identity();
                 // With an anchor, the request comes from the proved list: the node cannot
                 // substitute its requester or scope.
@@ -532,7 +538,8 @@ pub fn token(args: ClientArgs) -> Result<()> {
         let k = key(&args)?;
         let c = Client::connect_as(&args.node, &k)
             .await?
-            .anchored(&args.trust())?;
+            .anchored(&args.trust())
+            .await?;
         let token = c.api.authenticate().await?;
         out!("{}", token.token);
         eprintln!(

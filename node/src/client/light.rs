@@ -26,6 +26,8 @@ use super::verify::{Anchor, VerifiedHeader, VerifyError};
 
 /// The genesis file kept in the folder.
 pub const GENESIS_FILE: &str = "genesis.toml";
+
+pub mod folders;
 /// The verified headers.
 pub const HEADERS_FILE: &str = "headers.bin";
 /// Headers asked for in one request (the node's most).

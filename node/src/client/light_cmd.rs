@@ -1,10 +1,10 @@
 //! `medchain light`: header-only sync of a light client's folder, and what it holds.
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use medchain_api::ApiClient;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::light::LightStore;
+use super::light::{folders, LightStore};
 use crate::cli::LightCommand;
 
 pub fn run(cmd: LightCommand) -> Result<()> {
@@ -17,15 +17,53 @@ pub fn run(cmd: LightCommand) -> Result<()> {
             .enable_all()
             .build()
             .context("starting the async runtime")?
-            .block_on(sync(&node, genesis.as_deref(), &light)),
-        LightCommand::Status { light } => status(&light),
+            .block_on(sync(&node, genesis.as_deref(), light)),
+        LightCommand::Status { light: Some(dir) } => status(&dir),
+        LightCommand::Status { light: None } => {
+            let root = default_root()?;
+            let kept = folders::kept(&root);
+            if kept.is_empty() {
+                bail!(
+                    "no light folder in {}: `medchain light sync --genesis FILE` makes one",
+                    root.display()
+                );
+            }
+            for chain in kept {
+                status(&root.join(chain))?;
+            }
+            Ok(())
+        }
     }
 }
 
-async fn sync(node: &str, genesis: Option<&Path>, dir: &Path) -> Result<()> {
+fn default_root() -> Result<PathBuf> {
+    folders::root().ok_or_else(|| {
+        anyhow!(
+            "no home folder to keep light folders in: give --light DIR or set MEDCHAIN_LIGHT_ROOT"
+        )
+    })
+}
+
+async fn sync(node: &str, genesis: Option<&Path>, dir: Option<PathBuf>) -> Result<()> {
+    let api = ApiClient::new(node).with_context(|| format!("--node {node:?}"))?;
+    let dir = match dir {
+        Some(dir) => dir,
+        None => {
+            // The chain's default folder: named by the genesis file's chain id, or (for a folder
+            // made before) by the node's; the folder's own genesis is what is trusted.
+            let chain = match genesis {
+                Some(path) => crate::config::read_genesis(path)?.chain_id,
+                None => api.chain().await?.chain_id,
+            };
+            let root = default_root()?;
+            folders::folder(&root, &chain).ok_or_else(|| {
+                anyhow!("chain id {chain:?} is not a plain folder name: give --light DIR")
+            })?
+        }
+    };
+    let dir = dir.as_path();
     let mut store =
         LightStore::open(dir, genesis).with_context(|| format!("--light {}", dir.display()))?;
-    let api = ApiClient::new(node).with_context(|| format!("--node {node:?}"))?;
     let before = store.tip().map_or(0, |(h, _)| h);
     let started = crate::clock::now_us();
     let tip = store

@@ -142,6 +142,8 @@ pub struct Client {
 pub struct Trust {
     pub genesis: Option<PathBuf>,
     pub light: Option<PathBuf>,
+    /// `--trust-node`: no default light folder either.
+    pub trust_node: bool,
 }
 
 impl crate::cli::ClientArgs {
@@ -150,6 +152,7 @@ impl crate::cli::ClientArgs {
         Trust {
             genesis: self.genesis.clone(),
             light: self.light.clone(),
+            trust_node: self.trust_node,
         }
     }
 }
@@ -188,9 +191,60 @@ impl Client {
     /// node's word: the node must serve that chain, the validators and their proxy keys are the
     /// genesis file's, and every identity is verified against a certified header. With a light
     /// client's folder, a proof against an older header than the folder's newest is refused as
-    /// stale, and the folder's headers are synced up to each header verified. Trusting nothing
-    /// leaves the client as it is.
-    pub fn anchored(mut self, trust: &Trust) -> Result<Self> {
+    /// stale, and the folder's headers are synced up to each header verified. Given neither,
+    /// the default light folder of the node's chain is used if there is one
+    /// ([`light::folders`]); with folders for other chains only, the client refuses (a node
+    /// could otherwise escape verification by naming another chain); with none, or with
+    /// `--trust-node`, it believes the node.
+    pub async fn anchored(self, trust: &Trust) -> Result<Self> {
+        if trust.light.is_some() || trust.genesis.is_some() || trust.trust_node {
+            return self.anchored_to(trust);
+        }
+        let Some(root) = light::folders::root() else {
+            return Ok(self);
+        };
+        let chain = self.chain.chain_id.clone();
+        match light::folders::folder(&root, &chain) {
+            Some(dir) if dir.join(light::GENESIS_FILE).is_file() => {
+                let kept = light::LightStore::open(&dir, None)
+                    .with_context(|| format!("the light folder {}", dir.display()))?
+                    .genesis_hash;
+                let served = self.api.status().await?.genesis_hash;
+                if served != kept.to_hex() {
+                    bail!(
+                        "the light folder {} keeps chain {chain:?} of genesis {}, but the node serves genesis {served}: a chain started again under the same id, or the wrong node; remove the folder and run `medchain light sync --genesis FILE`, or give --genesis",
+                        dir.display(),
+                        kept.to_hex()
+                    );
+                }
+                self.anchored_to(&Trust {
+                    light: Some(dir),
+                    ..Trust::default()
+                })
+            }
+            _ => {
+                let kept = light::folders::kept(&root);
+                if !kept.is_empty() {
+                    bail!(
+                        "the node says it serves chain {chain:?}, and this client verifies chains {} only ({}): give that chain's --genesis FILE (or run `medchain light sync --genesis FILE` once), or --trust-node to believe this node",
+                        kept.join(", "),
+                        root.display()
+                    );
+                }
+                use std::io::IsTerminal;
+                if std::io::stderr().is_terminal() {
+                    eprintln!(
+                        "note: answers of {} are not verified (no genesis file or light folder for chain {chain:?}); `medchain light sync --genesis FILE` once makes every command verify them",
+                        self.api.base()
+                    );
+                }
+                Ok(self)
+            }
+        }
+    }
+
+    /// [`Client::anchored`] with the trust given.
+    fn anchored_to(mut self, trust: &Trust) -> Result<Self> {
         let (anchor, genesis_path) = match (&trust.light, &trust.genesis) {
             (Some(dir), genesis) => {
                 let store = light::LightStore::open(dir, genesis.as_deref())

@@ -63,7 +63,8 @@ async fn upgrade(to: u32, at_height: Option<u64>, args: &ClientArgs) -> Result<(
     let authority = load_key(path, args.password_file.as_deref())?;
     let c = Client::connect_as(&args.node, &authority)
         .await?
-        .anchored(&args.trust())?;
+        .anchored(&args.trust())
+        .await?;
     if to <= c.chain.rules {
         bail!(
             "chain {:?} already runs rules {}: an upgrade names a later version",
