@@ -263,9 +263,17 @@ async fn demo(dir: &Path, apis: &[String]) -> Result<()> {
         read.len()
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let trail = p0.api.audit(&format!("record={slip}")).await?;
-    out!("  7. the record's audit trail, as the patient sees it:");
-    for e in trail.events {
+    let (events, check) = p0
+        .audit_trail(
+            medchain_ledger::contracts::queries::AuditSubject::Record(&slip),
+            &format!("record={slip}"),
+        )
+        .await?;
+    let proved = check.map_or("not verified".to_string(), |c| {
+        format!("proved whole: {}", c.describe())
+    });
+    out!("  7. the record's audit trail, as the patient sees it ({proved}):");
+    for e in events {
         out!(
             "       height {:>5}  {:<12} {}",
             e.height,
