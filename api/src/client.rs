@@ -562,9 +562,15 @@ impl ApiClient {
         self.get(&format!("/v1/consent?{query}&proof=true")).await
     }
 
-    /// `GET /v1/audit?{query}&proof=true`: the trail's counted list proved whole (rules 6).
-    pub async fn audit_with_proof(&self, query: &str) -> Result<AuditTrail, ClientError> {
-        self.get(&format!("/v1/audit?{query}&proof=true")).await
+    /// `GET /v1/audit?{query}&proof=true&from=N`: the trail, and the page of its counted list
+    /// from position `from` proved (rules 6).
+    pub async fn audit_with_proof(
+        &self,
+        query: &str,
+        from: u64,
+    ) -> Result<AuditTrail, ClientError> {
+        self.get(&format!("/v1/audit?{query}&proof=true&from={from}"))
+            .await
     }
 
     /// `GET /v1/audit?record=SLIP | patient=ID | actor=ID` (`query` is one of those).

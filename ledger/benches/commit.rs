@@ -21,7 +21,7 @@ use medchain_crypto::validators::ValidatorSet;
 use medchain_crypto::{Hash32, SigningKey};
 use medchain_ledger::contracts::rules::{V4, V5, V6};
 use medchain_ledger::contracts::state::keys;
-use medchain_ledger::PrivateLedger;
+use medchain_ledger::{ListRange, PrivateLedger};
 use medchain_proto::canonical::Canonical;
 use medchain_proto::ledger::{make_private_slip, sign_committed_batch, sign_transaction};
 use medchain_proto::records::{registration, sample_slip_content};
@@ -209,7 +209,10 @@ fn list_proofs(c: &mut Criterion) {
         chain.commit(items);
     }
     let id = chain.patient.key_binding().identity;
-    let lists = [(keys::audit_prefix(b'p', id.as_bytes()), false)];
+    let lists = [ListRange::first(
+        keys::audit_prefix(b'p', id.as_bytes()),
+        false,
+    )];
     let proved = chain.ledger.prove_lists(&lists).unwrap();
     let bytes: usize = proved.iter().map(|(_, p)| p.proof.to_bytes().len()).sum();
     let values: usize = proved

@@ -44,9 +44,36 @@ pub const LAST_TIME_KEY: &[u8] = b"meta/last_block_ms";
 /// block time, and grant expiry and transaction windows are judged by it: a primary whose
 /// clock runs ahead (or lies) would otherwise expire every grant at once.
 pub const BATCH_FUTURE_MS: u64 = 60_000;
-/// Most entries of one counted list a proof covers ([`PrivateLedger::prove_lists`]): about
-/// 2 KB of proof per entry, so some 2-4 MB per answer at most.
+/// Most entries of one counted list a proof covers ([`PrivateLedger::prove_lists`]), a page:
+/// about 1 KB of proof per entry (2 KB as hex), so some 2 MB per answer at most.
 pub const MAX_PROVED_LIST: u64 = 1_000;
+
+/// A page of a counted list to prove (rules 6): its length, then entries `from..` up to
+/// [`MAX_PROVED_LIST`] of them (fewer at the list's end), and with `refs` the entries they
+/// name. Lists only grow and entries never change, so pages proved against different roots
+/// add up to the list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListRange {
+    pub list: Vec<u8>,
+    pub refs: bool,
+    pub from: u64,
+}
+
+impl ListRange {
+    /// The first page of `list`.
+    pub fn first(list: Vec<u8>, refs: bool) -> Self {
+        ListRange {
+            list,
+            refs,
+            from: 0,
+        }
+    }
+
+    /// Where the page ends in a list of `len` entries.
+    pub fn end(&self, len: u64) -> u64 {
+        len.min(self.from.saturating_add(MAX_PROVED_LIST))
+    }
+}
 /// How far a proposed batch's timestamp may fall behind the last block's: a lying primary
 /// cannot turn time back to revive expired grants by more than this, and honest clocks that
 /// differ a little do not stall the chain.
@@ -618,47 +645,40 @@ impl PrivateLedger {
             .collect()
     }
 
-    /// Whole counted lists (rules 6) with their proofs, all from one snapshot of the tip: for
-    /// each `(list, refs)` the length entry, then every entry by position, then (with `refs`)
-    /// the entry each one names (a grant or a request). What the client checks is laid out the
-    /// same way (`client::verify`), so it knows every key before it reads a proof.
+    /// Pages of counted lists (rules 6) with their proofs, all from one snapshot of the tip: for
+    /// each [`ListRange`] the length entry, then its entries by position, then (with `refs`) the
+    /// entry each one names (a grant or a request). What the client checks is laid out the same
+    /// way (`client::verify`), so it knows every key before it reads a proof.
     pub fn prove_lists(
         &self,
-        lists: &[(Vec<u8>, bool)],
+        lists: &[ListRange],
     ) -> Result<Vec<(Vec<u8>, state_tree::ProvedValue)>, state_tree::StateTreeError> {
         use contracts::state::{keys, list_len_value};
         let snapshot = self.store.state_snapshot();
         let prove = |k: &[u8]| state_tree::StateTree::prove(&snapshot, k).map(|p| (k.to_vec(), p));
         let mut out = Vec::new();
-        for (list, refs) in lists {
-            let len_key = keys::list_len(list);
+        for range in lists {
+            let len_key = keys::list_len(&range.list);
             let len_proof = prove(&len_key)?;
             let len = match &len_proof.1.value {
                 Some(b) => list_len_value(&len_key, b)
                     .map_err(|e| state_tree::StateTreeError::Tree(e.to_string()))?,
                 None => 0,
             };
-            if len > MAX_PROVED_LIST {
-                return Err(state_tree::StateTreeError::ListTooLong {
-                    list: String::from_utf8_lossy(&list[..list.len().min(6)]).into_owned(),
-                    len,
-                    max: MAX_PROVED_LIST,
-                });
-            }
             out.push(len_proof);
-            let items = (0..len)
-                .map(|i| prove(&keys::list_item(list, i)))
+            let items = (range.from..range.end(len))
+                .map(|i| prove(&keys::list_item(&range.list, i)))
                 .collect::<Result<Vec<_>, _>>()?;
-            if *refs {
-                let named = items
+            let named = if range.refs {
+                items
                     .iter()
                     .map(|(_, p)| prove(p.value.as_deref().unwrap_or_default()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                out.extend(items);
-                out.extend(named);
+                    .collect::<Result<Vec<_>, _>>()?
             } else {
-                out.extend(items);
-            }
+                Vec::new()
+            };
+            out.extend(items);
+            out.extend(named);
         }
         Ok(out)
     }

@@ -34,8 +34,6 @@ pub enum StateTreeError {
     Corrupt(String, String),
     #[error("state tree: {0}")]
     Tree(String),
-    #[error("list {list} holds {len} entries, more than the {max} one proof covers")]
-    ListTooLong { list: String, len: u64, max: u64 },
     #[error("this data folder has no state tree of its tip (height {tip}; the tree is of {tree:?}): it is built at the next block under rules 5")]
     Missing { tip: u64, tree: Option<u64> },
 }

@@ -385,7 +385,7 @@ fn under_rules_6_an_audit_trail_is_proved_whole() {
         assert_eq!(listed.len(), 3, "rules {rules}: the node lists every event");
         let list = keys::audit_prefix(b'a', office.as_bytes());
         let proved: Vec<_> = ledger
-            .prove_lists(&[(list.clone(), false)])
+            .prove_lists(&[ListRange::first(list.clone(), false)])
             .unwrap()
             .into_iter()
             .map(|(_, p)| p)
@@ -421,6 +421,18 @@ fn under_rules_6_an_audit_trail_is_proved_whole() {
             let ev: AuditEvent = contracts::state::decode(&key, p.value.as_ref().unwrap()).unwrap();
             assert_eq!(ev, listed[i], "entry {i} is the event the node lists");
         }
+        // A page from position 2: the length, then entry 2 only.
+        let page = ledger
+            .prove_lists(&[ListRange {
+                from: 2,
+                ..ListRange::first(list.clone(), false)
+            }])
+            .unwrap();
+        let keys_proved: Vec<Vec<u8>> = page.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(
+            keys_proved,
+            vec![len_key.clone(), keys::list_item(&list, 2)]
+        );
         // A fourth entry is proved absent: a node cannot claim one that is not there.
         let beyond = keys::list_item(&list, 3);
         assert_eq!(ledger.prove(&beyond).unwrap().value, None);

@@ -11,6 +11,7 @@ use crate::private::NodeHandle;
 use crate::views;
 use medchain_ledger::contracts::queries::AuditSubject;
 use medchain_ledger::contracts::state::keys;
+use medchain_ledger::ListRange;
 
 #[derive(Debug, Deserialize)]
 pub struct AuditQuery {
@@ -19,6 +20,9 @@ pub struct AuditQuery {
     actor: Option<String>,
     #[serde(default)]
     proof: bool,
+    /// With `proof`: the first position of the page proved (default 0).
+    #[serde(default)]
+    from: u64,
 }
 
 /// `GET /v1/audit?record=SLIP | patient=ID | actor=ID`: the provenance trail in chain order,
@@ -80,7 +84,12 @@ pub async fn audit(
                  without ?proof=true",
             ));
         }
-        Some(proofs::prove_lists(&node, &[(list, false)]).await?)
+        let page = ListRange {
+            list,
+            refs: false,
+            from: q.from,
+        };
+        Some(proofs::prove_lists(&node, &[page]).await?)
     } else {
         None
     };

@@ -10,6 +10,7 @@ use crate::api::{bad, forbidden, internal, parse_identity, proofs, queries, ApiE
 use crate::private::{now_ms, NodeHandle};
 use crate::views;
 use medchain_ledger::contracts::state::keys;
+use medchain_ledger::ListRange;
 
 #[derive(Debug, Deserialize)]
 pub struct ConsentQuery {
@@ -71,7 +72,11 @@ pub async fn consent(
             ));
         }
         let [grant_list, request_list] = lists;
-        Some(proofs::prove_lists(&node, &[(grant_list, true), (request_list, true)]).await?)
+        let pages = [
+            ListRange::first(grant_list, true),
+            ListRange::first(request_list, true),
+        ];
+        Some(proofs::prove_lists(&node, &pages).await?)
     } else {
         None
     };

@@ -10,6 +10,7 @@ use axum::Json;
 use medchain_api::{CertifiedHeader, HeaderList, InclusionProof, ProvedEntry, StateProofs};
 use medchain_crypto::merkle::{leaf_hash, MerkleProof};
 use medchain_ledger::state_tree::StateTreeError;
+use medchain_ledger::ListRange;
 use medchain_proto::canonical::Canonical;
 use serde::Deserialize;
 
@@ -79,14 +80,13 @@ pub(crate) async fn prove(node: &NodeHandle, keys: &[Vec<u8>]) -> Result<StatePr
     certify(node, keys.iter().cloned().zip(proved).collect()).await
 }
 
-/// Whole counted lists (rules 6; `(list, refs)` as [`PrivateLedger::prove_lists`] takes them)
-/// with proofs against one certified root. The caller has already decided the asker may see
-/// every entry of them.
+/// Pages of counted lists (rules 6, [`ListRange`]) with proofs against one certified root. The
+/// caller has already decided the asker may see every entry of them.
 ///
 /// [`PrivateLedger::prove_lists`]: medchain_ledger::PrivateLedger::prove_lists
 pub(crate) async fn prove_lists(
     node: &NodeHandle,
-    lists: &[(Vec<u8>, bool)],
+    lists: &[ListRange],
 ) -> Result<StateProofs, ApiError> {
     let (rules, _) = node.ledger.rules_now().map_err(internal)?;
     if rules < medchain_ledger::contracts::rules::V6 {
@@ -98,12 +98,7 @@ pub(crate) async fn prove_lists(
             ),
         ));
     }
-    let proved = node.ledger.prove_lists(lists).map_err(|e| match e {
-        StateTreeError::ListTooLong { .. } => {
-            ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-        }
-        e => proof_error(e),
-    })?;
+    let proved = node.ledger.prove_lists(lists).map_err(proof_error)?;
     certify(node, proved).await
 }
 

@@ -11,6 +11,8 @@ use medchain_crypto::Hash32;
 use medchain_ledger::contracts::queries::AuditSubject;
 use medchain_ledger::contracts::state::{decode, keys, AuditEvent, GrantEntry, RequestEntry};
 
+use medchain_ledger::{ListRange, MAX_PROVED_LIST};
+
 use super::verify::{ProvedList, VerifiedHeader};
 use super::{now_ms, Client};
 use crate::views;
@@ -72,7 +74,10 @@ impl Client {
             return Ok((list, None));
         };
         let shown = self.api.consent_with_proof(&query).await?;
-        let asked = [(lists[0].clone(), true), (lists[1].clone(), true)];
+        let asked = [
+            ListRange::first(lists[0].clone(), true),
+            ListRange::first(lists[1].clone(), true),
+        ];
         let proofs = shown
             .proof
             .as_ref()
@@ -81,6 +86,14 @@ impl Client {
             .verify_lists(proofs, &asked)
             .context("the node's consent lists did not verify")?;
         self.observe(&verified.header).await?;
+        for list in &verified.lists {
+            if (list.entries.len() as u64) < list.len {
+                bail!(
+                    "a consent list of {} entries is more than one proof covers ({MAX_PROVED_LIST}): not proved whole, so not shown",
+                    list.len
+                );
+            }
+        }
         let now = now_ms();
         let grants = named(&verified.lists[0], b"grant/")?
             .map(|(id, key, bytes)| {
@@ -133,33 +146,48 @@ impl Client {
             AuditSubject::Patient(p) => keys::audit_prefix(b'p', p.as_bytes()),
             AuditSubject::Actor(a) => keys::audit_prefix(b'a', a.as_bytes()),
         };
-        let shown = self.api.audit_with_proof(query).await?;
-        let proofs = shown
-            .proof
-            .as_ref()
-            .ok_or(super::verify::VerifyError::NoProof)?;
-        let verified = anchor
-            .verify_lists(proofs, &[(list.clone(), false)])
-            .context("the node's audit trail did not verify")?;
-        self.observe(&verified.header).await?;
-        let events = verified.lists[0]
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| {
-                let e: AuditEvent = decode(&keys::list_item(&list, i as u64), bytes)?;
+        // Page by page: the trail only grows and its entries never change, so pages proved
+        // against successive roots add up, until a page reaches the length it proves.
+        let mut events = Vec::new();
+        let mut listed = 0;
+        let mut len = 0;
+        let header = loop {
+            let from = events.len() as u64;
+            let shown = self.api.audit_with_proof(query, from).await?;
+            listed = listed.max(shown.events.len());
+            let proofs = shown
+                .proof
+                .as_ref()
+                .ok_or(super::verify::VerifyError::NoProof)?;
+            let page = ListRange {
+                list: list.clone(),
+                refs: false,
+                from,
+            };
+            let verified = anchor
+                .verify_lists(proofs, &[page])
+                .context("the node's audit trail did not verify")?;
+            self.observe(&verified.header).await?;
+            let proved = &verified.lists[0];
+            if proved.len < len {
+                bail!(
+                    "the node's audit trail shrank from {len} to {} events between two pages: refused",
+                    proved.len
+                );
+            }
+            len = proved.len;
+            for (i, bytes) in proved.entries.iter().enumerate() {
+                let key = keys::list_item(&list, from + i as u64);
+                let e: AuditEvent = decode(&key, bytes)?;
                 // The node proves a trail only to a caller who may see every event's patient.
-                Ok(views::audit_entry(e, true))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let unproved = shown.events.len().saturating_sub(events.len());
-        Ok((
-            events,
-            Some(ListCheck {
-                header: verified.header,
-                unproved,
-            }),
-        ))
+                events.push(views::audit_entry(e, true));
+            }
+            if events.len() as u64 >= len {
+                break verified.header;
+            }
+        };
+        let unproved = listed.saturating_sub(events.len());
+        Ok((events, Some(ListCheck { header, unproved })))
     }
 }
 

@@ -2,20 +2,23 @@
 //! by position, so the client knows none was left out.
 //!
 //! The client derives every key itself, in the order the node lays them out
-//! (`PrivateLedger::prove_lists`): for each list its length entry, then entries `0..len`, then
-//! (for a list of references) the grant or request each entry names. A node that hides an entry
-//! must either prove a shorter length (and the state root says otherwise) or leave a position
-//! out (and the count of entries does not match).
+//! (`PrivateLedger::prove_lists`): for each page ([`ListRange`]) the list's length entry, then
+//! entries `from..end`, then (for a list of references) the grant or request each entry names.
+//! A node that hides an entry must either prove a shorter length (and the state root says
+//! otherwise) or leave a position out (and the count of entries does not match).
 
 use medchain_api::StateProofs;
 use medchain_ledger::contracts::state::{keys, list_len_value};
-use medchain_ledger::MAX_PROVED_LIST;
+use medchain_ledger::ListRange;
 
 use super::{verify_entry, Anchor, VerifiedHeader, VerifyError};
 
-/// One proved list: its entries in order and, for a list of references, the entry each names.
+/// One proved page of a list: the list's length, its entries `from..` in order and, for a list
+/// of references, the entry each names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProvedList {
+    pub len: u64,
+    pub from: u64,
     pub entries: Vec<Vec<u8>>,
     /// For a list of references, the value of the key each entry names (in the same order).
     pub named: Vec<Vec<u8>>,
@@ -29,11 +32,11 @@ pub struct VerifiedLists {
 }
 
 impl Anchor {
-    /// Checks whole counted lists: `lists` are `(list, refs)` as the client asked for them.
+    /// Checks pages of counted lists, `lists` as the client asked for them.
     pub fn verify_lists(
         &self,
         proofs: &StateProofs,
-        lists: &[(Vec<u8>, bool)],
+        lists: &[ListRange],
     ) -> Result<VerifiedLists, VerifyError> {
         let (header, root) = self.certified_root(proofs)?;
         let height = header.header.height;
@@ -46,7 +49,8 @@ impl Anchor {
             verify_entry(height, &root, key, entry)
         };
         let mut out = Vec::with_capacity(lists.len());
-        for (list, refs) in lists {
+        for range in lists {
+            let (list, refs) = (&range.list, &range.refs);
             let bad = |reason: String| VerifyError::BadList {
                 list: list_name(list),
                 reason,
@@ -56,13 +60,9 @@ impl Anchor {
                 Some(b) => list_len_value(&len_key, &b).map_err(|e| bad(e.to_string()))?,
                 None => 0,
             };
-            if len > MAX_PROVED_LIST {
-                return Err(bad(format!(
-                    "{len} entries, more than the {MAX_PROVED_LIST} a proof covers"
-                )));
-            }
-            let mut entries = Vec::with_capacity(len as usize);
-            for i in 0..len {
+            let end = range.end(len);
+            let mut entries = Vec::with_capacity(end.saturating_sub(range.from) as usize);
+            for i in range.from..end {
                 let value = next(&keys::list_item(list, i))?
                     .ok_or_else(|| bad(format!("entry {i} of {len} is proved absent")))?;
                 entries.push(value);
@@ -76,7 +76,12 @@ impl Anchor {
                     named.push(value);
                 }
             }
-            out.push(ProvedList { entries, named });
+            out.push(ProvedList {
+                len,
+                from: range.from,
+                entries,
+                named,
+            });
         }
         let extra = shown.count();
         if extra > 0 {

@@ -133,7 +133,9 @@ fn proved_trail(dir: &std::path::Path) -> (StateProofs, Vec<u8>, Anchor) {
         ledger.commit(&committed, &[], Hash32::ZERO).unwrap();
     }
     let list = state_keys::audit_prefix(b'a', office.signing_key().identity().as_bytes());
-    let proved = ledger.prove_lists(&[(list.clone(), false)]).unwrap();
+    let proved = ledger
+        .prove_lists(&[medchain_ledger::ListRange::first(list.clone(), false)])
+        .unwrap();
     let header = store.header(3).unwrap().unwrap();
     let proofs = StateProofs {
         header: certified(&k, &header, &[0, 1, 2], None),
@@ -153,9 +155,24 @@ fn proved_trail(dir: &std::path::Path) -> (StateProofs, Vec<u8>, Anchor) {
 fn a_whole_list_is_verified_and_a_hidden_entry_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (proofs, list, a) = proved_trail(dir.path());
-    let asked = [(list.clone(), false)];
+    let asked = [medchain_ledger::ListRange::first(list.clone(), false)];
     let ok = a.verify_lists(&proofs, &asked).unwrap();
-    assert_eq!(ok.lists[0].entries.len(), 3);
+    assert_eq!((ok.lists[0].len, ok.lists[0].entries.len()), (3, 3));
+    // A page from position 1: the length, then entries 1 and 2 only.
+    let from_1 = medchain_ledger::ListRange {
+        from: 1,
+        ..asked[0].clone()
+    };
+    let mut page = proofs.clone();
+    page.entries.remove(1);
+    let ok = a
+        .verify_lists(&page, std::slice::from_ref(&from_1))
+        .unwrap();
+    assert_eq!((ok.lists[0].len, ok.lists[0].entries.len()), (3, 2));
+    assert!(
+        a.verify_lists(&proofs, &[from_1]).is_err(),
+        "entry 0 where 1 was asked"
+    );
     assert_eq!(ok.header.header.height, 3);
 
     // The node drops the last event: the proved length still says 3.
