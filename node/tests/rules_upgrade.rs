@@ -156,7 +156,53 @@ fn a_running_chain_moves_to_later_rules_at_the_agreed_height() {
         assert_eq!(roots[0].len(), 64, "no state root at height {h}");
         assert!(roots.iter().all(|r| *r == roots[0]), "{roots:?}");
     }
-    let at = at5;
+
+    // Rules 6: from its activation height audit events go to counted lists, which the client
+    // gets proved whole; the events from before stay listed, and the client says they are not
+    // proved instead of showing them as such.
+    let at6 = net.height(0) + 2 + UPGRADE_NOTICE_BLOCKS;
+    let (ok, out, e) = cli(&[
+        "rules",
+        "upgrade",
+        "--to",
+        "6",
+        "--at-height",
+        &at6.to_string(),
+        "--node",
+        &node,
+        "--key",
+        authority_file,
+    ]);
+    assert!(ok, "{out}{e}");
+    advance_to(&net, at6 + 1);
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(net.dir.join("authority.card.json")).unwrap(),
+    )
+    .unwrap();
+    let office = card["identity"].as_str().unwrap().to_string();
+    let genesis = net.home(0).join("genesis.toml");
+    let (ok, trail, e) = cli(&[
+        "audit",
+        "--actor",
+        &office,
+        "--node",
+        &node,
+        "--key",
+        authority_file,
+        "--genesis",
+        genesis.to_str().unwrap(),
+    ]);
+    assert!(ok, "{trail}{e}");
+    assert!(e.contains("verified against block"), "{e}");
+    assert!(
+        e.contains("more the node lists are not proved (written before rules 6)"),
+        "{e}"
+    );
+    assert!(
+        trail.lines().count() >= 1,
+        "the events since rules 6 are shown:\n{trail}"
+    );
+    let at = at6;
 
     // An upgrade to rules nobody here knows, submitted past the CLI: taken by the chain, which
     // then stops before its activation height, on every node.
