@@ -259,11 +259,14 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             RecordCommand::Pending { patient, client: args } => {
                 let (c, k) = connect(&args).await?;
                 let id = subject(patient.as_deref(), k.as_ref(), "patient")?;
-                let list = c.api.patient_records(&id.to_string(), true).await?;
-                if list.records.is_empty() {
+                let (records, check) = c.patient_records(&id, true).await?;
+                if let Some(check) = &check {
+                    eprintln!("{} pending, {}", records.len(), check.describe());
+                }
+                if records.is_empty() {
                     out!("no records await confirmation by {id}");
                 }
-                for r in &list.records {
+                for r in &records {
                     print_record(r);
                 }
             }
