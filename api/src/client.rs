@@ -546,15 +546,6 @@ impl ApiClient {
             .await
     }
 
-    /// `GET /v1/patients/{id}/records?proof=true`: every record of hers, her list proved whole.
-    pub async fn patient_records_with_proof(
-        &self,
-        patient: &str,
-    ) -> Result<PatientRecords, ClientError> {
-        self.get(&format!("/v1/patients/{patient}/records?proof=true"))
-            .await
-    }
-
     /// `GET /v1/consent?patient=ID`: the grants a patient gave and the requests made to her.
     pub async fn consent_of_patient(&self, patient: &str) -> Result<ConsentList, ClientError> {
         self.get(&format!("/v1/consent?patient={patient}")).await

@@ -68,9 +68,6 @@ pub struct RecordView {
 pub struct PatientRecords {
     pub patient: String,
     pub records: Vec<RecordSlip>,
-    /// With `?proof=true` (rules 6): her counted list of records whole, each slip's state with it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proof: Option<crate::StateProofs>,
 }
 
 /// 202 of `POST /v1/records`: the slip's transaction is queued.

@@ -450,12 +450,6 @@ pub fn execute(
                     slip_id.as_bytes().to_vec(),
                 );
             }
-            if ctx.rules >= rules::V6 {
-                audit.ov.list_push(
-                    &keys::slips_of_patient(&content.patient),
-                    keys::slip(&slip_id),
-                )?;
-            }
             audit.ov.put(
                 keys::slip(&slip_id),
                 &SlipEntry {

@@ -58,8 +58,8 @@ pub const V4: u32 = 4;
 /// from its state at the activation height.
 pub const V5: u32 = 5;
 /// Version 6: rules 5 and every list a client reads is a counted list ([`super::state::keys::list_len`]):
-/// a patient's records, her grants and the requests made to her, a grantee's grants and
-/// requests, and the audit trail of each record, patient and actor. Each list keeps its length and its entries
+/// a patient's grants and the requests made to her, a grantee's grants and requests, and the
+/// audit trail of each record, patient and actor. Each list keeps its length and its entries
 /// by position in the authenticated state, so a node proves a whole list (length, then every
 /// entry) and a client sees that none was left out: a hidden grant is one the patient cannot
 /// revoke, a hidden read one she never learns of. Audit events are written only to those

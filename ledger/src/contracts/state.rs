@@ -225,11 +225,6 @@ pub mod keys {
     pub fn access_prefix(request: &Hash32) -> Vec<u8> {
         [b"acc/".as_slice(), request.as_bytes()].concat()
     }
-    /// Rules 6: a patient's records, a counted list of slip keys (`sp/ patient`), so she can be
-    /// shown every record written about her, the pending ones among them.
-    pub fn slips_of_patient(patient: &[u8]) -> Vec<u8> {
-        [b"sp/".as_slice(), patient].concat()
-    }
     /// Rules 6: how many entries the counted list `list` holds (`ln/ list`, u64 big-endian).
     /// Proved with [`list_item`] `0..len`, it shows a client the whole list: a node cannot
     /// leave an entry out (a prefix of hashed keys cannot be proved complete).

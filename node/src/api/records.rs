@@ -24,7 +24,7 @@ use crate::api::{
 };
 use crate::client::records::ciphertext_address;
 use crate::private::NodeHandle;
-use medchain_ledger::contracts::state::{keys, SlipEntry};
+use medchain_ledger::contracts::state::SlipEntry;
 
 /// `POST /v1/records`: a `RecordUpload` (signed slip transaction + ciphertext). The node checks
 /// the transaction like any other (signatures, registration, replay), checks the ciphertext
@@ -248,8 +248,6 @@ pub async fn verify(
 pub struct PatientQuery {
     #[serde(default)]
     pending: bool,
-    #[serde(default)]
-    proof: bool,
 }
 
 /// `GET /v1/patients/{id}/records[?pending=true]`: a patient's records in chain order, those
@@ -263,14 +261,10 @@ pub async fn patient_records(
 ) -> Result<Json<PatientRecords>, ApiError> {
     let id = parse_identity(&id)?;
     let mut out = Vec::new();
-    let mut hidden = false;
     for slip in node.store.patient_slips(id.as_bytes()).map_err(internal)? {
         let (v, entry) = match record_state(&node, &caller, &slip) {
             Ok(found) => found,
-            Err(ApiError(StatusCode::NOT_FOUND, _)) => {
-                hidden = true;
-                continue;
-            }
+            Err(ApiError(StatusCode::NOT_FOUND, _)) => continue,
             Err(e) => return Err(e),
         };
         if q.pending && (entry.confirmed_height.is_some() || entry.deleted_height.is_some()) {
@@ -278,22 +272,8 @@ pub async fn patient_records(
         }
         out.push(v);
     }
-    let proof = if q.proof {
-        // The proof names every record of hers, so only to a caller who may see them all.
-        if hidden {
-            return Err(ApiError(
-                StatusCode::FORBIDDEN,
-                "a proof covers this patient's records whole, and some are not yours to see: ask without ?proof=true".into(),
-            ));
-        }
-        let list = medchain_ledger::ListRange::first(keys::slips_of_patient(id.as_bytes()), true);
-        Some(proofs::prove_lists(&node, &[list]).await?)
-    } else {
-        None
-    };
     Ok(Json(PatientRecords {
         patient: id.to_string(),
         records: out,
-        proof,
     }))
 }

@@ -259,14 +259,11 @@ pub fn record(cmd: RecordCommand) -> Result<()> {
             RecordCommand::Pending { patient, client: args } => {
                 let (c, k) = connect(&args).await?;
                 let id = subject(patient.as_deref(), k.as_ref(), "patient")?;
-                let (records, check) = c.patient_records(&id, true).await?;
-                if let Some(check) = &check {
-                    eprintln!("{} pending, {}", records.len(), check.describe());
-                }
-                if records.is_empty() {
+                let list = c.api.patient_records(&id.to_string(), true).await?;
+                if list.records.is_empty() {
                     out!("no records await confirmation by {id}");
                 }
-                for r in &records {
+                for r in &list.records {
                     print_record(r);
                 }
             }

@@ -6,12 +6,10 @@
 //! before the chain ran rules 6, or made up) are counted and reported, never shown as proved.
 
 use anyhow::{bail, Context, Result};
-use medchain_api::{AuditEntry, ConsentList, RecordSlip};
+use medchain_api::{AuditEntry, ConsentList};
 use medchain_crypto::Hash32;
 use medchain_ledger::contracts::queries::AuditSubject;
-use medchain_ledger::contracts::state::{
-    decode, keys, AuditEvent, GrantEntry, RequestEntry, SlipEntry,
-};
+use medchain_ledger::contracts::state::{decode, keys, AuditEvent, GrantEntry, RequestEntry};
 
 use medchain_ledger::{ListRange, MAX_PROVED_LIST};
 
@@ -130,82 +128,6 @@ impl Client {
                 proof: None,
             },
             Some(check),
-        ))
-    }
-
-    /// The records of `patient` (only those awaiting her confirmation with `pending_only`):
-    /// with an anchor, exactly those her proved list holds, each with its proved state. A node
-    /// that hides a pending record (one she would never confirm) or shows one that is not hers
-    /// is refused.
-    pub async fn patient_records(
-        &self,
-        patient: &medchain_crypto::Identity,
-        pending_only: bool,
-    ) -> Result<(Vec<RecordSlip>, Option<ListCheck>)> {
-        let Some(anchor) = &self.anchor else {
-            let list = self
-                .api
-                .patient_records(&patient.to_string(), pending_only)
-                .await?;
-            return Ok((list.records, None));
-        };
-        let shown = self
-            .api
-            .patient_records_with_proof(&patient.to_string())
-            .await?;
-        let proofs = shown
-            .proof
-            .as_ref()
-            .ok_or(super::verify::VerifyError::NoProof)?;
-        let list = ListRange::first(keys::slips_of_patient(patient.as_bytes()), true);
-        let verified = anchor
-            .verify_lists(proofs, std::slice::from_ref(&list))
-            .context("the node's list of the patient's records did not verify")?;
-        self.observe(&verified.header).await?;
-        let proved = &verified.lists[0];
-        if (proved.entries.len() as u64) < proved.len {
-            bail!(
-                "{} records are more than one proof covers ({MAX_PROVED_LIST}): not proved whole, so not shown",
-                proved.len
-            );
-        }
-        let mut records = Vec::new();
-        let mut proved_ids = Vec::new();
-        for (id, key, bytes) in named(proved, keys::SLIPS)? {
-            proved_ids.push(id.to_hex());
-            let entry: SlipEntry = decode(&key, bytes)?;
-            if entry.patient != patient.as_bytes() {
-                bail!("the node's proved list of {patient}'s records names record {id} of another patient: refused");
-            }
-            let pending = entry.confirmed_height.is_none() && entry.deleted_height.is_none();
-            if pending_only && !pending {
-                continue;
-            }
-            // What is shown of each record is the node's slip (its content is checked again
-            // when she confirms or reads it); whether it is there, and its state, are proved.
-            let Some(mut slip) = shown
-                .records
-                .iter()
-                .find(|r| r.slip.slip_id == id.to_hex())
-                .cloned()
-            else {
-                bail!("the node leaves out record {id}, which her proved list holds: refused");
-            };
-            slip.confirmed_height = entry.confirmed_height;
-            slip.deleted_height = entry.deleted_height;
-            records.push(slip);
-        }
-        let unproved = shown
-            .records
-            .iter()
-            .filter(|r| !proved_ids.contains(&r.slip.slip_id))
-            .count();
-        Ok((
-            records,
-            Some(ListCheck {
-                header: verified.header,
-                unproved,
-            }),
         ))
     }
 
