@@ -57,6 +57,24 @@ fn a_running_chain_moves_to_later_rules_at_the_agreed_height() {
         }
     };
 
+    // Schedules an upgrade to `version` at `at` through the CLI and moves the chain past it.
+    let upgrade_to = |version: u32, at: u64| {
+        let (ok, out, e) = cli(&[
+            "rules",
+            "upgrade",
+            "--to",
+            &version.to_string(),
+            "--at-height",
+            &at.to_string(),
+            "--node",
+            &node,
+            "--key",
+            authority_file,
+        ]);
+        assert!(ok, "{out}{e}");
+        advance_to(&net, at + 1);
+    };
+
     // The CLI refuses rules it does not know, and too little notice.
     let unknown = (LATEST + 1).to_string();
     let (ok, _, e) = cli(&[
@@ -129,20 +147,7 @@ fn a_running_chain_moves_to_later_rules_at_the_agreed_height() {
     // Rules 5: from its activation height every header carries the state root, the same on
     // every node (each built its tree from its state at that height, then kept it).
     let at5 = net.height(0) + 2 + UPGRADE_NOTICE_BLOCKS;
-    let (ok, out, e) = cli(&[
-        "rules",
-        "upgrade",
-        "--to",
-        "5",
-        "--at-height",
-        &at5.to_string(),
-        "--node",
-        &node,
-        "--key",
-        authority_file,
-    ]);
-    assert!(ok, "{out}{e}");
-    advance_to(&net, at5 + 1);
+    upgrade_to(5, at5);
     assert!(net.wait(20, |d| (0..4).all(|i| d.height(i) > at5)));
     let root_at = |api: &String, h: u64| {
         support::devnet::call(support::devnet::client(api).block(h))
@@ -161,20 +166,7 @@ fn a_running_chain_moves_to_later_rules_at_the_agreed_height() {
     // gets proved whole; the events from before stay listed, and the client says they are not
     // proved instead of showing them as such.
     let at6 = net.height(0) + 2 + UPGRADE_NOTICE_BLOCKS;
-    let (ok, out, e) = cli(&[
-        "rules",
-        "upgrade",
-        "--to",
-        "6",
-        "--at-height",
-        &at6.to_string(),
-        "--node",
-        &node,
-        "--key",
-        authority_file,
-    ]);
-    assert!(ok, "{out}{e}");
-    advance_to(&net, at6 + 1);
+    upgrade_to(6, at6);
     let card: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(net.dir.join("authority.card.json")).unwrap(),
     )
