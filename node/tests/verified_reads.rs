@@ -566,6 +566,14 @@ fn a_client_with_the_genesis_file_refuses_every_lie_of_its_node() {
         e.contains("serves chain \"elsewhere\", and this client verifies chains hospital-dev only"),
         "{e}"
     );
+    // Nor may it claim older rules than the genesis file's, to skip the proofs rules 6 gives.
+    proxy.lie(|path, j| {
+        if path == "/v1/chain" {
+            j["rules"] = Value::from(5);
+        }
+    });
+    let (ok, o, e) = run_default(&plain_show);
+    assert!(!ok && e.contains("but its genesis file"), "{o}\n{e}");
     proxy.honest();
     let (ok, o, e) = run_default(&["light", "status"]);
     assert!(

@@ -262,6 +262,17 @@ impl Client {
             (None, None) => return Ok(self),
         };
         let g = crate::config::read_genesis(&genesis_path)?;
+        // Rules only move up: a node that claims older rules than the genesis file's would have
+        // the client skip proofs those rules give (the lists of rules 6).
+        if self.chain.rules < g.params.rules {
+            bail!(
+                "the node says chain {:?} runs contract rules {}, but its genesis file {} starts at rules {}: refused",
+                self.chain.chain_id,
+                self.chain.rules,
+                genesis_path.display(),
+                g.params.rules
+            );
+        }
         if self.chain.chain_id != anchor.chain_id {
             bail!(
                 "the node serves chain {:?}, but the genesis file {} is of chain {:?}: wrong node or wrong file",

@@ -73,6 +73,18 @@ impl Client {
             };
             return Ok((list, None));
         };
+        if self.chain.rules < medchain_ledger::contracts::rules::V6 {
+            // Before rules 6 no list can be proved whole: shown as the node lists it, and said.
+            eprintln!(
+                "note: chain {:?} runs rules {}: consent lists are proved from rules 6, so this one is the node's word",
+                self.chain.chain_id, self.chain.rules
+            );
+            let list = match party {
+                Party::Patient(p) => self.api.consent_of_patient(&p.to_string()).await?,
+                Party::Grantee(g) => self.api.consent_of_grantee(&g.to_string()).await?,
+            };
+            return Ok((list, None));
+        }
         let shown = self.api.consent_with_proof(&query).await?;
         let asked = [
             ListRange::first(lists[0].clone(), true),
@@ -146,6 +158,13 @@ impl Client {
             AuditSubject::Patient(p) => keys::audit_prefix(b'p', p.as_bytes()),
             AuditSubject::Actor(a) => keys::audit_prefix(b'a', a.as_bytes()),
         };
+        if self.chain.rules < medchain_ledger::contracts::rules::V6 {
+            eprintln!(
+                "note: chain {:?} runs rules {}: audit trails are proved from rules 6, so this one is the node's word",
+                self.chain.chain_id, self.chain.rules
+            );
+            return Ok((self.api.audit(query).await?.events, None));
+        }
         // Page by page: the trail only grows and its entries never change, so pages proved
         // against successive roots add up, until a page reaches the length it proves.
         let mut events = Vec::new();
