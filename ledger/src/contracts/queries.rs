@@ -24,6 +24,18 @@ pub enum AuditSubject<'a> {
     Actor(&'a Identity),
 }
 
+impl AuditSubject<'_> {
+    /// The prefix of its audit keys before rules 6, and the name of its counted list from
+    /// rules 6.
+    pub fn trail(&self) -> Vec<u8> {
+        match self {
+            AuditSubject::Record(r) => keys::audit_prefix(b'r', r.as_bytes()),
+            AuditSubject::Patient(p) => keys::audit_prefix(b'p', p.as_bytes()),
+            AuditSubject::Actor(a) => keys::audit_prefix(b'a', a.as_bytes()),
+        }
+    }
+}
+
 /// Read-only questions over the committed state of one store.
 #[derive(Clone, Copy, Debug)]
 pub struct Queries<'a> {
@@ -143,11 +155,7 @@ impl<'a> Queries<'a> {
 
     /// The audit trail of a record, a patient or an actor, in chain order.
     pub fn audit(&self, subject: AuditSubject<'_>) -> Result<Vec<AuditEvent>, ContractError> {
-        let prefix = match subject {
-            AuditSubject::Record(r) => keys::audit_prefix(b'r', r.as_bytes()),
-            AuditSubject::Patient(p) => keys::audit_prefix(b'p', p.as_bytes()),
-            AuditSubject::Actor(a) => keys::audit_prefix(b'a', a.as_bytes()),
-        };
+        let prefix = subject.trail();
         // Events before rules 6 by height, then those of its counted list (rules 6), which
         // all come later.
         let mut events: Vec<AuditEvent> = self

@@ -10,7 +10,6 @@ use crate::api::{bad, forbidden, internal, parse_hash, parse_identity, proofs, q
 use crate::private::NodeHandle;
 use crate::views;
 use medchain_ledger::contracts::queries::AuditSubject;
-use medchain_ledger::contracts::state::keys;
 use medchain_ledger::ListRange;
 
 #[derive(Debug, Deserialize)]
@@ -54,11 +53,7 @@ pub async fn audit(
         }
     };
     let by_patient = matches!(subject, AuditSubject::Patient(_)).then_some(());
-    let list = match subject {
-        AuditSubject::Record(r) => keys::audit_prefix(b'r', r.as_bytes()),
-        AuditSubject::Patient(p) => keys::audit_prefix(b'p', p.as_bytes()),
-        AuditSubject::Actor(a) => keys::audit_prefix(b'a', a.as_bytes()),
-    };
+    let list = subject.trail();
     let all = queries(&node).audit(subject).map_err(internal)?;
     let total = all.len();
     let patient_hidden = all

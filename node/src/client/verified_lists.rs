@@ -153,11 +153,7 @@ impl Client {
         let Some(anchor) = &self.anchor else {
             return Ok((self.api.audit(query).await?.events, None));
         };
-        let list = match subject {
-            AuditSubject::Record(r) => keys::audit_prefix(b'r', r.as_bytes()),
-            AuditSubject::Patient(p) => keys::audit_prefix(b'p', p.as_bytes()),
-            AuditSubject::Actor(a) => keys::audit_prefix(b'a', a.as_bytes()),
-        };
+        let list = subject.trail();
         if self.chain.rules < medchain_ledger::contracts::rules::V6 {
             eprintln!(
                 "note: chain {:?} runs rules {}: audit trails are proved from rules 6, so this one is the node's word",
